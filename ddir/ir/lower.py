@@ -1,0 +1,271 @@
+"""Lower a parsed program to the scope-tree IR and validate it (SPEC A7).
+
+Definitions are lowered on demand with memoisation, so nodes are created in
+dependency order and a definition that is reached again while it is still
+being lowered is a cycle ("use var for recursion"). A child scope is lowered
+as one unit: everything it reads from enclosing scopes is lowered first,
+then all of its definitions, then it takes its place in the parent's order.
+"""
+
+from __future__ import annotations
+
+from . import nodes as N
+from .optimize import optimize
+from ..lang import ast as A
+from ..lang.errors import ProgramError
+
+__all__ = ["lower", "lower_unoptimized"]
+
+
+def lower(program: A.Program) -> N.Program:
+    """Lower, validate and optimise (fuse linear chains, share arrangements)."""
+    return optimize(lower_unoptimized(program))
+
+
+def lower_unoptimized(program: A.Program) -> N.Program:
+    return _Lowerer(program).run()
+
+
+class _ScopeBuild:
+    def __init__(self, sid: int, parent, name: str, loc):
+        self.id = sid
+        self.parent = parent
+        self.name = name
+        self.loc = loc
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.defs: dict = {}       # name -> Let | Var | ScopeDecl
+        self.children: dict = {}   # name -> _ScopeBuild
+        self.order: list = []
+        self.vars: list = []       # (var node id, body node id)
+        self.var_nodes: dict = {}  # name -> VarNode id
+        self.values: dict = {}     # name -> node id (let value or var node)
+        self.state: dict = {}      # name -> "lowering" | "done"
+
+
+def _uses_lift_iter(expr) -> bool:
+    """Does ``expr`` itself (not through names) apply ``lift_iter``?"""
+    if isinstance(expr, A.Op):
+        return (expr.kind == "lift_iter" or _uses_lift_iter(expr.source)
+                or (expr.other is not None and _uses_lift_iter(expr.other)))
+    if isinstance(expr, A.Concat):
+        return any(_uses_lift_iter(p) for p in expr.parts)
+    return False
+
+
+class _Lowerer:
+    def __init__(self, program: A.Program):
+        self.program = program
+        self.file = program.file
+        self.nodes: list = []
+        self.names: dict = {}
+        self.memo: dict = {}
+        self.scopes: list = []
+        self.exports: dict = {}
+        self.export_stmts: list = []
+        self.lowering_stack: list = []
+
+    def error(self, message: str, loc) -> ProgramError:
+        return ProgramError(message, self.file, loc[0], loc[1], self.program.source)
+
+    # -------------------------------------------------------- scope tree
+
+    def declare(self, body, parent, name: str, loc) -> _ScopeBuild:
+        scope = _ScopeBuild(len(self.scopes), parent, name, loc)
+        self.scopes.append(scope)
+        for stmt in body:
+            if isinstance(stmt, A.Export):
+                if parent is not None:
+                    raise self.error("`export` is only allowed at the root of a program", stmt.loc)
+                self.export_stmts.append(stmt)
+                continue
+            if stmt.name in scope.defs:
+                raise self.error(f"`{stmt.name}` is defined twice in this scope", stmt.loc)
+            if isinstance(stmt, A.Var) and parent is None:
+                raise self.error("`var` is only allowed inside a scope (the root does not iterate)",
+                                 stmt.loc)
+            scope.defs[stmt.name] = stmt
+            if isinstance(stmt, A.ScopeDecl):
+                scope.children[stmt.name] = self.declare(stmt.body, scope, stmt.name, stmt.loc)
+        return scope
+
+    # -------------------------------------------------------- nodes
+
+    def add(self, cls, scope: _ScopeBuild, inputs: tuple, loc, **fields) -> int:
+        node_id = len(self.nodes)
+        self.nodes.append(cls(id=node_id, scope=scope.id, inputs=tuple(inputs), loc=loc,
+                              name=None, **fields))
+        scope.order.append(("node", node_id))
+        return node_id
+
+    def shared(self, key, make) -> int:
+        """Hash-consing: one node per ``key`` (inputs, imports, enter, leave)."""
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+    # -------------------------------------------------------- driver
+
+    def run(self) -> N.Program:
+        root = self.declare(self.program.body, None, "", (1, 1))
+        self.lower_scope(root)
+        for stmt in self.export_stmts:
+            if stmt.name in self.exports:
+                raise self.error(f'export "{stmt.name}" is defined twice', stmt.loc)
+            self.exports[stmt.name] = self.arrange(self.expr(stmt.expr, root), root, stmt.loc)
+        nodes = tuple(_with_name(n, self.names.get(n.id)) for n in self.nodes)
+        scopes = tuple(
+            N.Scope(id=s.id, parent=-1 if s.parent is None else s.parent.id, name=s.name,
+                    depth=s.depth, order=tuple(s.order), vars=tuple(s.vars))
+            for s in self.scopes)
+        inputs = sorted(n.n for n in nodes if isinstance(n, N.InputNode))
+        imports = sorted(n.trace for n in nodes if isinstance(n, N.ImportNode))
+        return N.Program(file=self.file, nodes=nodes, scopes=scopes, inputs=tuple(inputs),
+                         imports=tuple(imports), exports=tuple(sorted(self.exports.items())))
+
+    def lower_scope(self, scope: _ScopeBuild) -> None:
+        for name, stmt in scope.defs.items():
+            if isinstance(stmt, A.Var):
+                var_id = self.add(N.VarNode, scope, (), stmt.loc)
+                scope.var_nodes[name] = var_id
+                scope.values[name] = var_id
+                self.names[var_id] = name
+        for name in scope.defs:
+            self.ensure(scope, name, scope.defs[name].loc)
+
+    def ensure(self, scope: _ScopeBuild, name: str, loc) -> int | None:
+        """Lower definition ``name`` of ``scope`` (once); its value node."""
+        state = scope.state.get(name)
+        if state == "done":
+            return scope.values.get(name)
+        stmt = scope.defs[name]
+        if state == "lowering":
+            cycle = self.lowering_stack[self.lowering_stack.index((scope.id, name)):]
+            path = " -> ".join(f"`{n}`" for _, n in cycle + [(scope.id, name)])
+            raise self.error(f"cyclic definition: {path} (use var for recursion)", loc)
+        scope.state[name] = "lowering"
+        self.lowering_stack.append((scope.id, name))
+        if isinstance(stmt, A.ScopeDecl):
+            child = scope.children[name]
+            self.lower_scope(child)
+            scope.order.append(("scope", child.id))
+        elif isinstance(stmt, A.Let):
+            value = self.expr(stmt.expr, scope)
+            scope.values[name] = value
+            self.names.setdefault(value, name)
+        else:  # Var
+            body = self.expr(stmt.expr, scope)
+            scope.vars.append((scope.var_nodes[name], body))
+        self.lowering_stack.pop()
+        scope.state[name] = "done"
+        return scope.values.get(name)
+
+    # -------------------------------------------------------- expressions
+
+    def expr(self, e, scope: _ScopeBuild) -> int:
+        if isinstance(e, A.Input):
+            if scope.parent is not None:
+                raise self.error("`input` is only allowed at the root of a program", e.loc)
+            return self.shared(("input", e.n), lambda: self.add(N.InputNode, scope, (), e.loc, n=e.n))
+        if isinstance(e, A.Import):
+            if scope.parent is not None:
+                raise self.error("`import` is only allowed at the root of a program", e.loc)
+            return self.shared(("import", e.name),
+                               lambda: self.add(N.ImportNode, scope, (), e.loc, trace=e.name))
+        if isinstance(e, A.Ref):
+            return self.ref(e, scope)
+        if isinstance(e, A.FieldRef):
+            return self.field_ref(e, scope)
+        if isinstance(e, A.Concat):
+            parts = tuple(self.expr(p, scope) for p in e.parts)
+            return self.add(N.ConcatNode, scope, parts, e.loc)
+        if isinstance(e, A.Op):
+            return self.op(e, scope)
+        raise AssertionError(e)
+
+    def op(self, e: A.Op, scope: _ScopeBuild) -> int:
+        src = self.expr(e.source, scope)
+        kind, loc = e.kind, e.loc
+        step = {
+            "map": lambda: N.MapStep(e.proj, loc),
+            "filter": lambda: N.FilterStep(e.term, loc),
+            "negate": lambda: N.NegateStep(loc),
+            "flatmap": lambda: N.FlatMapStep(e.term, loc),
+            "lift_iter": lambda: N.LiftIterStep(loc),
+            "inspect": lambda: N.InspectStep(e.label, loc),
+        }.get(kind)
+        if step is not None:
+            return self.add(N.LinearNode, scope, (src,), loc, steps=(step(),))
+        if kind in A.REDUCERS:
+            return self.add(N.ReduceNode, scope, (self.arrange(src, scope, loc),), loc, reducer=kind)
+        if kind == "arrange":
+            return self.arrange(src, scope, loc)
+        if kind == "join":
+            left = self.arrange(src, scope, loc)
+            right = self.arrange(self.expr(e.other, scope), scope, loc)
+            return self.add(N.JoinNode, scope, (left, right), loc, proj=e.proj)
+        if kind == "enter_at":
+            if scope.parent is None:
+                raise self.error("`enter_at` needs an enclosing iterative scope; at the root "
+                                 "there is no iteration to delay", loc)
+            return self.add(N.EnterAtNode, scope, (src,), loc, term=e.term)
+        raise AssertionError(kind)
+
+    def arrange(self, src: int, scope: _ScopeBuild, loc) -> int:
+        if isinstance(self.nodes[src], N.ArrangeNode):
+            return src
+        return self.add(N.ArrangeNode, scope, (src,), loc)
+
+    def ref(self, e: A.Ref, scope: _ScopeBuild) -> int:
+        home = scope
+        while home is not None and e.name not in home.defs:
+            home = home.parent
+        if home is None:
+            raise self.error(f"unknown name `{e.name}`", e.loc)
+        stmt = home.defs[e.name]
+        if isinstance(stmt, A.ScopeDecl):
+            raise self.error(f"`{e.name}` is a scope: read one of its fields with "
+                             f"`{e.name}::field`", e.loc)
+        if home.parent is not None and _uses_lift_iter(stmt.expr):
+            raise self.error(f"`{e.name}` applies lift_iter, so it can only be read from an "
+                             f"enclosing scope (as `{home.name}::{e.name}`)", e.loc)
+        if isinstance(stmt, A.Var):  # feedback: readable before its body is lowered
+            node = home.var_nodes[e.name]
+        else:
+            node = self.ensure(home, e.name, e.loc)
+        return self.enter(node, home, scope)
+
+    def enter(self, node: int, home: _ScopeBuild, scope: _ScopeBuild) -> int:
+        """Bring ``node`` of ``home`` into the descendant ``scope``."""
+        path = []
+        s = scope
+        while s is not home:
+            path.append(s)
+            s = s.parent
+        for child in reversed(path):
+            prev = node
+            node = self.shared(("enter", prev, child.id),
+                               lambda: self.add(N.EnterNode, child, (prev,), self.nodes[prev].loc))
+        return node
+
+    def field_ref(self, e: A.FieldRef, scope: _ScopeBuild) -> int:
+        child = scope.children.get(e.scope)
+        if child is None:
+            exists = any(s.name == e.scope for s in self.scopes if s.parent is not None)
+            if exists:
+                raise self.error(f"`{e.scope}::{e.field}` can only be used in the scope that "
+                                 f"directly contains `{e.scope}`", e.loc)
+            raise self.error(f"unknown scope `{e.scope}`", e.loc)
+        stmt = child.defs.get(e.field)
+        if stmt is None or isinstance(stmt, A.ScopeDecl):
+            raise self.error(f"scope `{e.scope}` has no let or var named `{e.field}`", e.loc)
+        self.ensure(scope, e.scope, e.loc)
+        inner = child.values[e.field]
+        return self.shared(("leave", inner, scope.id),
+                           lambda: self.add(N.LeaveNode, scope, (inner,), e.loc))
+
+
+def _with_name(node, name):
+    if name is None:
+        return node
+    from dataclasses import replace
+    return replace(node, name=name)

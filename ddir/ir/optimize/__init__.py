@@ -1,0 +1,10 @@
+"""IR rewrites, one per module; :func:`optimize` runs them in order."""
+
+from __future__ import annotations
+
+from .fuse_linear import fuse_linear
+from .share_arrangements import share_arrangements
+
+
+def optimize(program):
+    return fuse_linear(share_arrangements(program))

@@ -1,0 +1,351 @@
+"""Parse `.ddp` / `.ddir` programs and closed terms into the AST.
+
+Lark (LALR, contextual lexer) builds a parse tree; :class:`_Builder` walks
+it top-down into :mod:`ddir.lang.ast` / :mod:`ddir.terms.ast` nodes. The walk
+is top-down (not a Lark ``Transformer``) because resolving named case
+binders to de Bruijn indices needs the enclosing binders on the way down.
+Every problem becomes a :class:`ProgramError` with ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ast as A
+from .errors import ProgramError
+from .syntax_errors import describe_unexpected
+from ..terms import ast as T
+from ..values import INT_MAX
+
+__all__ = ["parse_program", "parse_program_file", "parse_term", "syntax_of"]
+
+
+def syntax_of(path: str) -> str:
+    """``ddp`` for names ending in ``.ddp``, otherwise ``ddir`` (SPEC A6)."""
+    return "ddp" if str(path).endswith(".ddp") else "ddir"
+
+
+@functools.lru_cache(maxsize=None)
+def _parser(syntax: str) -> Lark:
+    grammars = resources.files("ddir.lang") / "grammars"
+    text = (grammars / "terms.lark").read_text() + (grammars / f"{syntax}.lark").read_text()
+    return Lark(text, parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=True, start=["start", "term"])
+
+
+def parse_program_file(path: str) -> A.Program:
+    """Read and parse a program file (``OSError`` propagates to the caller)."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    return parse_program(source, str(path))
+
+
+def parse_program(source: str, file: str = "<program>", syntax: str | None = None) -> A.Program:
+    syntax = syntax or syntax_of(file)
+    tree = _parse(source, file, syntax, "start")
+    builder = _Builder(file, source, syntax)
+    builder.collect_constructors(tree)
+    return A.Program(file=file, body=tuple(builder.statements(tree.children)), source=source)
+
+
+def parse_term(source: str, file: str = "<term>") -> T.Term:
+    """Parse one term (used for values on the command line)."""
+    tree = _parse(source, file, "ddp", "term")
+    return _Builder(file, source, "ddp").term(tree, ())
+
+
+def _parse(source: str, file: str, syntax: str, start: str):
+    try:
+        return _parser(syntax).parse(source, start=start)
+    except UnexpectedInput as e:
+        message, line, col = describe_unexpected(e, _parser(syntax), source)
+        raise ProgramError(message, file, line, col, source) from None
+
+
+def _loc(node) -> tuple:
+    if isinstance(node, Token):
+        return (node.line, node.column)
+    return (node.meta.line, node.meta.column)
+
+
+class _Frame:
+    """One enclosing binder scope while building terms: a case arm (1 slot,
+    ``names`` maps binder name -> payload field) or a fold step (2 slots)."""
+
+    __slots__ = ("slots", "names")
+
+    def __init__(self, slots: int, names: dict):
+        self.slots = slots
+        self.names = names
+
+
+class _Builder:
+    def __init__(self, file: str, source: str, syntax: str):
+        self.file = file
+        self.source = source
+        self.syntax = syntax
+        self.constructors: dict[str, tuple] = {}  # name -> (arity, tag)
+
+    def error(self, message: str, node) -> ProgramError:
+        line, col = _loc(node)
+        return ProgramError(message, self.file, line, col, self.source)
+
+    # -------------------------------------------------------- constructors
+
+    def collect_constructors(self, tree: Tree) -> None:
+        """``con`` declarations are file-wide and may appear anywhere."""
+        for con in tree.find_data("con"):
+            name, arity, tag = con.children
+            if name in self.constructors:
+                raise self.error(f"constructor `{name}` is declared twice", name)
+            if name in T.BUILTIN_ARITY or name in ("fold", "case"):
+                raise self.error(f"`{name}` is a builtin and cannot name a constructor", name)
+            self.constructors[str(name)] = (self.int_token(arity), self.int_token(tag))
+
+    # -------------------------------------------------------- statements
+
+    def statements(self, nodes) -> list:
+        out = []
+        for node in nodes:
+            if node.data == "con":
+                continue
+            out.append(self.statement(node))
+        return out
+
+    def statement(self, node: Tree):
+        kind = node.data
+        first = node.children[0]
+        if kind == "let":
+            return A.Let(str(first), self.expr(node.children[1]), _loc(first))
+        if kind == "var":
+            return A.Var(str(first), self.expr(node.children[1]), _loc(first))
+        if kind == "export":
+            return A.Export(str(first)[1:-1], self.expr(node.children[1]), _loc(first))
+        if kind == "scope":
+            body = [c for c in node.children[1:] if isinstance(c, Tree)]
+            return A.ScopeDecl(str(first), tuple(self.statements(body)), _loc(first))
+        raise AssertionError(kind)
+
+    # -------------------------------------------------------- collections
+
+    def expr(self, node):
+        kind = node.data
+        c = node.children
+        loc = _loc(node)
+        if kind == "expr":  # .ddp: concat ('|' op)*
+            result = self.expr(c[0])
+            for op in c[1:]:
+                result = self.op(op, result)
+            return result
+        if kind == "concat":
+            if len(c) == 1:
+                return self.expr(c[0])
+            parts = [self.expr(c[0])]
+            for sign, atom in zip(c[1::2], c[2::2]):
+                part = self.expr(atom)
+                if sign == "-":
+                    part = A.Op("negate", part, _loc(sign))
+                parts.append(part)
+            return A.Concat(tuple(parts), loc)
+        if kind == "joinarg":
+            result = self.expr(c[0])
+            for op in c[1:]:
+                result = self.op(op, result)
+            return result
+        if kind == "input":
+            return A.Input(self.int_token(c[0]), loc)
+        if kind == "import_":
+            return A.Import(str(c[0])[1:-1], loc)
+        if kind == "ref":
+            return A.Ref(str(c[0]), loc)
+        if kind == "field_ref":
+            return A.FieldRef(str(c[0]), str(c[1]), loc)
+        if kind.startswith("app_"):
+            return self.applicative(kind[4:], c, loc)
+        raise AssertionError(kind)
+
+    def op(self, node: Tree, source):
+        kind = node.data[3:]
+        c = node.children
+        loc = _loc(node)
+        if kind == "map":
+            return A.Op("map", source, loc, proj=self.proj(c[1], 2))
+        if kind == "join":
+            return A.Op("join", source, loc, other=self.expr(c[0]), proj=self.proj(c[1], 3))
+        if kind == "reduce":
+            return A.Op(str(c[0]), source, loc)
+        if kind in ("filter", "flatmap", "enter_at"):
+            return A.Op(kind, source, loc, term=self.term(c[0], ()))
+        if kind in ("negate", "arrange", "lift_iter"):
+            return A.Op(kind, source, loc)
+        if kind == "inspect":
+            return A.Op("inspect", source, loc, label=str(c[0]))
+        raise AssertionError(kind)
+
+    def applicative(self, kind: str, c, loc):
+        if kind == "map":
+            return A.Op("map", self.expr(c[0]), loc, proj=self.proj(c[1], 2))
+        if kind == "join":
+            return A.Op("join", self.expr(c[0]), loc, other=self.expr(c[1]),
+                        proj=self.proj(c[2], 3))
+        if kind == "reduce":
+            return A.Op(str(c[1]).lower(), self.expr(c[0]), loc)
+        if kind == "concat":
+            parts = tuple(self.expr(x) for x in c)
+            return parts[0] if len(parts) == 1 else A.Concat(parts, loc)
+        if kind in ("negate", "arrange", "lift_iter"):
+            return A.Op(kind, self.expr(c[0]), loc)
+        if kind in ("filter", "enter_at", "flatmap"):
+            return A.Op(kind, self.expr(c[0]), loc, term=self.term(c[1], ()))
+        if kind == "inspect":
+            return A.Op("inspect", self.expr(c[0]), loc, label=str(c[1]))
+        raise AssertionError(kind)
+
+    def proj(self, node: Tree, nrows: int) -> A.Proj:
+        key_node, val_node = node.children
+        return A.Proj(self.fields(key_node), self.fields(val_node))
+
+    def fields(self, node) -> tuple:
+        if node is None:
+            return ()
+        out = []
+        for f in node.children:
+            if isinstance(f, Tree) and f.data == "row":
+                out.append(A.Splice(int(str(f.children[0])[1:])))
+            else:
+                out.append(self.term(f, ()))
+        return tuple(out)
+
+    # -------------------------------------------------------- terms
+
+    def int_token(self, tok: Token) -> int:
+        n = int(str(tok))
+        if n > INT_MAX:
+            raise self.error(f"integer literal {n} does not fit in 64 bits", tok)
+        return n
+
+    def term(self, node, env: tuple) -> T.Term:
+        if isinstance(node, Token):  # only reachable through bare tokens in ?rules
+            raise self.error(f"unexpected `{node}`", node)
+        kind = node.data
+        c = node.children
+        if kind == "row":
+            return T.Row(int(str(c[0])[1:]))
+        if kind == "bound":
+            k = int(str(c[0])[1:])
+            if k >= sum(f.slots for f in env):
+                raise self.error(f"`^{k}` has no enclosing `fold` or `case` binder", c[0])
+            return T.Bound(k)
+        if kind == "int_lit":
+            return T.Lit(self.int_token(c[0]))
+        if kind == "neg":
+            inner = c[0]
+            if isinstance(inner, Tree) and inner.data == "int_lit":
+                n = int(str(inner.children[0]))  # -9223372036854775808 is a literal
+                if n > INT_MAX + 1:
+                    raise self.error(f"integer literal -{n} does not fit in 64 bits", inner.children[0])
+                return T.Lit(-n)
+            return T.Neg(self.term(inner, env))
+        if kind == "arith":
+            return T.Arith(str(c[1]), self.term(c[0], env), self.term(c[2], env))
+        if kind == "cmp":
+            return T.Cmp(str(c[1]), self.term(c[0], env), self.term(c[2], env))
+        if kind == "and_chain":
+            result = self.term(c[0], env)
+            for x in c[1:]:
+                result = T.And(result, self.term(x, env))
+            return result
+        if kind == "index":
+            return T.Index(self.term(c[0], env), self.int_token(c[1]))
+        if kind == "binder":
+            return self.binder(c[0], env)
+        if kind == "call":
+            args = [] if c[1:] == [None] else c[1:]
+            return self.call(c[0], args, env)
+        if kind == "case":
+            return self.case(c[0], c[1:], env, node)
+        raise AssertionError(kind)
+
+    def binder(self, name: Token, env: tuple) -> T.Term:
+        k = 0
+        for frame in reversed(env):
+            if str(name) in frame.names:
+                return T.Index(T.Bound(k), frame.names[str(name)])
+            k += frame.slots
+        if str(name) in self.constructors or str(name) in T.BUILTIN_ARITY:
+            raise self.error(f"`{name}` needs arguments: write `{name}(...)`", name)
+        raise self.error(f"unknown name `{name}` (not a case binder in scope)", name)
+
+    def call(self, name_tok: Token, arg_nodes, env: tuple) -> T.Term:
+        name = str(name_tok)
+        n = len(arg_nodes)
+        if name in self.constructors:
+            arity, tag = self.constructors[name]
+            if n != arity:
+                raise self.error(f"constructor `{name}` takes {arity} argument(s), got {n}", name_tok)
+            args = tuple(self.term(a, env) for a in arg_nodes)
+            return T.Call("inject", (T.Lit(tag), T.Call("tuple", args)))
+        if name == "fold":
+            if n != 3:
+                raise self.error(f"`fold` takes 3 arguments (list, init, step), got {n}", name_tok)
+            return T.Fold(self.term(arg_nodes[0], env), self.term(arg_nodes[1], env),
+                          self.term(arg_nodes[2], env + (_Frame(2, {}),)))
+        if name == "case" and self.syntax == "ddir":
+            if n < 2:
+                raise self.error("`case` takes a variant and at least one arm", name_tok)
+            arm_env = env + (_Frame(1, {}),)
+            arms = tuple((i, self.term(a, arm_env)) for i, a in enumerate(arg_nodes[1:]))
+            return T.Case(self.term(arg_nodes[0], env), arms, None)
+        if name not in T.BUILTIN_ARITY:
+            raise self.error(f"unknown function or constructor `{name}`", name_tok)
+        expected = T.BUILTIN_ARITY[name]
+        if name == "hash":
+            if n < 2:
+                raise self.error(f"`hash` takes a bound and at least one key, got {n} argument(s)", name_tok)
+        elif expected is not None and n != expected:
+            raise self.error(f"`{name}` takes {expected} argument(s), got {n}", name_tok)
+        if name in ("proj", "istag"):
+            literal_at = 1 if name == "proj" else 0
+            lit = self.term(arg_nodes[literal_at], env)
+            if not (isinstance(lit, T.Lit) and type(lit.value) is int and lit.value >= 0):
+                raise self.error(f"`{name}` needs a non-negative integer literal as argument "
+                                 f"{literal_at + 1}", name_tok)
+        args = tuple(self.term(a, env) for a in arg_nodes)
+        if name == "proj":
+            return T.Index(args[0], args[1].value)
+        return T.Call("inject" if name == "variant" else name, args)
+
+    def case(self, scrutinee, arm_nodes, env: tuple, node) -> T.Term:
+        arms = []
+        default = None
+        seen = set()
+        for arm in arm_nodes:
+            if arm is None:  # the optional trailing comma placeholder
+                continue
+            if arm.data == "default_arm":
+                if default is not None:
+                    raise self.error("`case` has two `_` arms", arm)
+                default = self.term(arm.children[0], env)
+                continue
+            ctor, *rest = arm.children
+            body_node = rest[-1]
+            binders = [str(b.children[0]) for b in rest[:-1] if b is not None]
+            if str(ctor) not in self.constructors:
+                raise self.error(f"unknown constructor `{ctor}` in `case` arm", ctor)
+            arity, tag = self.constructors[str(ctor)]
+            if len(binders) != arity:
+                raise self.error(f"constructor `{ctor}` has {arity} field(s) but the arm "
+                                 f"binds {len(binders)}", ctor)
+            if tag in seen:
+                raise self.error(f"`case` has two arms for `{ctor}`", ctor)
+            seen.add(tag)
+            names = {}
+            for i, b in enumerate(binders):
+                if b != "_":
+                    names[b] = i
+            arms.append((tag, self.term(body_node, env + (_Frame(1, names),))))
+        return T.Case(self.term(scrutinee, env), tuple(arms), default)

@@ -1,0 +1,204 @@
+"""Runtime semantics of scalar terms (SPEC A3, A8): the primitive operations
+shared by the compiled code and the reference interpreter.
+
+Every failure raises :class:`TermError` with a message a user can act on;
+the engine drops the row and counts the error per operator.
+"""
+
+from __future__ import annotations
+
+from ..values import INT_MAX, INT_MIN, List, Variant, format_value, order_key
+
+MASK64 = (1 << 64) - 1
+
+
+class TermError(Exception):
+    """A runtime error inside a scalar term (wrong type, index, no arm, overflow)."""
+
+
+def _show(v) -> str:
+    text = format_value(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(v) -> str:
+    t = type(v)
+    if t is int:
+        return "Int"
+    if t is tuple:
+        return "Tuple"
+    if t is List:
+        return "List"
+    return "Variant"
+
+
+def check_int(v, what: str) -> int:
+    if type(v) is not int:
+        raise TermError(f"{what} needs an Int, got {_kind(v)} {_show(v)}")
+    return v
+
+
+def _fit(n: int, op: str) -> int:
+    if INT_MIN <= n <= INT_MAX:
+        return n
+    raise TermError(f"integer overflow in `{op}`")
+
+
+def add(a, b):
+    if type(a) is int and type(b) is int:
+        n = a + b
+        if INT_MIN <= n <= INT_MAX:
+            return n
+        raise TermError("integer overflow in `+`")
+    check_int(a, "`+`")
+    return check_int(b, "`+`")
+
+
+def sub(a, b):
+    if type(a) is int and type(b) is int:
+        n = a - b
+        if INT_MIN <= n <= INT_MAX:
+            return n
+        raise TermError("integer overflow in `-`")
+    check_int(a, "`-`")
+    return check_int(b, "`-`")
+
+
+def mul(a, b):
+    if type(a) is int and type(b) is int:
+        return _fit(a * b, "*")
+    check_int(a, "`*`")
+    return check_int(b, "`*`")
+
+
+def neg(a):
+    return _fit(-check_int(a, "unary `-`"), "-")
+
+
+ARITH = {"+": add, "-": sub, "*": mul}
+
+
+def lt(a, b) -> int:
+    if type(a) is int and type(b) is int:
+        return 1 if a < b else 0
+    return 1 if order_key(a) < order_key(b) else 0
+
+
+def le(a, b) -> int:
+    if type(a) is int and type(b) is int:
+        return 1 if a <= b else 0
+    return 1 if order_key(a) <= order_key(b) else 0
+
+
+def eq(a, b) -> int:
+    return 1 if a == b else 0
+
+
+def ne(a, b) -> int:
+    return 0 if a == b else 1
+
+
+COMPARE = {
+    "==": eq,
+    "!=": ne,
+    "<": lt,
+    "<=": le,
+    ">": lambda a, b: lt(b, a),
+    ">=": lambda a, b: le(b, a),
+}
+
+
+def truthy(v) -> bool:
+    return type(v) is int and v != 0
+
+
+def index(v, i: int):
+    t = type(v)
+    if t is tuple or t is List:
+        if 0 <= i < len(v):
+            return v[i]
+        raise TermError(f"index {i} out of range for {_kind(v)} {_show(v)} of length {len(v)}")
+    raise TermError(f"`[{i}]` needs a Tuple or List, got {_kind(v)} {_show(v)}")
+
+
+def fields(v):
+    """The fields of a spliced row (SPEC A4): a Tuple or a List."""
+    t = type(v)
+    if t is tuple:
+        return v
+    if t is List:
+        return tuple(v)
+    raise TermError(f"cannot splice {_kind(v)} {_show(v)}: only a Tuple or List has fields")
+
+
+def inject(tag, payload):
+    if type(tag) is not int or tag < 0:
+        raise TermError(f"a variant tag must be a non-negative Int, got {_show(tag)}")
+    return Variant(tag, payload)
+
+
+def length(v) -> int:
+    t = type(v)
+    if t is tuple or t is List:
+        return len(v)
+    raise TermError(f"`len` needs a Tuple or List, got {_kind(v)} {_show(v)}")
+
+
+def istag(tag: int, v) -> int:
+    return 1 if type(v) is Variant and v[0] == tag else 0
+
+
+def as_list(v, what: str):
+    if type(v) is not List:
+        raise TermError(f"{what} needs a List, got {_kind(v)} {_show(v)}")
+    return v
+
+
+def fold(items, init, step):
+    acc = init
+    for item in as_list(items, "`fold`"):
+        acc = step(item, acc)
+    return acc
+
+
+def case_scrutinee(v):
+    if type(v) is not Variant:
+        raise TermError(f"`case` needs a Variant, got {_kind(v)} {_show(v)}")
+    return v
+
+
+def no_arm(v):
+    raise TermError(f"no `case` arm for tag {v[0]} (value {_show(v)})")
+
+
+def no_row(n: int):
+    raise TermError(f"`${n}` does not exist here")
+
+
+def splitmix64(x: int) -> int:
+    """SPEC A8, wrapping u64 arithmetic, bit-exact."""
+    x = (x * 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def hash_ints(bound: int, keys) -> int:
+    """SPEC A8 ``hash(bound, k1, ..., kn)`` on Python ints."""
+    acc = 0xCBF29CE484222325
+    for k in keys:
+        acc = splitmix64(acc ^ (k & MASK64))
+    h = acc >> 1
+    return h % bound if bound > 0 else h
+
+
+def hash_term(bound, *keys) -> int:
+    check_int(bound, "`hash` bound")
+    for k in keys:
+        check_int(k, "`hash` key")
+    return hash_ints(bound, keys)
+
+
+def bit_length_u64(v) -> int:
+    """``bits`` of SPEC A5 (enter_at): bit length as an unsigned 64-bit number."""
+    return (check_int(v, "`enter_at`") & MASK64).bit_length()

@@ -1,0 +1,278 @@
+"""The DDIR value model (SPEC A1): Int, Tuple, Variant, List.
+
+Values are native, hashable Python objects so that dictionaries keyed by
+rows are cheap:
+
+* ``Int``     -> ``int`` (never ``bool``: code that computes truth values
+                  must produce ``1``/``0``);
+* ``Tuple``   -> ``tuple``;
+* ``List``    -> :class:`List`, a ``tuple`` subclass;
+* ``Variant`` -> :class:`Variant`, a ``tuple`` subclass ``(tag, payload)``.
+
+The subclasses override equality so that ``List((1,)) != (1,)`` and
+``Variant(0, ()) != (0, ())``: Python tries a subclass's ``__eq__`` first even
+when it is the right operand, so mixed comparisons are safe in both
+directions and inside nested tuples.
+
+The *total order* of SPEC A1 is not Python's order; use :func:`order_key`
+wherever order matters (min, collect, printing).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "List", "Variant", "Value", "order_key", "compare", "truthy",
+    "format_value", "to_json", "from_json", "parse_printed", "ValueSyntaxError",
+    "is_value", "INT_MIN", "INT_MAX",
+]
+
+INT_MIN = -(1 << 63)
+INT_MAX = (1 << 63) - 1
+
+
+class List(tuple):
+    """A DDIR List: a sequence, distinct from a Tuple with the same items."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is List and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self) ^ 0x4C157
+
+    def __repr__(self) -> str:
+        return f"List({list(self)!r})"
+
+
+class Variant(tuple):
+    """A DDIR Variant: ``Variant(tag, payload)``; ``v.tag``, ``v.payload``."""
+
+    __slots__ = ()
+
+    def __new__(cls, tag: int, payload: Any) -> "Variant":
+        return tuple.__new__(cls, (tag, payload))
+
+    @property
+    def tag(self) -> int:
+        return self[0]
+
+    @property
+    def payload(self) -> Any:
+        return self[1]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Variant and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self) ^ 0x7A41A
+
+    def __repr__(self) -> str:
+        return f"Variant({self[0]!r}, {self[1]!r})"
+
+    def __getnewargs__(self):  # keeps copy/deepcopy working
+        return (self[0], self[1])
+
+
+Value = Any  # int | tuple | List | Variant
+
+
+def is_value(v: object) -> bool:
+    """True when ``v`` is a well-formed DDIR value (recursively)."""
+    t = type(v)
+    if t is int:
+        return INT_MIN <= v <= INT_MAX
+    if t is tuple or t is List:
+        return all(is_value(x) for x in v)
+    if t is Variant:
+        return type(v[0]) is int and v[0] >= 0 and is_value(v[1])
+    return False
+
+
+# ---------------------------------------------------------------- order
+
+def order_key(v: Value):
+    """A Python-comparable key realising the total order of SPEC A1.
+
+    Int < Tuple < Variant < List; tuples and lists compare element-wise with
+    a proper prefix smaller (exactly Python's tuple comparison of the keys).
+    """
+    t = type(v)
+    if t is int:
+        return (0, v)
+    if t is tuple:
+        return (1, tuple(order_key(x) for x in v))
+    if t is Variant:
+        return (2, v[0], order_key(v[1]))
+    if t is List:
+        return (3, tuple(order_key(x) for x in v))
+    raise TypeError(f"not a DDIR value: {v!r}")
+
+
+def compare(a: Value, b: Value) -> int:
+    """-1, 0 or 1 by the total order."""
+    if type(a) is int and type(b) is int:
+        return (a > b) - (a < b)
+    ka, kb = order_key(a), order_key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def truthy(v: Value) -> bool:
+    """A nonzero Int is true; every other value is false."""
+    return type(v) is int and v != 0
+
+
+# ---------------------------------------------------------------- text form
+
+def format_value(v: Value) -> str:
+    t = type(v)
+    if t is int:
+        return str(v)
+    if t is tuple:
+        return "(" + ", ".join(format_value(x) for x in v) + ")"
+    if t is List:
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    if t is Variant:
+        tag, payload = v
+        if type(payload) is tuple or type(payload) is List:
+            return f"#{tag}{format_value(payload)}"
+        return f"#{tag}:{format_value(payload)}"
+    raise TypeError(f"not a DDIR value: {v!r}")
+
+
+class ValueSyntaxError(ValueError):
+    """A malformed printed value; ``pos`` is the 0-based offset of the problem."""
+
+    def __init__(self, message: str, pos: int):
+        super().__init__(message)
+        self.pos = pos
+
+
+def parse_printed(text: str) -> Value:
+    """Parse the printed form (``format_value``'s output) back to a value.
+
+    Whitespace between tokens is allowed, so both ``(1, 2)`` and ``(1,2)``
+    work.
+    """
+    parser = _PrintedParser(text)
+    value = parser.value()
+    parser.skip_ws()
+    if parser.pos != len(text):
+        raise ValueSyntaxError(f"unexpected {text[parser.pos]!r} after the value", parser.pos)
+    return value
+
+
+class _PrintedParser:
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+
+    def skip_ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        self.skip_ws()
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def expect(self, ch: str) -> None:
+        if self.peek() != ch:
+            found = repr(self.peek()) if self.peek() else "end of value"
+            raise ValueSyntaxError(f"expected {ch!r}, found {found}", self.pos)
+        self.pos += 1
+
+    def integer(self) -> int:
+        self.skip_ws()
+        start = self.pos
+        if self.pos < len(self.text) and self.text[self.pos] == "-":
+            self.pos += 1
+        digits = self.pos
+        while self.pos < len(self.text) and self.text[self.pos].isdigit():
+            self.pos += 1
+        if self.pos == digits:
+            raise ValueSyntaxError("expected an integer", start)
+        n = int(self.text[start:self.pos])
+        if not INT_MIN <= n <= INT_MAX:
+            raise ValueSyntaxError(f"integer {n} does not fit in 64 bits", start)
+        return n
+
+    def items(self, close: str) -> list:
+        out: list = []
+        if self.peek() == close:
+            self.pos += 1
+            return out
+        while True:
+            out.append(self.value())
+            ch = self.peek()
+            if ch == ",":
+                self.pos += 1
+                continue
+            self.expect(close)
+            return out
+
+    def value(self) -> Value:
+        ch = self.peek()
+        if ch == "(":
+            self.pos += 1
+            return tuple(self.items(")"))
+        if ch == "[":
+            self.pos += 1
+            return List(self.items("]"))
+        if ch == "#":
+            self.pos += 1
+            tag_pos = self.pos
+            tag = self.integer()
+            if tag < 0:
+                raise ValueSyntaxError("a variant tag must be non-negative", tag_pos)
+            nxt = self.peek()
+            if nxt == ":":
+                self.pos += 1
+                return Variant(tag, self.value())
+            if nxt in ("(", "["):
+                return Variant(tag, self.value())
+            raise ValueSyntaxError("expected '(', '[' or ':' after the variant tag", self.pos)
+        if ch == "-" or ch.isdigit():
+            return self.integer()
+        found = repr(ch) if ch else "end of value"
+        raise ValueSyntaxError(f"expected a value, found {found}", self.pos)
+
+
+# ---------------------------------------------------------------- JSON form
+
+def to_json(v: Value):
+    """The JSON-compatible form of SPEC Part B (``json.dumps`` it)."""
+    t = type(v)
+    if t is int:
+        return v
+    if t is tuple:
+        return [to_json(x) for x in v]
+    if t is List:
+        return {"list": [to_json(x) for x in v]}
+    if t is Variant:
+        return {"tag": v[0], "val": to_json(v[1])}
+    raise TypeError(f"not a DDIR value: {v!r}")
+
+
+def from_json(j) -> Value:
+    """Inverse of :func:`to_json` (accepts already-decoded JSON)."""
+    if isinstance(j, bool):
+        raise ValueError("booleans are not DDIR values")
+    if isinstance(j, int):
+        return j
+    if isinstance(j, list):
+        return tuple(from_json(x) for x in j)
+    if isinstance(j, dict):
+        if set(j) == {"list"}:
+            return List(from_json(x) for x in j["list"])
+        if set(j) == {"tag", "val"}:
+            return Variant(j["tag"], from_json(j["val"]))
+    raise ValueError(f"not the JSON form of a DDIR value: {json.dumps(j)}")
