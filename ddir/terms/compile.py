@@ -24,6 +24,7 @@ GLOBALS = {
     "_inject": rt.inject, "_len": rt.length, "_istag": rt.istag,
     "_fold": rt.fold, "_scrut": rt.case_scrutinee, "_noarm": rt.no_arm,
     "_norow": rt.no_row, "_hash": rt.hash_term, "_bits": rt.bit_length_u64,
+    "_aslist": lambda v: rt.as_list(v, "`flatmap`"),
     "_List": List, "TermError": rt.TermError,
 }
 

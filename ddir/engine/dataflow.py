@@ -1,0 +1,131 @@
+"""One installed program as a running dataflow: the engine's API.
+
+Build it from a lowered :class:`ddir.ir.nodes.Program` (with the exported
+arrangements of other dataflows it imports), stage input updates, run to an
+epoch, compact, read exports. Nothing here knows about processes, commands
+or printing.
+"""
+
+from __future__ import annotations
+
+from ..ir import nodes as N
+from . import operators as O
+from .scope import ScopeRunner
+
+DEFAULT_MAX_ROUNDS = 1_000_000
+
+
+class Dataflow:
+    def __init__(self, program: N.Program, imports: dict | None = None,
+                 max_rounds: int = DEFAULT_MAX_ROUNDS):
+        """``imports``: trace name -> the exporting :class:`ArrangeOp`."""
+        self.program = program
+        self.events: list = []   # (label, key, val, time, diff) of inspect
+        self.errors: dict = {}   # (operator, loc) -> [count, first message]
+        self.ops: dict = {}
+        self.scopes: dict = {}
+        for s in program.scopes:
+            parent = self.scopes.get(s.parent)
+            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds)
+        self.root = self.scopes[0]
+        for node in program.nodes:
+            self.ops[node.id] = self._make(node)
+        for s in program.scopes:
+            runner = self.scopes[s.id]
+            for kind, i in s.order:
+                runner.items.append(self.ops[i] if kind == "node" else self.scopes[i])
+        self._wire()
+        self.inputs = {n.n: self.ops[n.id] for n in program.nodes if isinstance(n, N.InputNode)}
+        self.imports = {n.trace: self.ops[n.id] for n in program.nodes if isinstance(n, N.ImportNode)}
+        self.exports = {name: self.ops[i] for name, i in program.exports}
+        self.upstream: list = []
+        for name, op in self.imports.items():
+            source = (imports or {})[name]
+            source.subscribers.append(op)
+            self.upstream.append(source)
+
+    def _make(self, node):
+        scope = self.scopes[node.scope]
+        if isinstance(node, N.LinearNode):
+            return O.LinearOp(node, scope, self)
+        if isinstance(node, N.ConcatNode):
+            return O.ConcatOp(node, scope, self)
+        if isinstance(node, N.ArrangeNode):
+            return O.ArrangeOp(node, scope, self)
+        if isinstance(node, N.JoinNode):
+            return O.JoinOp(node, scope, self, self.ops[node.inputs[0]], self.ops[node.inputs[1]])
+        if isinstance(node, N.ReduceNode):
+            return O.ReduceOp(node, scope, self, self.ops[node.inputs[0]])
+        if isinstance(node, N.EnterAtNode):
+            return O.EnterAtOp(node, scope, self)
+        return O.Operator(node, scope, self)  # input, import, var, enter, leave
+
+    def _wire(self) -> None:
+        for node in self.program.nodes:
+            op = self.ops[node.id]
+            adapt = (O.enter_time if isinstance(node, N.EnterNode)
+                     else O.leave_time if isinstance(node, N.LeaveNode) else None)
+            for port, src in enumerate(node.inputs):
+                self.ops[src].outputs.append((op, port, adapt))
+        for s in self.program.scopes:
+            for var_id, body_id in s.vars:
+                self.ops[body_id].outputs.append((self.ops[var_id], 0, O.feedback_time))
+
+    # ------------------------------------------------------------ API
+
+    def stage(self, n: int, t: tuple, rows) -> None:
+        """Stage input ``n`` updates ``[(key, val, diff)]`` at root time ``t``."""
+        self.inputs[n].receive(0, t, rows)
+
+    def catch_up(self, epoch: int) -> None:
+        """Feed every import the full contents of its trace at ``epoch`` (the
+        last closed epoch) and run to it: a new dataflow sees all history."""
+        for op, source in zip(self.imports.values(), self.upstream):
+            rows = [(k, v, d) for (k, v), d in source.trace.contents().items()]
+            op.receive(0, (epoch,), rows)
+        self.run(epoch)
+
+    def run(self, epoch: int) -> None:
+        """Process every pending time up to and including ``epoch``."""
+        self.root.run_prefix((), limit=epoch)
+
+    def compact(self, epoch: int) -> None:
+        """Fold history before ``epoch`` (the last closed epoch) onto it."""
+        for trace in self.traces():
+            trace.compact(epoch)
+
+    def traces(self):
+        for op in self.ops.values():
+            if isinstance(op, O.ArrangeOp):
+                yield op.trace
+            elif isinstance(op, O.ReduceOp):
+                yield op.output
+
+    def record_error(self, operator: str, loc, message: str) -> None:
+        entry = self.errors.get((operator, loc))
+        if entry is None:
+            self.errors[(operator, loc)] = [1, message]
+        else:
+            entry[0] += 1
+            if message < entry[1]:  # the least message: the same for any worker count
+                entry[1] = message
+
+    def take_events(self) -> list:
+        events, self.events = self.events, []
+        return events
+
+    def take_errors(self) -> dict:
+        errors, self.errors = self.errors, {}
+        return errors
+
+    def detach(self) -> None:
+        """Stop receiving from upstream exports (on drop)."""
+        for op, source in zip(self.imports.values(), self.upstream):
+            source.subscribers.remove(op)
+        self.upstream = []
+
+    def stored_updates(self) -> int:
+        return sum(t.size() for t in self.traces())
+
+    def pending_updates(self) -> int:
+        return sum(op.pending_size() for op in self.ops.values())

@@ -1,0 +1,297 @@
+"""Dataflow operators. Each holds, per input port, pending batches keyed by
+time; its scope calls ``step(t)`` once the time is due (all inputs at times
+<= t have been processed, see :mod:`ddir.engine.scope`).
+
+Outputs go to ``(consumer, port, adapt)`` edges; ``adapt`` changes the time
+where an edge crosses a scope boundary (enter: append 0; leave: drop the
+last coordinate; var feedback: +1 on the last coordinate).
+"""
+
+from __future__ import annotations
+
+from .linear import compile_chain, projection_source
+from .time import join as time_join, less_equal
+from .trace import Trace
+from ..terms.compile import Codegen, build_function
+from ..terms.runtime import TermError, bit_length_u64
+from ..terms.compile import compile_term
+from ..values import List, order_key
+
+
+def consolidate(rows) -> list:
+    """Sum the diffs of equal (key, val) pairs and drop zeros."""
+    if len(rows) == 1:
+        return rows if rows[0][2] else []
+    acc: dict = {}
+    for k, v, d in rows:
+        kv = (k, v)
+        acc[kv] = acc.get(kv, 0) + d
+    return [(k, v, d) for (k, v), d in acc.items() if d]
+
+
+def enter_time(t):
+    return t + (0,)
+
+
+def leave_time(t):
+    return t[:-1]
+
+
+def feedback_time(t):
+    return t[:-1] + (t[-1] + 1,)
+
+
+class Operator:
+    def __init__(self, node, scope, dataflow):
+        self.node = node
+        self.scope = scope
+        self.dataflow = dataflow
+        self.ports = [dict() for _ in range(max(1, len(node.inputs)))]
+        self.outputs: list = []
+
+    def receive(self, port: int, t: tuple, rows) -> None:
+        if not rows:
+            return
+        pending = self.ports[port]
+        batch = pending.get(t)
+        if batch is None:
+            pending[t] = list(rows)
+        else:
+            batch.extend(rows)
+        self.scope.schedule(t)
+
+    def has_work(self, t: tuple) -> bool:
+        for p in self.ports:
+            if t in p:
+                return True
+        return False
+
+    def take(self, port: int, t: tuple) -> list:
+        rows = self.ports[port].pop(t, None)
+        return consolidate(rows) if rows else []
+
+    def emit(self, t: tuple, rows) -> None:
+        if not rows:
+            return
+        for consumer, port, adapt in self.outputs:
+            consumer.receive(port, adapt(t) if adapt else t, rows)
+
+    def pending_size(self) -> int:
+        return sum(len(b) for p in self.ports for b in p.values())
+
+    def step(self, t: tuple) -> None:  # pass-through (input, import, var, enter, leave)
+        self.emit(t, self.take(0, t))
+
+    def fail(self, what: str, error: TermError) -> None:
+        self.dataflow.record_error(what, self.node.loc, str(error))
+
+
+class ConcatOp(Operator):
+    def step(self, t):
+        rows = []
+        for port in self.ports:
+            batch = port.pop(t, None)
+            if batch:
+                rows.extend(batch)
+        self.emit(t, consolidate(rows))
+
+
+class LinearOp(Operator):
+    def __init__(self, node, scope, dataflow):
+        super().__init__(node, scope, dataflow)
+        self.steps = node.steps
+        self.chain = compile_chain(node.steps)
+        self.iterative = scope.depth > 0
+
+    def _fail(self, index: int, error: TermError) -> None:
+        step = self.steps[index]
+        self.dataflow.record_error(step.op, step.loc, str(error))
+
+    def step(self, t):
+        rows = self.take(0, t)
+        if rows:
+            it = t[-1] if self.iterative else 0
+            self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events))
+
+
+class EnterAtOp(Operator):
+    def __init__(self, node, scope, dataflow):
+        super().__init__(node, scope, dataflow)
+        self.delay = compile_term(node.term, 2)
+
+    def step(self, t):
+        by_time: dict = {}
+        it = t[-1]
+        for k, v, d in self.take(0, t):
+            try:
+                delay = 256 * bit_length_u64(self.delay(k, v))
+            except TermError as e:
+                self.fail("enter_at", e)
+                continue
+            s = t if delay <= it else t[:-1] + (delay,)
+            by_time.setdefault(s, []).append((k, v, d))
+        for s, rows in by_time.items():
+            self.emit(s, rows)
+
+
+class ArrangeOp(Operator):
+    """Maintains the trace of its input; passes the batch on. An exported
+    arrangement also forwards each batch to importing dataflows."""
+
+    def __init__(self, node, scope, dataflow):
+        super().__init__(node, scope, dataflow)
+        self.trace = Trace()
+        self.subscribers: list = []  # ImportOps of other dataflows
+
+    def step(self, t):
+        rows = self.take(0, t)
+        if rows:
+            self.trace.insert(rows, t)
+            self.emit(t, rows)
+            for sub in self.subscribers:
+                sub.receive(0, t, rows)
+
+
+class JoinOp(Operator):
+    """Bilinear: new left rows meet the right history, new right rows meet the
+    left history; the traces already hold this time's deltas, so the
+    delta x delta term, counted twice, is subtracted once."""
+
+    def __init__(self, node, scope, dataflow, left: ArrangeOp, right: ArrangeOp):
+        super().__init__(node, scope, dataflow)
+        self.left, self.right = left, right
+        gen = Codegen()
+        key, val = projection_source(gen, node.proj, ("k", "a", "b"))
+        source = (f"def proj(k, a, b):\n    return {key}, {val}\n")
+        self.proj = build_function("proj", source, gen.consts)
+
+    def step(self, t):
+        dl, dr = self.take(0, t), self.take(1, t)
+        out: dict = {}
+        proj = self.proj
+        right_data, left_data = self.right.trace.data, self.left.trace.data
+
+        def produce(k, a, b, s, d):
+            try:
+                key, val = proj(k, a, b)
+            except TermError as e:
+                self.fail("join", e)
+                return
+            out.setdefault(s, []).append((key, val, d))
+
+        for k, a, d1 in dl:
+            for b, s, d2 in right_data.get(k, ()):
+                produce(k, a, b, time_join(t, s), d1 * d2)
+        for k, b, d2 in dr:
+            for a, s, d1 in left_data.get(k, ()):
+                produce(k, a, b, time_join(t, s), d1 * d2)
+        if dl and dr:
+            right_new: dict = {}
+            for k, b, d2 in dr:
+                right_new.setdefault(k, []).append((b, d2))
+            for k, a, d1 in dl:
+                for b, d2 in right_new.get(k, ()):
+                    produce(k, a, b, t, -d1 * d2)
+        for s, rows in out.items():
+            self.emit(s, consolidate(rows))
+
+
+def _reduce_min(acc: dict):
+    vals = list(acc)
+    if all(type(x) is int for x in vals):
+        return {min(vals): 1}
+    return {min(vals, key=order_key): 1}
+
+
+def _reduce_distinct(acc: dict):
+    return {(): 1}
+
+
+def _reduce_count(acc: dict):
+    n = sum(acc.values())
+    return {(n,): 1} if n > 0 else {}
+
+
+def _reduce_collect(acc: dict):
+    items = []
+    for v in sorted(acc, key=order_key):
+        if acc[v] > 0:
+            items.extend([v] * acc[v])
+    return {List(items): 1}
+
+
+REDUCERS = {"min": _reduce_min, "distinct": _reduce_distinct, "count": _reduce_count,
+            "collect": _reduce_collect}
+
+
+class ReduceOp(Operator):
+    """Per key: output(t) = f(input accumulated at t), emitted as the
+    difference to the output accumulated at t. After processing (key, t) it
+    schedules join(t, s) for every history time s not <= t ("interesting
+    times"): without this, a retraction inside a loop would leave stale
+    output at later iterations."""
+
+    def __init__(self, node, scope, dataflow, source: ArrangeOp):
+        super().__init__(node, scope, dataflow)
+        self.source = source
+        self.output = Trace()
+        self.reducer = REDUCERS[node.reducer]
+        self.scheduled: dict = {}   # time -> set of keys
+        self.key_times: dict = {}   # key -> set of scheduled times
+
+    def has_work(self, t):
+        return t in self.ports[0] or t in self.scheduled
+
+    def pending_size(self) -> int:
+        return super().pending_size() + sum(len(k) for k in self.scheduled.values())
+
+    def _schedule(self, key, s: tuple) -> None:
+        keys = self.scheduled.get(s)
+        if keys is None:
+            self.scheduled[s] = keys = set()
+            self.scope.schedule(s)
+        keys.add(key)
+        self.key_times.setdefault(key, set()).add(s)
+
+    def step(self, t):
+        keys = {k for k, _, _ in self.take(0, t)}
+        due = self.scheduled.pop(t, None)
+        if due:
+            keys |= due
+            for k in due:
+                times = self.key_times[k]
+                times.discard(t)
+                if not times:
+                    del self.key_times[k]
+        if not keys:
+            return
+        in_trace, out_trace = self.source.trace, self.output
+        emitted = []
+        for k in keys:
+            acc = in_trace.accumulate(k, t)
+            want = self.reducer(acc) if acc else {}
+            have = out_trace.accumulate(k, t)
+            for v, d in want.items():
+                delta = d - have.pop(v, 0)
+                if delta:
+                    emitted.append((k, v, delta))
+            for v, d in have.items():
+                emitted.append((k, v, -d))
+            self._interesting(k, t, in_trace, out_trace)
+        if emitted:
+            out_trace.insert(emitted, t)
+            self.emit(t, emitted)
+
+    def _interesting(self, k, t, in_trace, out_trace) -> None:
+        if len(t) == 1:  # totally ordered times: nothing is ever concurrent
+            return
+        seen = set()
+        for hist in (in_trace.data.get(k, ()), out_trace.data.get(k, ())):
+            for _, s, _ in hist:
+                if s not in seen:
+                    seen.add(s)
+                    if not less_equal(s, t):
+                        self._schedule(k, time_join(s, t))
+        for s in tuple(self.key_times.get(k, ())):
+            if not less_equal(s, t):
+                self._schedule(k, time_join(s, t))

@@ -1,0 +1,64 @@
+"""Scope scheduling without distributed progress tracking (DESIGN).
+
+Every update an operator emits is at a time >= the time that caused it, and
+lexicographic order extends the product order; so a scope processes its
+pending times smallest-first, operators in topological order, and when it
+processes ``t`` nothing at a time <= ``t`` can still arrive.
+
+A child scope is one item of its parent: when the parent processes ``p`` the
+child processes every pending time extending ``p`` until none is left. A
+child's pending times are also registered, projected, in every ancestor, so
+work a child schedules for a later outer time makes the parent visit it.
+"""
+
+from __future__ import annotations
+
+
+class NonConvergence(Exception):
+    """A scope ran past the iteration bound without reaching a fixed point."""
+
+
+class ScopeRunner:
+    def __init__(self, ir_scope, parent, max_rounds: int):
+        self.ir = ir_scope
+        self.parent = parent
+        self.depth = ir_scope.depth
+        self.items: list = []      # operators and child ScopeRunners, in order
+        self.pending: set = set()  # times (length depth + 1) with work
+        self.max_rounds = max_rounds
+        self.rounds = 0            # processed times, for statistics
+
+    def schedule(self, t: tuple) -> None:
+        scope = self
+        while scope is not None and t not in scope.pending:
+            scope.pending.add(t)
+            t = t[:-1]
+            scope = scope.parent
+
+    def run_time(self, t: tuple) -> None:
+        for item in self.items:
+            if isinstance(item, ScopeRunner):
+                item.run_prefix(t)
+            elif item.has_work(t):
+                item.step(t)
+
+    def run_prefix(self, prefix: tuple, limit: int | None = None) -> None:
+        """Process every pending time extending ``prefix`` (at the root:
+        every pending epoch <= ``limit``), smallest first."""
+        n = len(prefix)
+        rounds = 0
+        while True:
+            if limit is None:
+                due = [t for t in self.pending if t[:n] == prefix]
+            else:
+                due = [t for t in self.pending if t[0] <= limit]
+            if not due:
+                return
+            t = min(due)
+            rounds += 1
+            if rounds > self.max_rounds:
+                raise NonConvergence(
+                    f"scope `{self.ir.name}` did not converge within {self.max_rounds} rounds")
+            self.run_time(t)
+            self.pending.discard(t)
+            self.rounds += 1

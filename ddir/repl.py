@@ -1,0 +1,124 @@
+"""The interactive prompt (prompt_toolkit): history, completion, colouring.
+
+Kept apart from the server: it only reads the server's names for
+completion and hands each line to the :class:`Session`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.lexers import Lexer
+
+from .server.commands import COMMANDS, OPTION_KEYS
+from .server.session import Session
+
+
+def history_path() -> str:
+    return os.environ.get("DDIR_HISTORY") or os.path.join(os.path.expanduser("~"), ".ddir_history")
+
+
+class DdirCompleter(Completer):
+    """Commands, then per command: program names, trace names, program
+    files after ``install <name>``, and option keys."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.paths = PathCompleter(file_filter=lambda p: os.path.isdir(p) or p.endswith((".ddp", ".ddir")))
+
+    def get_completions(self, document: Document, complete_event):
+        text = document.text_before_cursor
+        words = text.split()
+        if text and not text[-1].isspace():
+            current = words[-1] if words else ""
+            before = words[:-1]
+        else:
+            current, before = "", words
+        server = self.session.server
+        if not before:
+            yield from self._words(current, COMMANDS)
+            return
+        cmd = before[0]
+        position = len(before)
+        candidates: list = []
+        if cmd == "install" and position == 2:
+            sub = Document(current, len(current))
+            yield from self.paths.get_completions(sub, complete_event)
+            return
+        if cmd in ("feed", "drop") and position == 1:
+            candidates = [p.name for p in server.programs.values()
+                          if cmd == "drop" or p.origin == "program"]
+        elif cmd == "peek" and position == 1:
+            candidates = sorted(server.traces)
+        elif cmd == "help" and position == 1:
+            candidates = list(COMMANDS)
+        if cmd in OPTION_KEYS and position >= (3 if cmd == "feed" else 1):
+            candidates += [k + "=" for k in OPTION_KEYS[cmd]]
+        yield from self._words(current, candidates)
+
+    @staticmethod
+    def _words(prefix: str, words):
+        for w in words:
+            if w.startswith(prefix):
+                yield Completion(w, start_position=-len(prefix))
+
+
+class CommandLexer(Lexer):
+    """Command word, option keys and numbers in distinct colours."""
+
+    def lex_document(self, document):
+        def line_tokens(lineno: int):
+            line = document.lines[lineno]
+            if line.lstrip().startswith(("#", "--")):
+                return [("class:comment", line)]
+            out = []
+            first = True
+            for part in _split_keep_spaces(line):
+                if part.isspace():
+                    out.append(("", part))
+                elif first:
+                    out.append(("class:command" if part in COMMANDS else "class:error", part))
+                    first = False
+                elif "=" in part and part.split("=", 1)[0].isidentifier():
+                    key, value = part.split("=", 1)
+                    out += [("class:option", key + "="), ("class:value", value)]
+                else:
+                    out.append(("class:value", part))
+            return out
+        return line_tokens
+
+
+def _split_keep_spaces(line: str) -> list:
+    return re.findall(r"\s+|\S+", line)
+
+
+STYLE = {
+    "command": "bold ansiblue", "option": "ansimagenta", "value": "ansigreen",
+    "comment": "italic ansibrightblack", "error": "ansired",
+}
+
+
+def make_prompt_session(session: Session, **kwargs) -> PromptSession:
+    from prompt_toolkit.styles import Style
+    return PromptSession(history=FileHistory(history_path()), completer=DdirCompleter(session),
+                         lexer=CommandLexer(), style=Style.from_dict(STYLE),
+                         enable_history_search=False, **kwargs)
+
+
+def run_prompt(session: Session, prompt_session: PromptSession | None = None) -> None:
+    """Read lines until exit / Ctrl-D; Ctrl-C clears the line."""
+    prompt = prompt_session or make_prompt_session(session)
+    while True:
+        try:
+            line = prompt.prompt(f"ddir [{session.server.epoch}]> ")
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            return
+        if not session.run_line(line):
+            return

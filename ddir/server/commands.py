@@ -1,0 +1,200 @@
+"""Command lines -> typed commands (the intake side of SPEC Part B).
+
+Every command is a frozen dataclass of plain data (an install carries the
+already-lowered IR program, never a path to re-read), so it can be
+msgpack-encoded for worker processes. A malformed line raises
+:class:`CommandError` with one message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..ir.lower import lower
+from ..lang.errors import ProgramError
+from ..lang.parser import parse_program
+from ..lang.value_token import ValueTokenError, parse_value_token
+
+
+class CommandError(Exception):
+    """A line that is not a valid command; nothing is executed."""
+
+
+@dataclass(frozen=True)
+class Install:
+    name: str
+    path: str
+    program: Any  # ddir.ir.nodes.Program
+
+
+@dataclass(frozen=True)
+class Feed:
+    program: str
+    input: int
+    key: Any
+    val: Any
+    time: Optional[int]
+    diff: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class Drop:
+    name: str
+
+
+@dataclass(frozen=True)
+class Peek:
+    trace: str
+    key: Any
+    has_key: bool
+    limit: Optional[int]
+    offset: int
+
+
+@dataclass(frozen=True)
+class ListCmd:
+    pass
+
+
+@dataclass(frozen=True)
+class Help:
+    topic: Optional[str]
+
+
+@dataclass(frozen=True)
+class Exit:
+    pass
+
+
+HELP = {
+    "install": ("install <name> <file>", "parse, lower, validate and install a program"),
+    "feed": ("feed <prog> <in#> <value> [val=<value>] [time=<t>] [diff=<int>]",
+             "stage an input update"),
+    "tick": ("tick", "close the current epoch, run every program to quiescence, print inspect events"),
+    "drop": ("drop <name>", "remove a program (refused while a trace it publishes has importers)"),
+    "peek": ("peek <trace> [key] [limit=<n>] [offset=<n>]", "print a trace's consolidated contents"),
+    "list": ("list", "epoch, traces with importer counts, programs"),
+    "help": ("help [command]", "the command table, or one command"),
+    "exit": ("exit", "stop (also `quit`)"),
+}
+COMMANDS = tuple(HELP) + ("quit",)
+OPTION_KEYS = {"feed": ("val", "time", "diff"), "peek": ("limit", "offset")}
+
+
+def is_skipped(line: str) -> bool:
+    """Blank lines and whole-line `#` / `--` comments."""
+    s = line.strip()
+    return not s or s.startswith("#") or s.startswith("--")
+
+
+def _split_options(cmd: str, args: list) -> tuple:
+    positional, options = [], {}
+    allowed = OPTION_KEYS.get(cmd, ())
+    for a in args:
+        key, eq, value = a.partition("=")
+        if eq and key.isidentifier():
+            if key not in allowed:
+                raise CommandError(f"`{cmd}` has no option `{key}=`"
+                                   + (f" (options: {', '.join(k + '=' for k in allowed)})"
+                                      if allowed else ""))
+            if key in options:
+                raise CommandError(f"option `{key}=` given twice")
+            options[key] = value
+        else:
+            if options:
+                raise CommandError(f"`{a}`: positional arguments must come before options")
+            positional.append(a)
+    return positional, options
+
+
+def _int(text: str, what: str, minimum: int | None = None) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise CommandError(f"{what} must be an integer, got `{text}`") from None
+    if minimum is not None and n < minimum:
+        raise CommandError(f"{what} must be at least {minimum}, got {n}")
+    return n
+
+
+def _value(text: str):
+    try:
+        return parse_value_token(text)
+    except ValueTokenError as e:
+        raise CommandError(str(e)) from None
+
+
+def _arity(cmd: str, positional: list, lo: int, hi: int) -> None:
+    if not lo <= len(positional) <= hi:
+        raise CommandError(f"usage: {HELP['exit' if cmd == 'quit' else cmd][0]}")
+
+
+def resolve_path(path: str, script_dir: str | None) -> str:
+    """Against the current directory, then the running script's directory."""
+    if os.path.exists(path) or script_dir is None or os.path.isabs(path):
+        return path
+    candidate = os.path.join(script_dir, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+def load_program(path: str, script_dir: str | None = None):
+    """Parse, lower and validate a program file (``CommandError`` /
+    ``ProgramError`` on failure)."""
+    resolved = resolve_path(path, script_dir)
+    try:
+        with open(resolved, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise CommandError(f'cannot read program file "{path}": {reason}') from None
+    return lower(parse_program(source, path))
+
+
+def parse_command(line: str, script_dir: str | None = None):
+    """One command line -> a command (``None`` for blank/comment lines)."""
+    if is_skipped(line):
+        return None
+    words = line.split()
+    cmd, args = words[0], words[1:]
+    if cmd not in COMMANDS:
+        raise CommandError(f"unknown command `{cmd}` (try `help`)")
+    positional, options = _split_options(cmd, args)
+    if cmd == "install":
+        _arity(cmd, positional, 2, 2)
+        name, path = positional
+        try:
+            program = load_program(path, script_dir)
+        except ProgramError as e:
+            raise CommandError(str(e)) from None
+        return Install(name, path, program)
+    if cmd == "feed":
+        _arity(cmd, positional, 3, 3)
+        prog, n, key = positional
+        return Feed(prog, _int(n, "the input number", 0), _value(key),
+                    _value(options.get("val", "")),
+                    _int(options["time"], "time=", 0) if "time" in options else None,
+                    _int(options.get("diff", "1"), "diff="))
+    if cmd == "peek":
+        _arity(cmd, positional, 1, 2)
+        has_key = len(positional) == 2
+        return Peek(positional[0], _value(positional[1]) if has_key else None, has_key,
+                    _int(options["limit"], "limit=", 0) if "limit" in options else None,
+                    _int(options.get("offset", "0"), "offset=", 0))
+    if cmd == "drop":
+        _arity(cmd, positional, 1, 1)
+        return Drop(positional[0])
+    if cmd == "help":
+        _arity(cmd, positional, 0, 1)
+        topic = positional[0] if positional else None
+        if topic is not None and topic not in COMMANDS:
+            raise CommandError(f"no command `{topic}` (try `help`)")
+        return Help(topic)
+    _arity(cmd, positional, 0, 0)
+    return {"tick": Tick, "list": ListCmd, "exit": Exit, "quit": Exit}[cmd]()

@@ -1,0 +1,81 @@
+"""Render output records as text or as `--json` lines (SPEC Part B)."""
+
+from __future__ import annotations
+
+import json
+
+from ..engine.time import format_time
+from ..values import format_value, to_json
+
+
+def error_record(message: str, file: str | None = None, line: int | None = None) -> dict:
+    record = {"kind": "error", "message": message}
+    if file is not None:
+        record["file"] = file
+        record["line"] = line
+    return record
+
+
+def render_text(record: dict) -> str:
+    kind = record["kind"]
+    if kind == "installed":
+        return f'installed "{record["name"]}"'
+    if kind == "dropped":
+        return f'dropped "{record["name"]}"'
+    if kind == "tick":
+        return f"tick -> epoch {record['epoch']}"
+    if kind == "error":
+        where = f"{record['file']}:{record['line']}: " if "file" in record else ""
+        return f"error: {where}{record['message']}"
+    if kind == "inspect":
+        d = record["diff"]
+        return (f"  [{record['label']}] {format_value(record['key'])} ; {format_value(record['val'])}"
+                f"  @{format_time(record['time'])}  {'+' if d > 0 else '-'}{abs(d)}")
+    if kind == "peek":
+        return _peek_text(record)
+    if kind == "list":
+        lines = [f"epoch: {record['epoch']}", f"traces ({len(record['traces'])}):"]
+        lines += [f"  {t['name']} (importers: {t['importers']})" for t in record["traces"]]
+        lines.append(f"programs ({len(record['programs'])}):")
+        for p in record["programs"]:
+            tag = f" [{p['origin']}]" if p["origin"] != "program" else ""
+            inputs = "[" + ", ".join(str(i) for i in p["inputs"]) + "]"
+            imports = "[" + ", ".join(f'"{i}"' for i in p["imports"]) + "]"
+            exports = "[" + ", ".join(f'"{e}"' for e in p["exports"]) + "]"
+            lines.append(f"  {p['name']}{tag} (inputs: {inputs}, imports: {imports}, exports: {exports})")
+        return "\n".join(lines)
+    if kind == "help":
+        width = max(len(c["usage"]) for c in record["commands"])
+        return "\n".join(f"  {c['usage']:<{width}}  {c['summary']}" for c in record["commands"])
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+def _peek_text(record: dict) -> str:
+    total = record["total"]
+    key = f" key={format_value(record['key'])}" if record.get("has_key") else ""
+    lines = [f'peek "{record["trace"]}"{key} ({total} rows):']
+    for k, v, d in record["rows"]:
+        lines.append(f"  {format_value(k)} ; {format_value(v)}  x{d}")
+    shown_to = record["offset"] + len(record["rows"])
+    if shown_to < total and record["rows"]:
+        more = total - shown_to
+        lines.append(f"  ... {more} more row{'s' if more != 1 else ''} "
+                     f"(peek {record['trace']} offset={shown_to})")
+    return "\n".join(lines)
+
+
+def render_json(record: dict) -> str:
+    kind = record["kind"]
+    if kind == "peek":
+        obj = {"kind": "peek", "trace": record["trace"],
+               "key": to_json(record["key"]) if record.get("has_key") else None,
+               "rows": [[to_json(k), to_json(v), d] for k, v, d in record["rows"]],
+               "total": record["total"], "offset": record["offset"]}
+    elif kind == "inspect":
+        obj = {"kind": "inspect", "label": record["label"], "key": to_json(record["key"]),
+               "val": to_json(record["val"]), "time": list(record["time"]), "diff": record["diff"]}
+    elif kind == "tick":
+        obj = {"kind": "tick", "epoch": record["epoch"]}
+    else:
+        obj = record
+    return json.dumps(obj, separators=(", ", ": "))

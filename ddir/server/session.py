@@ -1,0 +1,68 @@
+"""The intake loop: lines in, records out.
+
+A :class:`Session` turns each command line into a typed command, executes
+it on the server and writes the rendered records. Script errors carry
+``file:line``; with ``strict`` the first error stops the session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import commands as C
+from .output import error_record, render_json, render_text
+from .registry import Server
+
+
+class Session:
+    def __init__(self, out=None, json_mode: bool = False, strict: bool = False,
+                 server: Server | None = None, interactive: bool = False):
+        self.server = server or Server()
+        self.out = out or sys.stdout
+        self.json_mode = json_mode
+        self.strict = strict
+        self.interactive = interactive
+        self.failed = False    # an error was reported
+        self.finished = False  # exit/quit was executed
+
+    def emit(self, records) -> None:
+        for record in records:
+            text = render_json(record) if self.json_mode else render_text(record)
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def run_line(self, line: str, file: str | None = None, lineno: int | None = None) -> bool:
+        """Execute one line; False once the session should stop."""
+        script_dir = os.path.dirname(os.path.abspath(file)) if file else None
+        try:
+            cmd = C.parse_command(line, script_dir)
+        except C.CommandError as e:
+            return self._report([error_record(str(e), file, lineno)])
+        if cmd is None:
+            return True
+        if isinstance(cmd, C.Exit):
+            self.finished = True
+            return False
+        if isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None:
+            cmd = C.Peek(cmd.trace, cmd.key, cmd.has_key, 50, cmd.offset)
+        records = self.server.execute(cmd)
+        if file is not None:
+            records = [error_record(r["message"], file, lineno) if r["kind"] == "error" else r
+                       for r in records]
+        return self._report(records)
+
+    def _report(self, records) -> bool:
+        self.emit(records)
+        if any(r["kind"] == "error" for r in records):
+            self.failed = True
+            if self.strict:
+                return False
+        return True
+
+    def run_script(self, path: str, lines) -> bool:
+        """Run lines of a script; False if it stopped early (exit or strict)."""
+        for lineno, line in enumerate(lines, start=1):
+            if not self.run_line(line.rstrip("\n"), path, lineno):
+                return False
+        return True
