@@ -1,0 +1,209 @@
+"""Parsing, precedence, located errors, lowering and the msgpack codec."""
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+
+from conftest import upstream_programs
+from test_values import values
+from ddir.ir import nodes as N
+from ddir.ir.codec import packb, unpackb
+from ddir.ir.lower import lower
+from ddir.lang import ast as A
+from ddir.lang.errors import ProgramError
+from ddir.lang.parser import parse_program, parse_program_file, parse_term
+from ddir.terms import ast as T
+
+
+def expr_of(src):
+    return parse_program(f"let x = {src};", "t.ddp").body[0].expr
+
+
+def test_every_operator_parses():
+    e = expr_of("input 0 | key($0[0] ; $0[1]) | map($1 ; $0) | filter($0[0] > 1) | negate"
+                " | arrange | flatmap(list($0)) | collect | min | distinct | count"
+                " | lift_iter | inspect(lbl)")
+    kinds = []
+    while isinstance(e, A.Op):
+        kinds.append(e.kind)
+        e = e.source
+    assert kinds[::-1] == ["map", "map", "filter", "negate", "arrange", "flatmap", "collect",
+                           "min", "distinct", "count", "lift_iter", "inspect"]
+    j = expr_of('import "t" | join(input 1 | key($0), ($1, $2 ;))')
+    assert j.kind == "join" and isinstance(j.other, A.Op) and j.proj.key == (A.Splice(1), A.Splice(2))
+
+
+def test_pipes_bind_loosest():
+    e = expr_of("a + b | min")
+    assert e.kind == "min" and isinstance(e.source, A.Concat)
+    e = expr_of("a - b")
+    assert isinstance(e, A.Concat) and e.parts[1].kind == "negate"
+
+
+def test_term_precedence():
+    assert parse_term("-$0 * $1") == T.Arith("*", T.Neg(T.Row(0)), T.Row(1))
+    assert parse_term("$0 < $1 && $1 < 3") == T.And(T.Cmp("<", T.Row(0), T.Row(1)),
+                                                     T.Cmp("<", T.Row(1), T.Lit(3)))
+    assert parse_term("1 + 2 * 3") == T.Arith("+", T.Lit(1), T.Arith("*", T.Lit(2), T.Lit(3)))
+    assert parse_term("1 - 2 - 3") == T.Arith("-", T.Arith("-", T.Lit(1), T.Lit(2)), T.Lit(3))
+    assert parse_term("$1[0][2]") == T.Index(T.Index(T.Row(1), 0), 2)
+
+
+def test_projection_forms():
+    assert expr_of("a | key(;)").proj == A.Proj((), ())
+    assert expr_of("a | key($0[0], $0[1])").proj.val == ()
+    assert expr_of("a | key(; $0)").proj == A.Proj((), (A.Splice(0),))
+
+
+def test_ddir_syntax_matches_ddp(upstream):
+    ddp = lower(parse_program_file(str(upstream / "examples/programs/reach.ddp")))
+    ddir = lower(parse_program_file(str(upstream / "examples/programs/reach.ddir")))
+    strip = lambda p: [(type(n), n.inputs) for n in p.nodes]  # noqa: E731
+    assert strip(ddp) == strip(ddir)
+
+
+ERRORS = [
+    ("let x = input 0 | key($0 ;;", 1, 27, "expected"),
+    ("let x = input 0 | key($0) ) ;", 1, 27, "expected `;` after the let binding `x`"),
+    ("let x = input 0 | filter($0 < $1 < 2);", 1, 34, "comparisons do not chain"),
+    ("let x = input 0\nlet y = input 1;", 2, 1, "expected `;` after the let binding `x`"),
+    ("let x = input 0 | map(foo(1));", 1, 23, "unknown function or constructor `foo`"),
+    ("let x = input 0 | map(len(1, 2));", 1, 23, "`len` takes 1 argument(s), got 2"),
+    ("con A(2) = 0;\nlet x = input 0 | map(case $0 { A(a) => a });", 2, 33, "binds 1"),
+    ("let x = input 0 | map(case $0 { B(a) => a });", 1, 33, "unknown constructor `B`"),
+    ("con A(1) = 0; let x = input 0 | map(A(1, 2));", 1, 37, "takes 1 argument(s), got 2"),
+    ("let x = input 0 | map(y);", 1, 23, "unknown name `y`"),
+    ("let x = # 1;", 1, 9, "unexpected character `#`"),
+    ("let x = y;", 1, 9, "unknown name `y`"),
+    ("let x = input 0;\nlet x = input 1;", 2, 5, "defined twice"),
+    ("let a = b;\nlet b = a;", 2, 9, "cyclic definition"),
+    ("var v = input 0;", 1, 5, "only allowed inside a scope"),
+    ("s: { let y = input 0; }", 1, 14, "`input` is only allowed at the root"),
+    ('s: { export "e" = input 0; }', 1, 13, "`export` is only allowed at the root"),
+    ('export "e" = input 0;\nexport "e" = input 1;', 2, 8, "defined twice"),
+    ("let x = input 0 | enter_at($0[0]);", 1, 19, "`enter_at` needs an enclosing"),
+    ("let x = s::y;", 1, 9, "unknown scope `s`"),
+    ("s: { let y = input 0 | map(;); }", 1, 14, "only allowed at the root"),
+    ("let i = input 0;\ns: { let y = i; }\nlet z = s::w;", 3, 9, "has no let or var named `w`"),
+    ("let i = input 0;\na: { b: { let y = i; } }\nlet z = b::y;", 3, 9, "directly contains"),
+    ("let i = input 0;\ns: { let l = i | lift_iter; let m = l; }", 2, 37, "lift_iter"),
+    ("let x = input 0 | map(^0);", 1, 23, "no enclosing"),
+    ("let x = input 0 | map(proj($0, $1));", 1, 23, "integer literal"),
+]
+
+
+@pytest.mark.parametrize("src,line,col,words", ERRORS)
+def test_located_errors(src, line, col, words):
+    with pytest.raises(ProgramError) as info:
+        lower(parse_program(src, "bad.ddp"))
+    e = info.value
+    assert (e.file, e.line, e.col) == ("bad.ddp", line, col), str(e)
+    assert words in e.message
+    rendered = e.render()
+    assert rendered.startswith(f"bad.ddp:{line}:{col}: ")
+    assert rendered.splitlines()[-1].index("^") == rendered.splitlines()[-1].index("|") + 2 + col - 1
+    assert "Traceback" not in rendered and "Token(" not in rendered
+
+
+def test_lowering_reach_like_program():
+    src = """
+    let edges = input 0 | key($0[0] ; $0[1]);
+    let roots = import "roots";
+    reach: {
+        let step = reach | join(edges, ($2 ;));
+        var reach = roots + step | distinct;
+    }
+    export "out" = reach::reach;
+    """
+    p = lower(parse_program(src, "r.ddp"))
+    assert len(p.scopes) == 2 and p.scopes[1].parent == 0 and p.scopes[1].depth == 1
+    assert p.inputs == (0,) and p.imports == ("roots",)
+    (var, body), = p.scopes[1].vars
+    assert isinstance(p.nodes[var], N.VarNode) and isinstance(p.nodes[body], N.ReduceNode)
+    enters = [n for n in p.nodes if isinstance(n, N.EnterNode)]
+    assert len(enters) == 2 and all(n.scope == 1 for n in enters)
+    leave, = [n for n in p.nodes if isinstance(n, N.LeaveNode)]
+    assert leave.scope == 0 and leave.inputs == (var,)
+    # items are in dependency order: every node after what it reads
+    position = {}
+    for s in p.scopes:
+        for i, item in enumerate(s.order):
+            position[item] = i
+    for n in p.nodes:
+        for src_id in n.inputs:
+            if p.nodes[src_id].scope == n.scope:
+                assert position[("node", src_id)] < position[("node", n.id)]
+
+
+def test_lowering_three_levels_with_field_refs():
+    src = """
+    let e = input 0 | key($0[0] ; $0[1]);
+    outer: {
+        var o = e + mid::m | distinct;
+        mid: {
+            var m = e + inner::i | distinct;
+            inner: { var i = e | min; }
+        }
+    }
+    export "x" = outer::o;
+    """
+    p = lower(parse_program(src, "n.ddp"))
+    assert [s.depth for s in p.scopes] == [0, 1, 2, 3]
+    assert [s.parent for s in p.scopes] == [-1, 0, 1, 2]
+    leaves = [n for n in p.nodes if isinstance(n, N.LeaveNode)]
+    assert sorted(p.nodes[n.inputs[0]].scope - n.scope for n in leaves) == [1, 1, 1]
+    # `e` enters three levels deep through a chain of enters, one per level
+    enters = [n for n in p.nodes if isinstance(n, N.EnterNode)]
+    assert sorted(n.scope for n in enters) == [1, 2, 3]
+
+
+def test_fusion_and_shared_arrangements():
+    src = """
+    let a = input 0 | key($0[0] ; $0[1]) | filter($1[0] > 0) | map($0 ; $1);
+    export "j" = a | join(a, ($1, $2 ;));
+    export "c" = a | count;
+    """
+    p = lower(parse_program(src, "f.ddp"))
+    linear = [n for n in p.nodes if isinstance(n, N.LinearNode)]
+    assert len(linear) == 1 and len(linear[0].steps) == 3
+    arranges = [n for n in p.nodes if isinstance(n, N.ArrangeNode) and n.inputs == (linear[0].id,)]
+    assert len(arranges) == 1  # both join sides and count share one arrangement
+
+
+@settings(max_examples=200)
+@given(values)
+def test_codec_round_trips_values(v):
+    assert unpackb(packb(v)) == v
+    assert type(unpackb(packb(v))) is type(v)
+
+
+def test_codec_round_trips_conformance_programs(upstream):
+    for path in upstream_programs():
+        p = lower(parse_program_file(str(path)))
+        data = packb(p)
+        assert unpackb(data) == p
+        assert packb(lower(parse_program_file(str(path)))) == data  # deterministic bytes
+
+
+def test_check_accepts_every_conformance_program(upstream):
+    files = [str(p) for p in upstream_programs()]
+    assert len(files) >= 12
+    r = subprocess.run([sys.executable, "-m", "ddir", "check", *files], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(": ok") == len(files)
+
+
+def test_check_reports_errors_with_caret(tmp_path):
+    bad = tmp_path / "bad.ddp"
+    bad.write_text("let x = input 0 |;\n")
+    r = subprocess.run([sys.executable, "-m", "ddir", "check", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f"{bad}:1:18:" in r.stdout and "^" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_explain_prints_scope_tree(upstream):
+    r = subprocess.run([sys.executable, "-m", "ddir", "explain",
+                        str(upstream / "examples/programs/reach.ddp")], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "scope reach (depth 1):" in r.stdout and "var #" in r.stdout and "join(" in r.stdout

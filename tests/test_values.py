@@ -1,0 +1,105 @@
+from hypothesis import given, settings, strategies as st
+
+from ddir.lang.value_token import ValueTokenError, parse_value_token
+from ddir.values import List, Variant, format_value, from_json, order_key, parse_printed, to_json
+
+ints = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
+values = st.recursive(
+    ints,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(tuple),
+        st.lists(inner, max_size=4).map(List),
+        st.tuples(st.integers(0, 5), inner).map(lambda p: Variant(*p)),
+    ),
+    max_leaves=12,
+)
+
+
+def reference_compare(a, b) -> int:
+    """SPEC A1 written out directly: variant rank, then contents."""
+    rank = {int: 0, tuple: 1, Variant: 2, List: 3}
+    ra, rb = rank[type(a)], rank[type(b)]
+    if ra != rb:
+        return -1 if ra < rb else 1
+    if type(a) is int:
+        return (a > b) - (a < b)
+    if type(a) is Variant:
+        if a.tag != b.tag:
+            return -1 if a.tag < b.tag else 1
+        return reference_compare(a.payload, b.payload)
+    for x, y in zip(a, b):
+        c = reference_compare(x, y)
+        if c:
+            return c
+    return (len(a) > len(b)) - (len(a) < len(b))
+
+
+@settings(max_examples=300)
+@given(values, values)
+def test_order_matches_reference(a, b):
+    ka, kb = order_key(a), order_key(b)
+    assert ((ka > kb) - (ka < kb)) == reference_compare(a, b)
+
+
+@settings(max_examples=300)
+@given(values)
+def test_printed_form_round_trips(v):
+    assert parse_printed(format_value(v)) == v
+    assert type(parse_printed(format_value(v))) is type(v)
+
+
+@settings(max_examples=300)
+@given(values)
+def test_json_form_round_trips(v):
+    assert from_json(to_json(v)) == v
+
+
+@settings(max_examples=200)
+@given(values)
+def test_printed_form_without_spaces_is_a_value_token(v):
+    text = format_value(v).replace(" ", "")
+    if type(v) is int:  # a bare integer token is a one-field row by definition
+        assert parse_value_token(text) == (v,)
+    else:
+        assert parse_value_token(text) == v
+
+
+def test_list_tuple_variant_are_distinct():
+    assert List([1]) != (1,) and (1,) != List([1])
+    assert Variant(0, ()) != (0, ())
+    assert len({List([1]), (1,), Variant(1, ())}) == 3
+    assert order_key(5) < order_key(()) < order_key(Variant(0, ())) < order_key(List([]))
+    assert order_key((1,)) < order_key((1, 0))
+
+
+def test_printed_forms():
+    assert format_value(Variant(2, (1, 2))) == "#2(1, 2)"
+    assert format_value(Variant(1, 5)) == "#1:5"
+    assert format_value(Variant(1, Variant(0, ()))) == "#1:#0()"
+    assert format_value(Variant(3, List([7, 8]))) == "#3[7, 8]"
+    assert format_value((5,)) == "(5)"
+    assert format_value(()) == "()"
+
+
+def test_value_tokens():
+    assert parse_value_token("1,2") == (1, 2)
+    assert parse_value_token("7") == (7,)
+    assert parse_value_token("-3,4") == (-3, 4)
+    assert parse_value_token("_") == ()
+    assert parse_value_token("tuple(1,2)") == (1, 2)
+    assert parse_value_token("list(7,8,9)") == List([7, 8, 9])
+    assert parse_value_token("inject(2,tuple(1,2))") == Variant(2, (1, 2))
+    assert parse_value_token("3*4") == 12
+    assert parse_value_token("(5)") == (5,)
+    assert parse_value_token("#1:5") == Variant(1, 5)
+
+
+def test_bad_value_tokens():
+    for bad in ["inject(oops)", "$0", "tuple($1)", "1+", "#x", "(1,", "[1,2", "1 / 2",
+                "99999999999999999999", "len(5)", "9223372036854775807+1"]:
+        try:
+            parse_value_token(bad)
+        except ValueTokenError as e:
+            assert str(e).startswith(f"bad value `{bad}`")
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
