@@ -42,9 +42,6 @@ def compile_chain(steps: tuple):
     ]
     indent = "        "
     for i, step in enumerate(steps):
-        body = _step_lines(gen, i, step)
-        if body is None:
-            continue
         if isinstance(step, N.FlatMapStep):
             lines += [indent + "try:", indent + f"    _l{i} = _aslist({gen.expr(step.term, ('k', 'v'))})",
                       indent + "except TermError as e:", indent + f"    fail({i}, e)", indent + "    continue",
@@ -52,7 +49,7 @@ def compile_chain(steps: tuple):
                       indent + f"    v = (_p{i}, _x{i})"]
             indent += "    "
             continue
-        lines += [indent + line for line in body]
+        lines += [indent + line for line in _step_lines(gen, i, step)]
     lines.append(indent + "append((k, v, d))")
     lines.append("    return out")
     source = "\n".join(lines) + "\n"
@@ -77,6 +74,4 @@ def _step_lines(gen: Codegen, i: int, step):
         return ["v = v + (it,) if type(v) is tuple else (v, it)"]
     if isinstance(step, N.InspectStep):
         return [f"events.append(({step.label!r}, k, v, t, d))"]
-    if isinstance(step, N.FlatMapStep):
-        return None  # handled by the caller (opens a loop)
-    raise TypeError(step)
+    raise TypeError(step)  # FlatMapStep is handled by the caller (it opens a loop)

@@ -1,0 +1,106 @@
+"""Bad input: one `error:` line each, and the server state is unchanged."""
+import io
+
+import pytest
+
+from conftest import ROOT
+from ddir.server.session import Session
+
+BAD_PROGRAMS = {
+    "syntax.ddp": "let x = input 0 | key($0 ;;\n",
+    "unresolved.ddp": 'export "u" = nowhere;\n',
+    "cyclic.ddp": 'let a = b;\nlet b = a;\nexport "c" = a;\n',
+    "var_root.ddp": "var v = input 0;\n",
+    "dup_export.ddp": 'export "edges" = input 0;\n',
+    "unknown_import.ddp": 'export "q" = import "no_such_trace";\n',
+    "bad_ctor.ddp": 'export "q" = input 0 | map(Nope(1));\n',
+    "enter_root.ddp": 'export "q" = input 0 | enter_at($0);\n',
+    "bad_recipe.ddp": 'export "q" = import "random:nodes=x,edges=2";\n',
+    "export_recipe.ddp": 'export "iota:3" = input 0;\n',
+    "input_in_scope.ddp": 's: { let x = input 0; }\n',
+    "bad_arity.ddp": 'export "q" = input 0 | map(hash(1));\n',
+    "binder.ddir": 'export "q" = MAP(INPUT 0, (^0 ;));\n',
+    "tab\tname.ddp": 'export "q" = input 0 | bogus;\n',
+}
+
+BAD_LINES = [
+    "frobnicate", "install", "install onlyname", "install a b c", "install x missing.ddp",
+    "install prod programs/producer.ddp", "install other programs/producer.ddp",
+    "install clock programs/echo.ddp", "install iota:4 programs/echo.ddp",
+    "feed", "feed prod", "feed prod 0", "feed nope 0 1", "feed prod 7 1,2", "feed prod x 1,2",
+    "feed prod -1 1,2", "feed prod 0 1,2 time=0", "feed prod 0 1,2 time=x",
+    "feed prod 0 1,2 diff=x", "feed prod 0 1,2 diff=0", "feed prod 0 1,2 bogus=1",
+    "feed prod 0 1,2 val=(", "feed prod 0 inject(oops)", "feed prod 0 $0",
+    "feed prod 0 (1,", "feed prod 0 1,2 val=[1", "feed prod 0 1,2 time=5 time=6",
+    "feed iota:3 0 1", "feed prod 0 1,2 3", "feed prod 0 99999999999999999999",
+    "tick now", "drop", "drop nope", "drop prod", "drop a b", "peek", "peek nope",
+    "peek edges 1 2", "peek edges limit=x", "peek edges offset=-1", "peek edges limit=1 color=red",
+    "list all", "help nope", "exit now", "peek edges (1,",
+] + [f"install bad{i} {{tmp}}/{name}" for i, name in enumerate(BAD_PROGRAMS)]
+
+
+def state_dump(session: Session) -> str:
+    out = io.StringIO()
+    probe = Session(out=out, server=session.server)
+    probe.run_line("list")
+    for trace in sorted(session.server.traces):
+        probe.run_line(f"peek {trace}")
+    return out.getvalue()
+
+
+@pytest.fixture
+def session(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for name, text in BAD_PROGRAMS.items():
+        (tmp_path / name).write_text(text)
+    s = Session(out=io.StringIO())
+    for line in ["install prod programs/producer.ddp", "install reach programs/reach_import.ddp",
+                 "install iota programs/echo.ddp", "install gen programs/hash_graph.ddp",
+                 "feed prod 0 1,2", "feed reach 0 1", "tick", "feed prod 0 2,3"]:
+        s.run_line(line)
+    assert not s.failed
+    return s
+
+
+def test_bad_input_table_is_large_enough():
+    assert len(BAD_LINES) >= 40
+
+
+@pytest.mark.parametrize("line", BAD_LINES)
+def test_bad_line_gives_one_error_and_changes_nothing(session, tmp_path, line):
+    line = line.replace("{tmp}", str(tmp_path))
+    before = state_dump(session)
+    session.out = io.StringIO()
+    assert session.run_line(line, "script.txt", 7)
+    output = session.out.getvalue().splitlines()
+    assert len(output) == 1, output
+    assert output[0].startswith("error: script.txt:7: "), output
+    assert "Traceback" not in output[0]
+    assert state_dump(session) == before
+    # staged updates survive too: the next tick still delivers 2 -> 3
+    session.out = io.StringIO()
+    session.run_line("tick")
+    assert "[reach] (3) ; ()  @1  +1" in session.out.getvalue()
+
+
+def test_program_errors_name_file_line_and_column(session, tmp_path):
+    session.out = io.StringIO()
+    session.run_line(f"install bad {tmp_path}/syntax.ddp")
+    assert f"{tmp_path}/syntax.ddp:1:27: expected" in session.out.getvalue()
+
+
+def test_runtime_term_error_drops_rows_and_reports_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    prog = tmp_path / "div.ddp"
+    prog.write_text('export "q" = input 0 | map($0[0] ; $0[1][0]) | inspect(q);\n')
+    out = io.StringIO()
+    s = Session(out=out)
+    for line in [f"install p {prog}", "feed p 0 1,2", "feed p 0 list(3,list(4))",
+                 "feed p 0 list(5,6)", "tick"]:
+        s.run_line(line)
+    lines = out.getvalue().splitlines()
+    errors = [x for x in lines if x.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0] == (f"error: p: map at {prog}:1:24: `[0]` needs a Tuple or List, got Int 2 "
+                         f"(2 rows dropped)")
+    assert "  [q] (3) ; (4)  @0  +1" in lines and lines[-1] == "tick -> epoch 1"

@@ -1,0 +1,201 @@
+"""The incremental engine against the naive oracle on random insert/retract
+streams (future times and multiplicities above 1 included)."""
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ROOT, UPSTREAM
+from ddir.engine.dataflow import Dataflow
+from ddir.engine.naive import evaluate
+from ddir.ir.lower import lower
+from ddir.lang.parser import parse_program, parse_program_file
+
+REACH = """
+let edges = input 0 | key($0[0] ; $0[1]);
+let roots = input 1 | key($0[0] ;);
+reach: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }
+export "reach" = reach::reach;
+"""
+DIST = """
+let edges = input 0 | key($0[0] ; $0[1]);
+let roots = input 1 | key($0[0] ; 0);
+sp: { var dist = roots + (dist | join(edges, ($2 ; $1[0] + 1))) | min; }
+export "dist" = sp::dist;
+"""
+CC = """
+let edges = input 0 | key($0[0] ; $0[1]);
+let both = edges + (edges | key($1 ; $0));
+cc: {
+    var lab = (both | key($0 ; $0)) + (lab | join(both, ($2 ; $1))) | min;
+}
+export "cc" = cc::lab;
+"""
+COUNT_OF_COUNT = """
+let edges = input 0 | key($0[0] ; $0[1]);
+export "hist" = edges | count | key($1 ;) | count;
+"""
+
+PROGRAMS = {
+    "reach": (REACH, {0: 2, 1: 1}),
+    "dist": (DIST, {0: 2, 1: 1}),
+    "cc": (CC, {0: 2}),
+    "count_of_count": (COUNT_OF_COUNT, {0: 2}),
+    "scc": ((ROOT / "tests/programs/scc.ddp").read_text(), {0: 2}),
+    "adt_case": ((ROOT / "tests/programs/adt_case.ddp").read_text(), {0: 2}),
+    "lift": ((ROOT / "tests/programs/lift.ddp").read_text(), {0: 2, 1: 1}),
+    "joins": ((ROOT / "tests/programs/joins.ddp").read_text(), {0: 2, 1: 2}),
+}
+
+# Upstream example programs with the input arity their header comments give.
+UPSTREAM_ARITIES = {"adt.ddp": {0: 2}, "binders.ddp": {0: 2}, "reach.ddp": {0: 2, 1: 1},
+                    "reach.ddir": {0: 2, 1: 1}, "unnest.ddp": {0: 2}}
+
+
+def random_stream(seed: int, inputs: dict, epochs: int, domain: int = 6):
+    """[(epoch, [(time, input, key, diff)])]: retractions only of rows present at
+    every later time, so accumulated inputs stay non-negative (a negative
+    edge makes `distinct` in a loop oscillate, in any implementation)."""
+    rng = random.Random(seed)
+    staged = []
+    out = []
+    for e in range(epochs):
+        batch = []
+        for _ in range(rng.randint(0, 7)):
+            n = rng.choice(sorted(inputs))
+            t = e + rng.choice([0, 0, 0, 1, 3])
+            net, last = {}, {}
+            for tt, nn, key, d in staged:
+                if nn == n:
+                    net[key] = net.get(key, 0) + d
+                    last[key] = max(last.get(key, 0), tt)
+            live = [k for k, c in net.items() if c > 0 and last[k] <= t]
+            if live and rng.random() < 0.45:
+                key, d = rng.choice(sorted(live)), -1
+            else:
+                key = tuple(rng.randint(0, domain - 1) for _ in range(inputs[n]))
+                d = rng.choice([1, 1, 2])
+            staged.append((t, n, key, d))
+            batch.append((t, n, key, d))
+        out.append((e, batch))
+    return out
+
+
+def check_against_oracle(program, inputs: dict, seed: int, epochs: int = 7):
+    df = Dataflow(program, max_rounds=10_000)
+    acc = {n: {} for n in program.inputs}
+    pending = []
+    for epoch, batch in random_stream(seed, inputs, epochs):
+        for t, n, key, d in batch:
+            df.stage(n, (t,), [(key, (), d)])
+            pending.append((t, n, key, d))
+        df.run(epoch)
+        df.compact(epoch)
+        df.take_events()
+        for t, n, key, d in [p for p in pending if p[0] == epoch]:
+            a = acc[n]
+            a[(key, ())] = a.get((key, ()), 0) + d
+            if not a[(key, ())]:
+                del a[(key, ())]
+        want = evaluate(program, acc)
+        for name, op in df.exports.items():
+            assert op.trace.contents() == want[name], (seed, epoch, name)
+    return df
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 32))
+def test_program_matches_oracle(name, seed):
+    src, inputs = PROGRAMS[name]
+    check_against_oracle(lower(parse_program(src, f"{name}.ddp")), inputs, seed)
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_ARITIES))
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2 ** 32))
+def test_upstream_program_matches_oracle(name, seed):
+    program = lower(parse_program_file(str(UPSTREAM / "examples/programs" / name)))
+    check_against_oracle(program, UPSTREAM_ARITIES[name], seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_program_matches_oracle_long(name):
+    src, inputs = PROGRAMS[name]
+    program = lower(parse_program(src, f"{name}.ddp"))
+    for seed in range(3000):
+        check_against_oracle(program, inputs, seed, epochs=10)
+
+
+def test_import_of_exported_trace_matches_oracle():
+    producer = lower(parse_program('export "edges" = input 0 | key($0[0] ; $0[1]);', "p.ddp"))
+    consumer = lower(parse_program(REACH.replace('input 0 | key($0[0] ; $0[1])', 'import "edges"'),
+                                   "c.ddp"))
+    for seed in range(60):
+        prod = Dataflow(producer)
+        cons = None
+        acc_edges, acc_roots = {}, {}
+        for epoch, batch in random_stream(seed, {0: 2, 1: 1}, 8):
+            for t, n, key, d in batch:
+                if n == 0:
+                    prod.stage(0, (t,), [(key, (), d)])
+                elif cons is not None:
+                    cons.stage(1, (t,), [(key, (), d)])
+                    acc_roots.setdefault(t, []).append((key, d))
+            prod.run(epoch)
+            if epoch == 3:  # install the consumer late: it must catch up
+                cons = Dataflow(consumer, {"edges": prod.exports["edges"]})
+                cons.catch_up(epoch)
+            elif cons is not None:
+                cons.run(epoch)
+            for df in (prod, cons):
+                if df is not None:
+                    df.compact(epoch)
+            if cons is None:
+                continue
+            edges = prod.exports["edges"].trace.contents()
+            roots = {}
+            for t, rows in acc_roots.items():
+                if t <= epoch:
+                    for key, d in rows:
+                        roots[(key, ())] = roots.get((key, ()), 0) + d
+            roots = {kv: d for kv, d in roots.items() if d}
+            want = evaluate(consumer, {1: roots}, {"edges": edges})
+            assert cons.exports["reach"].trace.contents() == want["reach"], (seed, epoch)
+
+
+def test_retraction_in_loop_is_exact_and_idle_tick_does_nothing():
+    program = lower(parse_program(REACH, "r.ddp"))
+    df = Dataflow(program)
+    df.stage(0, (0,), [((1, 2), (), 1), ((2, 3), (), 1), ((3, 4), (), 1), ((1, 5), (), 1)])
+    df.stage(1, (0,), [((1,), (), 1)])
+    df.run(0)
+    df.compact(0)
+    reach = df.exports["reach"].trace
+    assert sorted(k for (k, _), d in reach.contents().items()) == [(1,), (2,), (3,), (4,), (5,)]
+    df.stage(0, (1,), [((2, 3), (), -1)])
+    df.run(1)
+    df.compact(1)
+    assert sorted(k for (k, _), d in reach.contents().items()) == [(1,), (2,), (5,)]
+    rounds = sum(s.rounds for s in df.scopes.values())
+    df.run(2)
+    df.compact(2)
+    assert sum(s.rounds for s in df.scopes.values()) == rounds  # an idle tick processes nothing
+
+
+def test_memory_is_bounded_under_churn():
+    program = lower(parse_program(REACH + '\nexport "cnt" = edges | count | key($1 ;) | count;', "r.ddp"))
+    df = Dataflow(program)
+    df.stage(0, (0,), [((i, i + 1), (), 1) for i in range(20)])
+    df.stage(1, (0,), [((0,), (), 1)])
+    sizes = []
+    for epoch in range(2000):
+        rows = [((5, 6), (), -1), ((5, 60), (), 1)] if epoch % 2 == 0 else [((5, 6), (), 1), ((5, 60), (), -1)]
+        if epoch > 0:
+            df.stage(0, (epoch,), rows)
+        df.run(epoch)
+        df.compact(epoch)
+        sizes.append(df.stored_updates())
+    assert max(sizes[100:]) <= max(sizes[:100]) + 10
+    assert max(sizes) < 400
