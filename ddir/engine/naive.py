@@ -84,9 +84,10 @@ class _ScopeEval:
         scope = self.scope
         prev: dict = {}
         body_of = {var: body for var, body in scope.vars}
-        for rnd in range(MAX_ROUNDS):
+        rnd = 0
+        while rnd < MAX_ROUNDS:
             cur: dict = {}
-            self.waiting = False
+            self.waiting = None  # the least enter_at delay not reached yet
             env = dict(self.outer)
             for kind, i in scope.order:
                 if kind == "scope":
@@ -100,9 +101,18 @@ class _ScopeEval:
                     value = self.node(node, env, rnd)
                 cur[i] = value
                 env[i] = value
-            if scope.parent == -1 or (rnd > 0 and cur == prev and not self.waiting):
+            if scope.parent == -1:
                 return env
+            if rnd > 0 and cur == prev:
+                if self.waiting is None:
+                    return env
+                # Nothing changes until the next enter_at delay is reached:
+                # skip the identical rounds (lift_iter sees no change in them).
+                prev = cur
+                rnd = self.waiting
+                continue
             prev = cur
+            rnd += 1
         raise RuntimeError(f"oracle: scope `{scope.name}` did not converge")
 
     def node(self, node, env: dict, rnd: int) -> dict:
@@ -147,8 +157,8 @@ class _ScopeEval:
                     continue
                 if delay <= rnd:
                     _add(out, (k, v), d)
-                else:
-                    self.waiting = True
+                elif self.waiting is None or delay < self.waiting:
+                    self.waiting = delay
             return out
         raise TypeError(node)
 
