@@ -190,3 +190,21 @@ def test_memory_is_bounded_under_churn():
         sizes.append(df.stored_updates())
     assert max(sizes[100:]) <= max(sizes[:100]) + 10
     assert max(sizes) < 400
+
+
+def test_non_converging_scope_stops_with_a_clear_error():
+    import io
+    from ddir.server.session import Session
+    from ddir.server.registry import Server
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "flip.ddp")
+        with open(path, "w") as f:
+            f.write('let r = input 0;\nflip: { var x = r - x; }\nexport "x" = flip::x;\n')
+        out = io.StringIO()
+        s = Session(out=out, server=Server(max_rounds=50))
+        for line in [f"install f {path}", "feed f 0 1", "tick", "list"]:
+            s.run_line(line)
+        text = out.getvalue()
+        assert "error: f: scope `flip` did not converge within 50 rounds" in text
+        assert "tick -> epoch 1" in text and "epoch: 1" in text

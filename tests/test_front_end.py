@@ -108,8 +108,8 @@ def test_located_errors(src, line, col, words):
 
 def test_lowering_reach_like_program():
     src = """
-    let edges = input 0 | key($0[0] ; $0[1]);
-    let roots = import "roots";
+    let edges = import "edges";
+    let roots = import "roots" + (input 0 | key($0[0] ;));
     reach: {
         let step = reach | join(edges, ($2 ;));
         var reach = roots + step | distinct;
@@ -118,7 +118,7 @@ def test_lowering_reach_like_program():
     """
     p = lower(parse_program(src, "r.ddp"))
     assert len(p.scopes) == 2 and p.scopes[1].parent == 0 and p.scopes[1].depth == 1
-    assert p.inputs == (0,) and p.imports == ("roots",)
+    assert p.inputs == (0,) and p.imports == ("edges", "roots")
     (var, body), = p.scopes[1].vars
     assert isinstance(p.nodes[var], N.VarNode) and isinstance(p.nodes[body], N.ReduceNode)
     enters = [n for n in p.nodes if isinstance(n, N.EnterNode)]
