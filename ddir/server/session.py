@@ -8,7 +8,9 @@ it on the server and writes the rendered records. Script errors carry
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 from . import commands as C
 from .output import error_record, render_json, render_text
@@ -46,7 +48,7 @@ class Session:
             return False
         if isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None:
             cmd = C.Peek(cmd.trace, cmd.key, cmd.has_key, 50, cmd.offset)
-        records = self.server.execute(cmd)
+        records = _uninterruptible(lambda: self.server.execute(cmd))
         if file is not None:
             records = [error_record(r["message"], file, lineno) if r["kind"] == "error" else r
                        for r in records]
@@ -66,3 +68,18 @@ class Session:
             if not self.run_line(line.rstrip("\n"), path, lineno):
                 return False
         return True
+
+
+def _uninterruptible(run):
+    """Run a command with Ctrl-C deferred: a tick is finished, never left
+    half-applied (SPEC B); the interrupt is dropped once it completes."""
+    if threading.current_thread() is not threading.main_thread():
+        return run()
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: None)
+    except ValueError:  # no signal support here
+        return run()
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
