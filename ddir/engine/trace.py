@@ -45,14 +45,11 @@ class Trace:
             for v, s, d in hist:
                 s = advance(s, epoch)
                 acc[(v, s)] = acc.get((v, s), 0) + d
-            if any(d == 0 for d in acc.values()) or len(acc) < len(hist):
-                hist = [(v, s, d) for (v, s), d in acc.items() if d]
-                if hist:
-                    data[k] = hist
-                else:
-                    del data[k]
+            hist = [(v, s, d) for (v, s), d in acc.items() if d]
+            if hist:
+                data[k] = hist
             else:
-                data[k] = [(v, s, d) for (v, s), d in acc.items()]
+                del data[k]
         self.dirty.clear()
 
     def contents(self) -> dict:

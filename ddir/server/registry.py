@@ -17,7 +17,6 @@ from . import commands as C
 from .generated import Recipe, RecipeError, parse_recipe, source_program
 from ..engine.dataflow import Dataflow
 from ..engine.scope import NonConvergence
-from ..engine.time import format_time  # noqa: F401  (re-exported for renderers)
 from ..values import order_key
 
 
@@ -98,7 +97,7 @@ class Server:
         records = []
         for recipe in dict.fromkeys(new_sources):
             self._install_source(recipe)
-        aliases = {t: self._trace_name(t) for t in program.imports}
+        aliases = {t: self.canonical(t) for t in program.imports}
         imports = {t: self.export_op(aliases[t]) for t in program.imports}
         dataflow = self._dataflow(program, imports)
         self._add(Installed(cmd.name, cmd.path, dataflow, inputs=program.inputs,
@@ -114,12 +113,6 @@ class Server:
             dataflow.compact(self.epoch - 1)
         records += self._collect([self.programs[cmd.name]])
         return records
-
-    def _trace_name(self, trace: str) -> str:
-        """Imports of a recipe resolve to its canonical spelling."""
-        if trace in self.traces:
-            return trace
-        return parse_recipe(trace).name
 
     def _dataflow(self, program, imports) -> Dataflow:
         if self.max_rounds is None:
