@@ -3,11 +3,14 @@ FILE...``, ``ddir explain FILE`` (SPEC Part B "Running it")."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from . import __version__
 from .ir.explain import explain
 from .lang.errors import ProgramError
+from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.commands import CommandError, load_program
 from .server.session import Session
 
@@ -120,12 +123,57 @@ def main(argv: list | None = None) -> int:
         print(USAGE, end="", file=sys.stderr)
         return 2
     session = Session(json_mode=opts["json"], strict=opts["strict"])
+    cluster = start_cluster(opts["workers"], session)
+    session.server.cluster = cluster
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(session, opts)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except WorkerDied:  # reported by on_death, which exits; not reached
+        return EXIT_WORKER_DIED
+    finally:
+        cluster.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+EXIT_WORKER_DIED = 3
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through `finally`: the workers are stopped
+
+
+def start_cluster(workers: int, session: Session):
+    """``-w 1`` runs the worker in this process; more start worker processes.
+    A worker's death is printed as one error and ends the server at once,
+    whatever the intake was doing (even waiting at the prompt)."""
+    if workers == 1:
+        return LocalCluster()
+    terminal = _terminal_state()
+
+    def on_death(message: str) -> None:
+        try:
+            session.emit([{"kind": "error", "message": message}])
+        except Exception:
+            pass
+        if terminal is not None:  # the prompt may have left the terminal in raw mode
+            import termios
+            termios.tcsetattr(terminal[0], termios.TCSADRAIN, terminal[1])
+        os._exit(EXIT_WORKER_DIED)
+
+    return ProcessCluster(workers, on_death=on_death)
+
+
+def _terminal_state():
+    try:
+        import termios
+        fd = sys.stdin.fileno()
+        return (fd, termios.tcgetattr(fd)) if os.isatty(fd) else None
+    except (ImportError, OSError, ValueError):
+        return None
 
 
 def run(session: Session, opts: dict) -> int:

@@ -17,16 +17,19 @@ DEFAULT_MAX_ROUNDS = 1_000_000
 
 class Dataflow:
     def __init__(self, program: N.Program, imports: dict | None = None,
-                 max_rounds: int = DEFAULT_MAX_ROUNDS):
-        """``imports``: trace name -> the exporting :class:`ArrangeOp`."""
+                 max_rounds: int = DEFAULT_MAX_ROUNDS, exchange=None):
+        """``imports``: trace name -> the exporting :class:`ArrangeOp`;
+        ``exchange``: the other workers when this is one shard of N
+        (:mod:`ddir.engine.exchange`), None when it is the only one."""
         self.program = program
+        self.exchange = exchange
         self.events: list = []   # (label, key, val, time, diff) of inspect
         self.errors: dict = {}   # (operator, loc) -> [count, first message]
         self.ops: dict = {}
         self.scopes: dict = {}
         for s in program.scopes:
             parent = self.scopes.get(s.parent)
-            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds)
+            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds, exchange)
         self.root = self.scopes[0]
         for node in program.nodes:
             self.ops[node.id] = self._make(node)

@@ -9,6 +9,7 @@ last coordinate; var feedback: +1 on the last coordinate).
 
 from __future__ import annotations
 
+from .exchange import shard_of
 from .linear import compile_chain, projection_source
 from .time import join as time_join, less_equal
 from .trace import Trace
@@ -42,6 +43,8 @@ def feedback_time(t):
 
 
 class Operator:
+    exchanged = False  # True: swaps its input with the other workers before stepping
+
     def __init__(self, node, scope, dataflow):
         self.node = node
         self.scope = scope
@@ -136,12 +139,42 @@ class EnterAtOp(Operator):
 
 class ArrangeOp(Operator):
     """Maintains the trace of its input; passes the batch on. An exported
-    arrangement also forwards each batch to importing dataflows."""
+    arrangement also forwards each batch to importing dataflows.
+
+    Sharded, it is where data moves between workers: incoming rows wait in
+    an outbox by owner until the scope reaches this operator at their time,
+    then every worker swaps them, so a key's whole history lives on its
+    owner (which is what join and reduce, reading this trace, rely on)."""
 
     def __init__(self, node, scope, dataflow):
         super().__init__(node, scope, dataflow)
         self.trace = Trace()
         self.subscribers: list = []  # ImportOps of other dataflows
+        self.mesh = dataflow.exchange
+        self.exchanged = self.mesh is not None
+        self.outbox: dict = {}       # time -> rows per owning worker
+
+    def receive(self, port, t, rows):
+        if not self.exchanged or not rows:
+            return super().receive(port, t, rows)
+        shards = self.mesh.peers
+        box = self.outbox.get(t)
+        if box is None:
+            self.outbox[t] = box = [[] for _ in range(shards)]
+        for row in rows:
+            box[shard_of(row[0], shards)].append(row)
+        self.scope.schedule(t)
+
+    def exchange_at(self, t) -> None:
+        box = self.outbox.pop(t, None) or [[] for _ in range(self.mesh.peers)]
+        rows = []
+        for batch in self.mesh.swap((self.node.id, t), box):
+            rows.extend(batch)
+        if rows:
+            self.ports[0].setdefault(t, []).extend(rows)
+
+    def pending_size(self) -> int:
+        return super().pending_size() + sum(len(b) for box in self.outbox.values() for b in box)
 
     def step(self, t):
         rows = self.take(0, t)

@@ -9,6 +9,11 @@ A child scope is one item of its parent: when the parent processes ``p`` the
 child processes every pending time extending ``p`` until none is left. A
 child's pending times are also registered, projected, in every ancestor, so
 work a child schedules for a later outer time makes the parent visit it.
+
+Sharded over N workers (an ``exchange`` is given), every shard processes the
+same times in the same order: the next time is the least pending time of any
+worker (``agree_min``), and an exchanged operator swaps its batches for the
+time with every worker before it steps, so it sees all its input at ``t``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ class NonConvergence(Exception):
 
 
 class ScopeRunner:
-    def __init__(self, ir_scope, parent, max_rounds: int):
+    def __init__(self, ir_scope, parent, max_rounds: int, exchange=None):
         self.ir = ir_scope
         self.parent = parent
         self.depth = ir_scope.depth
@@ -27,6 +32,7 @@ class ScopeRunner:
         self.pending: set = set()  # times (length depth + 1) with work
         self.max_rounds = max_rounds
         self.rounds = 0            # processed times, for statistics
+        self.exchange = exchange   # None: this is the only worker
 
     def schedule(self, t: tuple) -> None:
         scope = self
@@ -39,8 +45,11 @@ class ScopeRunner:
         for item in self.items:
             if isinstance(item, ScopeRunner):
                 item.run_prefix(t)
-            elif item.has_work(t):
-                item.step(t)
+            else:
+                if item.exchanged:
+                    item.exchange_at(t)
+                if item.has_work(t):
+                    item.step(t)
 
     def run_prefix(self, prefix: tuple, limit: int | None = None) -> None:
         """Process every pending time extending ``prefix`` (at the root:
@@ -52,9 +61,11 @@ class ScopeRunner:
                 due = [t for t in self.pending if t[:n] == prefix]
             else:
                 due = [t for t in self.pending if t[0] <= limit]
-            if not due:
+            t = min(due) if due else None
+            if self.exchange is not None:
+                t = self.exchange.agree_min(t)
+            if t is None:
                 return
-            t = min(due)
             rounds += 1
             if rounds > self.max_rounds:
                 raise NonConvergence(

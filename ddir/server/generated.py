@@ -37,13 +37,15 @@ class Recipe:
     def origin(self) -> str:
         return "clock" if self.kind == "clock" else "generated"
 
-    def rows(self, epoch: int) -> list:
-        """The source's contents (for clock: at ``epoch``) as (key, val)."""
+    def rows(self, epoch: int, shard: int = 0, shards: int = 1) -> list:
+        """The source's contents (for clock: at ``epoch``) as (key, val);
+        with ``shards`` workers, only row numbers ``shard, shard+shards...``,
+        so each worker produces its own share."""
         if self.kind == "iota":
-            return [((i,), ()) for i in range(self.params[0])]
+            return [((i,), ()) for i in range(shard, self.params[0], shards)]
         if self.kind == "clock":
-            return [((epoch,), ())]
-        return random_rows(*self.params)
+            return [((epoch,), ())] if shard == 0 else []
+        return random_rows(*self.params, shard, shards)
 
 
 MAX_ROWS = 10_000_000
@@ -91,9 +93,10 @@ def parse_recipe(name: str):
                              params.get("seed", 0)))
 
 
-def random_rows(nodes: int, edges: int, arity: int, seed: int) -> list:
+def random_rows(nodes: int, edges: int, arity: int, seed: int, shard: int = 0,
+                shards: int = 1) -> list:
     rows = []
-    for e in range(edges):
+    for e in range(shard, edges, shards):
         base = (e * 31 + seed * 0x9E3779B97F4A7C15) & MASK64
         key = tuple(splitmix64((base + c) & MASK64) % nodes for c in range(arity))
         rows.append((key, ()))

@@ -1,9 +1,10 @@
 """The server state and command semantics (SPEC Part B).
 
-Installed programs (each a running :class:`Dataflow`), the traces they
-publish, the epoch. ``execute`` takes a typed command and returns output
-*records* (dicts with a ``kind``); printing them is someone else's job.
-Every command either completes or leaves the state exactly as it was.
+Installed programs, the traces they publish, the epoch: the control plane.
+``execute`` takes a typed command, validates it here, then has the workers
+(:mod:`ddir.server.cluster`) run it, and returns output *records* (dicts
+with a ``kind``) merged from their replies; printing them is someone else's
+job. Every refused command leaves the state exactly as it was.
 
 Importer counts are derived from the live programs' imports rather than
 stored, so they cannot drift from the truth.
@@ -14,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import commands as C
-from .generated import Recipe, RecipeError, parse_recipe, source_program
-from ..engine.dataflow import Dataflow
-from ..engine.scope import NonConvergence
+from .cluster import LocalCluster
+from .generated import Recipe, RecipeError, parse_recipe
+from ..engine.exchange import shard_of
 from ..values import order_key
 
 
@@ -28,7 +29,7 @@ class ServerError(Exception):
 class Installed:
     name: str
     path: str
-    dataflow: Dataflow
+    file: str = ""                    # the program's file, for error locations
     origin: str = "program"           # "program" | "generated" | "clock"
     recipe: Recipe | None = None
     inputs: tuple = ()
@@ -43,15 +44,13 @@ class Server:
     programs: dict = field(default_factory=dict)   # name -> Installed, in install order
     traces: dict = field(default_factory=dict)     # trace name -> program name
     max_rounds: int | None = None
+    cluster: object = field(default_factory=LocalCluster)
     _seq: int = 0
 
     # ------------------------------------------------------------ queries
 
     def importers(self, trace: str) -> list:
         return [p.name for p in self.programs.values() if trace in p.imports]
-
-    def export_op(self, trace: str):
-        return self.programs[self.traces[trace]].dataflow.exports[trace]
 
     # ------------------------------------------------------------ dispatch
 
@@ -94,30 +93,18 @@ class Server:
             if self._taken(recipe.name):
                 raise ServerError(f'generated source "{recipe.name}" clashes with a program of that name')
             new_sources.append(recipe)
-        records = []
         for recipe in dict.fromkeys(new_sources):
             self._install_source(recipe)
-        aliases = {t: self.canonical(t) for t in program.imports}
-        imports = {t: self.export_op(aliases[t]) for t in program.imports}
-        dataflow = self._dataflow(program, imports)
-        self._add(Installed(cmd.name, cmd.path, dataflow, inputs=program.inputs,
-                            imports=tuple(sorted(set(aliases.values()))),
+        aliases = tuple((t, self.canonical(t)) for t in program.imports)
+        catch_up = self.epoch - 1 if self.epoch > 0 else None
+        replies = self.cluster.broadcast(("install", cmd.name, program, aliases, catch_up,
+                                          self.max_rounds))
+        if "failed" in replies[0]:  # every worker gave up at the same round and dropped it
+            raise ServerError(f'install "{cmd.name}": {replies[0]["failed"]}')
+        self._add(Installed(cmd.name, cmd.path, program.file, inputs=program.inputs,
+                            imports=tuple(sorted({a for _, a in aliases})),
                             exports=tuple(n for n, _ in program.exports)))
-        records.append({"kind": "installed", "name": cmd.name})
-        if self.epoch > 0:
-            try:
-                dataflow.catch_up(self.epoch - 1)
-            except NonConvergence as e:
-                self._remove(cmd.name)
-                raise ServerError(f'install "{cmd.name}": {e}') from None
-            dataflow.compact(self.epoch - 1)
-        records += self._collect([self.programs[cmd.name]])
-        return records
-
-    def _dataflow(self, program, imports) -> Dataflow:
-        if self.max_rounds is None:
-            return Dataflow(program, imports)
-        return Dataflow(program, imports, max_rounds=self.max_rounds)
+        return [{"kind": "installed", "name": cmd.name}] + self._collect(replies)
 
     def _add(self, entry: Installed) -> None:
         self._seq += 1
@@ -127,10 +114,9 @@ class Server:
             self.traces[name] = entry.name
 
     def _install_source(self, recipe: Recipe) -> None:
-        dataflow = self._dataflow(source_program(recipe), {})
-        rows = [(k, v, 1) for k, v in recipe.rows(self.epoch)]
-        dataflow.stage(0, (self.epoch,), rows)
-        self._add(Installed(recipe.name, recipe.name, dataflow, origin=recipe.origin,
+        self.cluster.broadcast(("source", recipe.name, recipe.kind, recipe.params, self.epoch,
+                                self.max_rounds))
+        self._add(Installed(recipe.name, recipe.name, f"<{recipe.name}>", origin=recipe.origin,
                             recipe=recipe, inputs=(0,), exports=(recipe.name,)))
 
     def canonical(self, name: str) -> str:
@@ -154,14 +140,11 @@ class Server:
                 names = ", ".join(f'"{u}"' for u in users)
                 raise ServerError(f'cannot drop "{entry.name}": trace "{trace}" is imported by {names}'
                                   f" (drop {'them' if len(users) > 1 else 'it'} first)")
-        self._remove(entry.name)
-        return [{"kind": "dropped", "name": entry.name}]
-
-    def _remove(self, name: str) -> None:
-        entry = self.programs.pop(name)
-        entry.dataflow.detach()
+        self.cluster.broadcast(("drop", entry.name))
+        del self.programs[entry.name]
         for trace in entry.exports:
             self.traces.pop(trace, None)
+        return [{"kind": "dropped", "name": entry.name}]
 
     # ------------------------------------------------------------ feed / tick
 
@@ -179,45 +162,45 @@ class Server:
             raise ServerError(f"time={time} is in the closed past (the current epoch is {self.epoch})")
         if cmd.diff == 0:
             raise ServerError("diff=0 changes nothing")
-        entry.dataflow.stage(cmd.input, (time,), [(cmd.key, cmd.val, cmd.diff)])
+        self.cluster.send(shard_of(cmd.key, self.cluster.shards),
+                          ("stage", cmd.program, cmd.input, time, [(cmd.key, cmd.val, cmd.diff)]))
         return []
 
     def tick(self, cmd: C.Tick) -> list:
-        epoch = self.epoch
-        failures = []
-        for entry in self.programs.values():
-            try:
-                entry.dataflow.run(epoch)
-            except NonConvergence as e:
-                failures.append({"kind": "error", "message": f"{entry.name}: {e}"})
-        for entry in self.programs.values():
-            if entry.origin == "clock":
-                entry.dataflow.stage(0, (epoch + 1,), [((epoch,), (), -1), ((epoch + 1,), (), 1)])
-            entry.dataflow.compact(epoch)
-        self.epoch = epoch + 1
-        records = self._collect(list(self.programs.values())) + failures
+        replies = self.cluster.broadcast(("tick", self.epoch))
+        self.epoch += 1
+        records = self._collect(replies)
+        records += [{"kind": "error", "message": f"{name}: {message}"}
+                    for name, message in replies[0]["failures"]]
         records.append({"kind": "tick", "epoch": self.epoch})
         return records
 
-    def _collect(self, entries) -> list:
-        """Inspect events (consolidated, sorted) then term errors of a step."""
+    def _collect(self, replies) -> list:
+        """Inspect events (consolidated over workers, sorted), then term errors
+        (counts summed over workers, the least message, by program and
+        location): the same records for any number of workers."""
         totals: dict = {}
-        for entry in entries:
-            for label, k, v, t, d in entry.dataflow.take_events():
+        errors: dict = {}
+        for reply in replies:
+            for label, k, v, t, d in reply["events"]:
                 key = (label, t, k, v)
                 totals[key] = totals.get(key, 0) + d
+            for name, operator, loc, count, message in reply["errors"]:
+                seen = errors.get((name, loc, operator))
+                errors[(name, loc, operator)] = (count, message) if seen is None else \
+                    (seen[0] + count, min(seen[1], message))
         ordered = sorted((item for item in totals.items() if item[1]),
                          key=lambda item: (item[0][0], item[0][1], order_key(item[0][2]),
                                            order_key(item[0][3])))
         records = [{"kind": "inspect", "label": label, "key": k, "val": v, "time": t, "diff": d}
                    for (label, t, k, v), d in ordered]
-        for entry in entries:
-            errors = entry.dataflow.take_errors()
-            for (operator, loc), (count, message) in sorted(errors.items(), key=lambda i: i[0][1]):
-                file = entry.dataflow.program.file
-                records.append({"kind": "error", "message":
-                                f"{entry.name}: {operator} at {file}:{loc[0]}:{loc[1]}: {message} "
-                                f"({count} row{'s' if count != 1 else ''} dropped)"})
+        rank = {name: i for i, name in enumerate(self.programs)}
+        for (name, loc, operator), (count, message) in sorted(
+                errors.items(), key=lambda i: (rank.get(i[0][0], -1), i[0][1], i[0][2])):
+            file = self.programs[name].file if name in self.programs else ""
+            records.append({"kind": "error", "message":
+                            f"{name}: {operator} at {file}:{loc[0]}:{loc[1]}: {message} "
+                            f"({count} row{'s' if count != 1 else ''} dropped)"})
         return records
 
     # ------------------------------------------------------------ reading
@@ -226,9 +209,11 @@ class Server:
         name = self.canonical(cmd.trace)
         if name not in self.traces:
             raise ServerError(f'unknown trace "{cmd.trace}"')
-        trace = self.export_op(name).trace
-        contents = trace.key_contents(cmd.key) if cmd.has_key else trace.contents()
-        rows = sorted(((k, v, d) for (k, v), d in contents.items()),
+        contents: dict = {}
+        for reply in self.cluster.broadcast(("peek", name, cmd.key, cmd.has_key)):
+            for k, v, d in reply["rows"]:
+                contents[(k, v)] = contents.get((k, v), 0) + d
+        rows = sorted(((k, v, d) for (k, v), d in contents.items() if d),
                       key=lambda r: (order_key(r[0]), order_key(r[1])))
         end = None if cmd.limit is None else cmd.offset + cmd.limit
         return [{"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,

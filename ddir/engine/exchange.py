@@ -1,0 +1,40 @@
+"""What the engine needs from other workers, and which worker owns a key.
+
+With N workers every dataflow runs as N shards. The engine never talks to
+processes itself: a dataflow is given an :class:`Exchange` (the server's
+mesh implements it) and uses exactly two collective operations, which every
+shard calls in the same order:
+
+* ``swap(tag, batches)``: send ``batches[w]`` to worker ``w``, get back the
+  batch every worker sent here (one list per worker, our own included);
+* ``agree_min(t)``: the least of every worker's ``t`` (``None`` = nothing).
+
+Keys are owned by a *stable* hash: the CRC-32 of the key's msgpack bytes, the
+same in every process and every run (``hash()`` of a ``str`` is not).
+"""
+
+from __future__ import annotations
+
+from zlib import crc32
+
+from ..ir.codec import packb
+
+
+def shard_of(key, shards: int) -> int:
+    """The worker (0..shards-1) that owns ``key``."""
+    if shards == 1:
+        return 0
+    return crc32(packb(key)) % shards
+
+
+class Exchange:
+    """The collective operations a sharded dataflow uses (see module doc)."""
+
+    index: int = 0   # this worker
+    peers: int = 1   # how many workers
+
+    def swap(self, tag, batches: list) -> list:
+        raise NotImplementedError
+
+    def agree_min(self, value):
+        raise NotImplementedError

@@ -1,0 +1,264 @@
+"""Where the workers run: in the intake process (``-w 1``) or as N processes.
+
+Both clusters take worker messages (:mod:`ddir.server.worker`) and have the
+same two verbs: ``broadcast`` (every worker, one reply each, in worker order)
+and ``send`` (one worker, no reply: a ``stage`` for the owner of the key).
+
+:class:`ProcessCluster` is the sequencer: it stamps every message with a
+sequence number and writes it to each worker's control socket, so every
+worker sees the messages in the same order (a worker refuses one that goes
+backwards). Workers are forked before any thread starts; they ignore SIGINT
+(Ctrl-C at the terminal reaches the whole process group, and a tick must not
+be torn in half) and die with the intake. A worker that dies is noticed at
+once, by a monitor thread when the intake is idle or by the intake when it
+is waiting for replies, and reported once through ``on_death``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+from ..ir.codec import unpackb
+from .mesh import Mesh
+from .wire import FrameBuffer, PeerLost, frame, recv_message, send_message
+from .worker import Worker
+
+EXIT_PEER_LOST = 3   # a worker that stopped because another one vanished
+EXIT_FATAL = 4       # a worker that hit a bug and reported it
+
+
+class WorkerDied(Exception):
+    """A worker process is gone; the cluster cannot go on."""
+
+
+class LocalCluster:
+    """The single worker, called directly: no processes, no serialisation."""
+
+    shards = 1
+
+    def __init__(self) -> None:
+        self.worker = Worker()
+
+    def broadcast(self, message) -> list:
+        return [self.worker.execute(message)]
+
+    def send(self, shard: int, message) -> None:
+        self.worker.execute(message)
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessCluster:
+    def __init__(self, shards: int, on_death=None):
+        self.shards = shards
+        self.on_death = on_death   # called once with the message; may not return
+        self.dead: str | None = None
+        self.fatal: dict = {}      # worker -> the error it reported before exiting
+        self._seq = 0
+        self._closing = False
+        self._lock = threading.Lock()
+        context = multiprocessing.get_context("fork")
+        control = [socket.socketpair() for _ in range(shards)]
+        mesh = {(i, j): socket.socketpair() for i in range(shards) for j in range(i + 1, shards)}
+        every = [s for pair in control for s in pair] + [s for pair in mesh.values() for s in pair]
+        self.processes = []
+        for w in range(shards):
+            peers = {j: mesh[(min(w, j), max(w, j))][0 if w < j else 1]
+                     for j in range(shards) if j != w}
+            process = context.Process(target=_worker_main, name=f"ddir-worker-{w}", daemon=True,
+                                      args=(w, shards, control[w][1], peers, every, os.getpid()))
+            process.start()
+            self.processes.append(process)
+        self.controls = [pair[0] for pair in control]
+        for s in every:
+            if s not in self.controls:
+                s.close()
+        self.buffers = [FrameBuffer() for _ in range(shards)]
+        self.selector = selectors.DefaultSelector()
+        for w, sock in enumerate(self.controls):
+            self.selector.register(sock, selectors.EVENT_READ, w)
+        threading.Thread(target=self._monitor, name="ddir-worker-monitor", daemon=True).start()
+
+    # ------------------------------------------------------------ verbs
+
+    def broadcast(self, message) -> list:
+        data = self._stamp(message)
+        for w in range(self.shards):
+            self._send(w, data)
+        return self._gather()
+
+    def send(self, shard: int, message) -> None:
+        self._send(shard, self._stamp(message))
+
+    def _stamp(self, message) -> bytes:
+        if self.dead is not None:
+            raise WorkerDied(self.dead)
+        self._seq += 1
+        return frame((self._seq, message))
+
+    def _send(self, w: int, data: bytes) -> None:
+        try:
+            self.controls[w].sendall(data)
+        except OSError:
+            raise WorkerDied(self._died()) from None
+
+    def _gather(self) -> list:
+        replies = [None] * self.shards
+        missing = set(range(self.shards))
+        for w in list(missing):
+            payload = self.buffers[w].take()
+            if payload is not None:
+                replies[w] = self._reply(w, payload)
+                missing.discard(w)
+        while missing:
+            try:
+                ready = self.selector.select()
+            except (OSError, ValueError):  # sockets closed under us: a death is being reported
+                raise WorkerDied(self._died()) from None
+            for key, _ in ready:
+                w = key.data
+                chunk = b""
+                try:
+                    chunk = self.controls[w].recv(1 << 20)
+                except OSError:
+                    pass
+                if not chunk:
+                    raise WorkerDied(self._died())
+                buf = self.buffers[w]
+                buf.data += chunk
+                if w in missing:
+                    payload = buf.take()
+                    if payload is not None:
+                        replies[w] = self._reply(w, payload)
+                        missing.discard(w)
+        return replies
+
+    def _reply(self, w: int, payload: bytes):
+        seq, reply = unpackb(payload)
+        if isinstance(reply, dict) and "fatal" in reply:
+            self.fatal[w] = reply["fatal"]
+            raise WorkerDied(self._died())
+        if seq != self._seq:
+            self.fatal[w] = f"answered message {seq} while {self._seq} was expected"
+            raise WorkerDied(self._died())
+        return reply
+
+    # ------------------------------------------------------------ failure
+
+    def _monitor(self) -> None:
+        multiprocessing.connection.wait([p.sentinel for p in self.processes])
+        if not self._closing:
+            self._died()
+
+    def _died(self) -> str:
+        """Describe the failure, stop every worker, report once."""
+        with self._lock:
+            if self.dead is not None:
+                return self.dead
+            deadline = time.monotonic() + 0.5  # let the culprit's exit status arrive
+            while time.monotonic() < deadline and not self._culprits():
+                time.sleep(0.01)
+            self.dead = self._describe()
+            self._stop_all(grace=0)
+            if self.on_death is not None:
+                self.on_death(self.dead)
+            return self.dead
+
+    def _culprits(self) -> list:
+        return [w for w, p in enumerate(self.processes)
+                if w in self.fatal or p.exitcode not in (None, 0, EXIT_PEER_LOST)]
+
+    def _describe(self) -> str:
+        culprits = self._culprits()
+        if not culprits:
+            return "a worker process stopped unexpectedly; the server stops"
+        w = culprits[0]
+        code = self.processes[w].exitcode
+        if w in self.fatal:
+            what = f"failed: {self.fatal[w]}"
+        elif code is not None and code < 0:
+            what = f"died (killed by {signal.Signals(-code).name})"
+        else:
+            what = f"exited with status {code}"
+        return f"worker {w} {what}; the server stops"
+
+    # ------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Stop every worker (end of input, exit, Ctrl-C): no orphans."""
+        self._closing = True
+        self._stop_all(grace=2.0)
+
+    def _stop_all(self, grace: float) -> None:
+        for sock in self.controls:
+            try:
+                sock.close()  # a worker reading its control socket exits at end of stream
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        for p in self.processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.processes:
+            if p.exitcode is None:
+                p.kill()
+        for p in self.processes:
+            p.join(1.0)
+
+
+def _worker_main(index: int, shards: int, control, peers: dict, every: list, parent: int) -> None:
+    for s in every:  # keep only our own sockets, so a peer's death reads as end of stream
+        if s is not control and s not in peers.values():
+            s.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    worker = Worker(index, shards, Mesh(index, shards, peers) if shards > 1 else None)
+    buffer = FrameBuffer()
+    last = 0
+    while True:
+        try:
+            seq, message = recv_message(control, buffer)
+        except (PeerLost, OSError):
+            os._exit(0)  # the intake closed our socket or is gone: shut down
+        try:
+            if seq <= last:
+                raise RuntimeError(f"message {seq} arrived after message {last}")
+            last = seq
+            reply = worker.execute(message)
+        except PeerLost:
+            os._exit(EXIT_PEER_LOST)
+        except Exception as e:  # a bug: report it, then stop (peers see us go)
+            text = f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
+            try:
+                send_message(control, (seq, {"fatal": text}))
+            except OSError:
+                pass
+            os._exit(EXIT_FATAL)
+        if reply is not None:
+            try:
+                send_message(control, (seq, reply))
+            except OSError:
+                os._exit(0)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this worker if the intake dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(0)

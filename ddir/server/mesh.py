@@ -1,0 +1,123 @@
+"""The worker-to-worker mesh: one socket pair per pair of workers.
+
+Implements :class:`ddir.engine.exchange.Exchange`. Each collective step sends
+exactly one frame to every peer and reads exactly one frame from every peer.
+Sockets are non-blocking and driven by one selector, sending and receiving
+at the same time: two workers swapping large batches would deadlock if each
+blocked in ``sendall`` while the other did the same.
+
+Every frame carries a tag (the operator and time being swapped); all workers
+execute the same collective steps in the same order, so a mismatch is a bug,
+reported as such instead of silently mixing batches.
+"""
+
+from __future__ import annotations
+
+import selectors
+
+from ..engine.exchange import Exchange
+from ..ir.codec import unpackb
+from .wire import FrameBuffer, PeerLost, frame
+
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class ExchangeOutOfStep(RuntimeError):
+    pass
+
+
+class Mesh(Exchange):
+    def __init__(self, index: int, peers: int, sockets: dict):
+        """``sockets``: peer index -> connected socket to that worker."""
+        self.index = index
+        self.peers = peers
+        self.sockets = sockets
+        self.buffers = {p: FrameBuffer() for p in sockets}
+        self.selector = selectors.DefaultSelector()
+        for p, sock in sockets.items():
+            sock.setblocking(False)
+            self.selector.register(sock, _READ, p)
+        self.steps = 0  # collective steps taken (for benchmarks)
+
+    # ------------------------------------------------------------ Exchange
+
+    def swap(self, tag, batches: list) -> list:
+        frames = {p: frame((tag, batches[p])) for p in self.sockets}
+        received = self._transfer(frames)
+        out = []
+        for p in range(self.peers):
+            if p == self.index:
+                out.append(batches[p])
+            else:
+                out.append(self._payload(tag, p, received[p]))
+        return out
+
+    def agree_min(self, value):
+        data = frame(("min", value))
+        received = self._transfer({p: data for p in self.sockets})
+        best = value
+        for p, payload in received.items():
+            other = self._payload("min", p, payload)
+            if other is not None and (best is None or other < best):
+                best = other
+        return best
+
+    # ------------------------------------------------------------ transport
+
+    def _payload(self, tag, peer: int, payload: bytes):
+        got_tag, body = unpackb(payload)
+        if got_tag != tag:
+            raise ExchangeOutOfStep(f"worker {self.index} expected {tag!r} from worker {peer}, "
+                                    f"got {got_tag!r}")
+        return body
+
+    def _transfer(self, frames: dict) -> dict:
+        """Send ``frames[p]`` to each peer and receive one frame from each."""
+        self.steps += 1
+        unsent = {}
+        for p, data in frames.items():
+            view = memoryview(data)
+            sent = self._send(p, view)
+            if sent < len(view):
+                unsent[p] = view[sent:]
+                self.selector.modify(self.sockets[p], _READ | _WRITE, p)
+        received = {}
+        for p, buf in self.buffers.items():
+            payload = buf.take()
+            if payload is not None:
+                received[p] = payload
+        while unsent or len(received) < len(self.sockets):
+            for key, mask in self.selector.select():
+                p = key.data
+                if mask & _WRITE and p in unsent:
+                    view = unsent[p]
+                    sent = self._send(p, view)
+                    if sent < len(view):
+                        unsent[p] = view[sent:]
+                    else:
+                        del unsent[p]
+                        self.selector.modify(self.sockets[p], _READ, p)
+                if mask & _READ:
+                    # Always read, even past this step's frame: the peer may be
+                    # blocked sending us its next one while we still send ours.
+                    try:
+                        chunk = self.sockets[p].recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        raise PeerLost(f"worker {p} is gone")
+                    buf = self.buffers[p]
+                    buf.data += chunk
+                    if p not in received:
+                        payload = buf.take()
+                        if payload is not None:
+                            received[p] = payload
+        return received
+
+    def _send(self, peer: int, view) -> int:
+        try:
+            return self.sockets[peer].send(view)
+        except BlockingIOError:
+            return 0
+        except (BrokenPipeError, ConnectionResetError):
+            raise PeerLost(f"worker {peer} is gone") from None

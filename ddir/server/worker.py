@@ -1,0 +1,121 @@
+"""One worker: a shard of every installed dataflow.
+
+The intake (:mod:`ddir.server.registry`) validates a command and then hands
+workers *worker messages*: plain msgpack-able tuples ``(op, args...)``.
+Every worker gets every message except ``stage``, which goes to the worker
+that owns the fed key. Collective messages (install, source, tick, peek...)
+are answered with one reply dict per worker, which the intake merges.
+
+Messages:
+
+* ``("install", name, program, aliases, catch_up, max_rounds)``
+* ``("source", name, kind, params, epoch, max_rounds)`` - a generated source;
+  each worker produces only its share of the rows
+* ``("stage", name, input, time, rows)`` - no reply
+* ``("tick", epoch)``, ``("drop", name)``, ``("peek", trace, key, has_key)``
+* ``("stats",)`` - sizes, for tests and benchmarks
+"""
+
+from __future__ import annotations
+
+from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
+from ..engine.scope import NonConvergence
+from .generated import Recipe, source_program
+
+
+class Worker:
+    def __init__(self, index: int = 0, shards: int = 1, exchange=None):
+        self.index = index
+        self.shards = shards
+        self.exchange = exchange
+        self.dataflows: dict = {}  # program name -> Dataflow, in install order
+        self.exports: dict = {}    # trace name -> exporting ArrangeOp
+        self.clocks: list = []     # names of clock sources
+
+    def execute(self, message):
+        op, *args = message
+        return getattr(self, "do_" + op)(*args)
+
+    # ------------------------------------------------------------ install / drop
+
+    def _dataflow(self, program, imports, max_rounds) -> Dataflow:
+        return Dataflow(program, imports, max_rounds or DEFAULT_MAX_ROUNDS, exchange=self.exchange)
+
+    def _add(self, name: str, dataflow: Dataflow) -> None:
+        self.dataflows[name] = dataflow
+        self.exports.update(dataflow.exports)
+
+    def do_install(self, name, program, aliases, catch_up, max_rounds) -> dict:
+        imports = {alias: self.exports[trace] for alias, trace in aliases}
+        dataflow = self._dataflow(program, imports, max_rounds)
+        self._add(name, dataflow)
+        if catch_up is not None:
+            try:
+                dataflow.catch_up(catch_up)
+            except NonConvergence as e:  # every worker stops at the same round
+                self.do_drop(name)
+                return {"failed": str(e)}
+            dataflow.compact(catch_up)
+        return self._collect([name])
+
+    def do_source(self, name, kind, params, epoch, max_rounds) -> dict:
+        recipe = Recipe(kind, tuple(params))
+        dataflow = self._dataflow(source_program(recipe), {}, max_rounds)
+        rows = recipe.rows(epoch, self.index, self.shards)
+        dataflow.stage(0, (epoch,), [(k, v, 1) for k, v in rows])
+        self._add(name, dataflow)
+        if kind == "clock":
+            self.clocks.append(name)
+        return {}
+
+    def do_drop(self, name) -> dict:
+        dataflow = self.dataflows.pop(name)
+        dataflow.detach()
+        for trace in dataflow.exports:
+            self.exports.pop(trace, None)
+        if name in self.clocks:
+            self.clocks.remove(name)
+        return {}
+
+    # ------------------------------------------------------------ feed / tick
+
+    def do_stage(self, name, n, time, rows) -> None:
+        self.dataflows[name].stage(n, (time,), rows)
+
+    def do_tick(self, epoch) -> dict:
+        failures = []
+        for name, dataflow in self.dataflows.items():
+            try:
+                dataflow.run(epoch)
+            except NonConvergence as e:
+                failures.append((name, str(e)))
+        for name in self.clocks:
+            if self.index == 0:  # one worker states the clock; the exchange places it
+                self.dataflows[name].stage(0, (epoch + 1,), [((epoch,), (), -1), ((epoch + 1,), (), 1)])
+        for dataflow in self.dataflows.values():
+            dataflow.compact(epoch)
+        reply = self._collect(list(self.dataflows))
+        reply["failures"] = failures
+        return reply
+
+    def _collect(self, names) -> dict:
+        """Inspect events and term errors of ``names`` since the last collect."""
+        events, errors = [], []
+        for name in names:
+            dataflow = self.dataflows[name]
+            events.extend(dataflow.take_events())
+            for (operator, loc), (count, message) in dataflow.take_errors().items():
+                errors.append((name, operator, loc, count, message))
+        return {"events": events, "errors": errors}
+
+    # ------------------------------------------------------------ reading
+
+    def do_peek(self, trace, key, has_key) -> dict:
+        contents = self.exports[trace].trace
+        rows = contents.key_contents(key) if has_key else contents.contents()
+        return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
+
+    def do_stats(self) -> dict:
+        return {"stored": sum(df.stored_updates() for df in self.dataflows.values()),
+                "pending": sum(df.pending_updates() for df in self.dataflows.values()),
+                "steps": getattr(self.exchange, "steps", 0)}

@@ -1,0 +1,314 @@
+"""N worker processes: the same results for every -w N, the engine against
+the oracle through a multi-process server, and clean failure when a worker
+dies."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import ROOT, UPSTREAM
+from ddir.engine.exchange import shard_of
+from ddir.engine.naive import evaluate
+from ddir.ir.lower import lower
+from ddir.lang.parser import parse_program, parse_program_file
+from ddir.server import commands as C
+from ddir.server.cluster import ProcessCluster, WorkerDied
+from ddir.server.registry import Server
+from ddir.values import List, Variant
+from oracle_cases import (PROGRAMS, REACH, UPSTREAM_ARITIES, ServerDriver, check_against_oracle,
+                          random_stream)
+
+OWN_SESSIONS = sorted(p.stem for p in (ROOT / "sessions").glob("*.txt"))
+UPSTREAM_SESSIONS = sorted(p.stem for p in (UPSTREAM / "examples/server/sessions").glob("*.txt"))
+
+
+def ddir(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "ddir", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+# ---------------------------------------------------------------- identical output
+
+@pytest.mark.parametrize("name", OWN_SESSIONS)
+def test_own_session_is_identical_for_every_worker_count(name):
+    golden_text = (ROOT / "tests/golden" / f"{name}.out").read_text()
+    golden_json = (ROOT / "tests/golden" / f"{name}.jsonl").read_text()
+    for workers in (1, 2, 3, 4):
+        r = ddir("-w", str(workers), f"sessions/{name}.txt")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == golden_text, f"-w {workers}"
+    for workers in (1, 3):
+        r = ddir("-w", str(workers), "--json", f"sessions/{name}.txt")
+        assert r.stdout == golden_json, f"--json -w {workers}"
+
+
+@pytest.mark.parametrize("name", UPSTREAM_SESSIONS)
+def test_upstream_session_is_identical_for_every_worker_count(name):
+    script = f"examples/server/sessions/{name}.txt"
+    outputs = {w: ddir("-w", str(w), script, cwd=UPSTREAM) for w in (1, 2, 3, 4)}
+    for w, r in outputs.items():
+        assert r.returncode == 0 and r.stderr == "", (w, r.stderr)
+        assert r.stdout == outputs[1].stdout, f"-w {w}"
+    assert ddir("-w", "4", "--json", script, cwd=UPSTREAM).stdout == \
+        ddir("--json", script, cwd=UPSTREAM).stdout
+
+
+def test_term_errors_and_inspect_events_merge_identically(tmp_path):
+    """Errors on several workers are counted once each and reported once;
+    inspect events from every shard come out in one order."""
+    (tmp_path / "p.ddp").write_text(
+        'let xs = input 0 | map($0[0] ; $0[2]);\n'
+        'export "q" = xs | inspect(q) | key($1 ;) | count;\n')
+    rows = [f"({i},{i % 3})" if i % 3 else f"({i},0,{i % 4})" for i in range(30)]
+    lines = ["install p p.ddp"] + [f"feed p 0 {r}" for r in rows] + \
+        ["tick", "peek q", "feed p 0 (3,0,3) diff=-1", "feed p 0 (1,1) diff=-1", "tick", "peek q"]
+    (tmp_path / "s.txt").write_text("\n".join(lines) + "\n")
+    outs = {w: ddir("-w", str(w), "s.txt", cwd=tmp_path) for w in (1, 2, 4)}
+    assert "error: s.txt:32: p: map at p.ddp:1:20: index 2 out of range for Tuple (1, 1)" in outs[1].stdout
+    assert "(20 rows dropped)" in outs[1].stdout and "(1 row dropped)" in outs[1].stdout
+    assert outs[1].stdout.count("error:") == 2 and outs[1].stdout.count("[q]") == 11
+    for w in (2, 4):
+        assert outs[w].stdout == outs[1].stdout, w
+
+
+# ---------------------------------------------------------------- the oracle, through workers
+
+@pytest.fixture(scope="module")
+def server3():
+    cluster = ProcessCluster(3)
+    server = Server(max_rounds=10_000, cluster=cluster)
+    yield server
+    cluster.close()
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32))
+def test_program_matches_oracle_with_3_workers(server3, name, seed):
+    src, inputs = PROGRAMS[name]
+    program = lower(parse_program(src, f"{name}.ddp"))
+    driver = ServerDriver(server3, program)
+    try:
+        check_against_oracle(program, inputs, seed, driver=driver)
+    finally:
+        driver.close()
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_ARITIES))
+@settings(max_examples=15, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32))
+def test_upstream_program_matches_oracle_with_3_workers(server3, name, seed):
+    program = lower(parse_program_file(str(UPSTREAM / "examples/programs" / name)))
+    driver = ServerDriver(server3, program)
+    try:
+        check_against_oracle(program, UPSTREAM_ARITIES[name], seed, driver=driver)
+    finally:
+        driver.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_program_matches_oracle_with_workers_long(name, workers):
+    src, inputs = PROGRAMS[name]
+    program = lower(parse_program(src, f"{name}.ddp"))
+    cluster = ProcessCluster(workers)
+    server = Server(max_rounds=10_000, cluster=cluster)
+    try:
+        for seed in range(300):
+            driver = ServerDriver(server, program)
+            check_against_oracle(program, inputs, seed, epochs=10, driver=driver)
+            driver.close()
+    finally:
+        cluster.close()
+
+
+def test_late_importer_catches_up_across_workers(server3):
+    producer = lower(parse_program('export "edges" = input 0 | key($0[0] ; $0[1]);', "p.ddp"))
+    consumer = lower(parse_program(REACH.replace("input 0 | key($0[0] ; $0[1])", 'import "edges"'),
+                                   "c.ddp"))
+    for seed in range(8):
+        prod = ServerDriver(server3, producer, "prod")
+        cons = None
+        for epoch, batch in random_stream(seed, {0: 2}, 6):
+            for t, n, key, d in batch:
+                prod.stage(n, t, key, d)
+            if epoch == 3:  # installed late: it must see the whole history
+                cons = ServerDriver(server3, consumer, "cons")
+                for root in ((0,), (1,)):
+                    cons.stage(1, 0, root, 1)  # its own epoch 0 is the server's current one
+            prod.tick(epoch)
+            if cons is not None:
+                want = evaluate(consumer, {1: {((0,), ()): 1, ((1,), ()): 1}},
+                                {"edges": prod.export("edges")})
+                assert cons.export("reach") == want["reach"], (seed, epoch)
+        cons.close()
+        prod.close()
+
+
+# ---------------------------------------------------------------- sharding
+
+def test_shard_of_is_stable_and_spreads_keys():
+    # Fixed expectations: the owner of a key must not change between runs or versions.
+    assert [shard_of((i,), 4) for i in range(8)] == [shard_of((i,), 4) for i in range(8)]
+    assert shard_of(7, 1) == 0
+    owners = [shard_of((i, i + 1), 4) for i in range(4000)]
+    assert all(800 < owners.count(w) < 1200 for w in range(4))
+    # Values that print differently are different keys, with their own owner.
+    keys = [(1,), List([1]), Variant("A", 1), "1", 1]
+    assert len({shard_of(k, 1 << 30) for k in keys}) == len(keys)
+
+
+def test_shard_of_is_the_same_in_another_process():
+    keys = [(1, 2), "x", List([(1,), Variant("B", ())]), -5, (2 ** 63 - 1,)]
+    here = [shard_of(k, 7) for k in keys]
+    code = ("from ddir.engine.exchange import shard_of; from ddir.values import List, Variant; "
+            f"print([shard_of(k, 7) for k in {keys!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert r.stdout.strip() == str(here), r.stderr
+
+
+def test_feed_rows_go_only_to_the_owner_of_the_key():
+    cluster = ProcessCluster(3)
+    server = Server(cluster=cluster)
+    try:
+        program = lower(parse_program('export "e" = input 0;', "e.ddp"))
+        server.execute(C.Install("e", "e.ddp", program))
+        keys = [(i,) for i in range(30)]
+        for k in keys:
+            server.execute(C.Feed("e", 0, k, (), None, 1))
+        pending = [r["pending"] for r in cluster.broadcast(("stats",))]
+        assert pending == [sum(1 for k in keys if shard_of(k, 3) == w) for w in range(3)]
+        server.execute(C.Tick())
+        stored = [r["stored"] for r in cluster.broadcast(("stats",))]
+        assert stored == pending and sum(stored) == 30
+    finally:
+        cluster.close()
+
+
+# ---------------------------------------------------------------- failure
+
+def _children(pid: int) -> list:
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_killed_worker_is_reported_and_the_server_exits(json_mode):
+    args = [sys.executable, "-m", "ddir", "-w", "3"] + (["--json"] if json_mode else [])
+    p = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        p.stdin.write("install p programs/producer.ddp\nfeed p 0 (1,2)\ntick\n")
+        p.stdin.flush()
+        deadline = time.monotonic() + 20
+        while len(_children(p.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(p.pid)
+        assert len(workers) == 3
+        time.sleep(0.3)
+        os.kill(workers[1], signal.SIGKILL)
+        start = time.monotonic()
+        rc = p.wait(timeout=5)  # stdin stays open: the server notices by itself
+        assert time.monotonic() - start < 5
+        out = p.stdout.read()
+    finally:
+        p.kill()
+    assert rc != 0
+    last = out.splitlines()[-1]
+    if json_mode:
+        record = json.loads(last)
+        assert record["kind"] == "error" and "killed by SIGKILL" in record["message"]
+    else:
+        assert last.startswith("error: worker ") and "died (killed by SIGKILL)" in last
+    assert 'installed "p"' in out or '"installed"' in out
+    time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
+def test_worker_killed_during_a_long_tick(tmp_path):
+    """A worker that dies mid-tick (while the others wait on it in an
+    exchange) ends the tick with a clean error, not a hang."""
+    (tmp_path / "s.txt").write_text(
+        "install r reach_random.ddp\ntick\n")
+    (tmp_path / "reach_random.ddp").write_text(
+        'let edges = import "random:nodes=40000,edges=120000" | key($0[0] ; $0[1]);\n'
+        'let roots = import "iota:50" | key($0[0] ;);\n'
+        'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
+        'export "reach" = r::reach;\n')
+    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "2", "s.txt"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(_children(p.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(p.pid)
+        time.sleep(1.0)  # well inside the install / tick
+        os.kill(workers[0], signal.SIGKILL)
+        start = time.monotonic()
+        rc = p.wait(timeout=5)
+        assert time.monotonic() - start < 5
+        out = p.stdout.read()
+    finally:
+        p.kill()
+    assert rc != 0 and "error: worker 0 died (killed by SIGKILL)" in out
+    assert "tick -> epoch 1" not in out  # it really died in the middle of the tick
+    time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
+def test_exit_and_end_of_input_leave_no_worker_behind():
+    for stdin in ("list\nexit\n", "list\n"):
+        p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "4"], cwd=ROOT,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(_children(p.pid)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(p.pid)
+        out, _ = p.communicate(stdin, timeout=10)
+        assert p.returncode == 0 and out.startswith("epoch: 0")
+        assert len(workers) == 4 and not any(_alive(w) for w in workers)
+
+
+def test_sigterm_stops_the_workers():
+    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "3"], cwd=ROOT,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while len(_children(p.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(p.pid)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=5)
+    p.stdin.close()
+    assert p.returncode != 0
+    time.sleep(0.2)
+    assert len(workers) == 3 and not any(_alive(w) for w in workers)
+
+
+def test_in_process_cluster_raises_after_a_worker_dies():
+    cluster = ProcessCluster(2)
+    server = Server(cluster=cluster)
+    try:
+        os.kill(cluster.processes[1].pid, signal.SIGKILL)
+        cluster.processes[1].join(5)
+        with pytest.raises(WorkerDied, match="worker 1 died"):
+            server.execute(C.Tick())
+        assert server.epoch == 0
+    finally:
+        cluster.close()
