@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from conftest import upstream_programs
 from test_values import values
 from ddir.ir import nodes as N
+from ddir.ir.optimize.place_exchanges import place_exchanges, rows_on_owner
 from ddir.ir.codec import packb, unpackb
 from ddir.ir.lower import lower
 from ddir.lang import ast as A
@@ -167,8 +168,33 @@ def test_fusion_and_shared_arrangements():
     p = lower(parse_program(src, "f.ddp"))
     linear = [n for n in p.nodes if isinstance(n, N.LinearNode)]
     assert len(linear) == 1 and len(linear[0].steps) == 3
-    arranges = [n for n in p.nodes if isinstance(n, N.ArrangeNode) and n.inputs == (linear[0].id,)]
+    (exchange,) = [n for n in p.nodes if isinstance(n, N.ExchangeNode) and n.inputs == (linear[0].id,)]
+    # (the map's new keys move to their owners once, for both readers)
+    arranges = [n for n in p.nodes if isinstance(n, N.ArrangeNode) and n.inputs == (exchange.id,)]
     assert len(arranges) == 1  # both join sides and count share one arrangement
+
+
+def test_exchanges_only_where_rows_leave_their_owner_and_outside_loops():
+    src = """
+    let edges = input 0 | key($0[0] ; $0[1]);
+    let roots = input 1;
+    r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }
+    export "reach" = r::reach | filter($0[0] > 0);
+    export "raw" = input 2;
+    """
+    p = lower(parse_program(src, "r.ddp"))
+    kinds = {n.id: type(n).__name__ for n in p.nodes}
+    exchanges = [n for n in p.nodes if isinstance(n, N.ExchangeNode)]
+    # the re-keyed edges (exchanged once per epoch at the root, before they
+    # enter the loop) and the join output feeding distinct; nothing else:
+    # inputs arrive on their owner, `reach` comes out of a reduce, a filter keeps keys
+    assert sorted((n.scope, kinds[n.inputs[0]]) for n in exchanges) == \
+        [(0, "LinearNode"), (1, "ConcatNode")]
+    on_owner = rows_on_owner(p)
+    for n in p.nodes:
+        if isinstance(n, N.ArrangeNode):
+            assert on_owner[n.inputs[0]], n
+    assert rows_on_owner(p) == on_owner and place_exchanges(p) == p  # a fixed point
 
 
 @settings(max_examples=200)

@@ -55,6 +55,8 @@ class Dataflow:
             return O.ConcatOp(node, scope, self)
         if isinstance(node, N.ArrangeNode):
             return O.ArrangeOp(node, scope, self)
+        if isinstance(node, N.ExchangeNode):
+            return O.ExchangeOp(node, scope, self)
         if isinstance(node, N.JoinNode):
             return O.JoinOp(node, scope, self, self.ops[node.inputs[0]], self.ops[node.inputs[1]])
         if isinstance(node, N.ReduceNode):

@@ -121,7 +121,7 @@ class _ScopeEval:
             return dict(self.oracle.inputs.get(node.n, {}))
         if isinstance(node, N.ImportNode):
             return dict(self.oracle.imports.get(node.trace, {}))
-        if isinstance(node, (N.ArrangeNode, N.EnterNode, N.LeaveNode)):
+        if isinstance(node, (N.ArrangeNode, N.ExchangeNode, N.EnterNode, N.LeaveNode)):
             return dict(inputs[0])
         if isinstance(node, N.ConcatNode):
             out: dict = {}

@@ -137,22 +137,17 @@ class EnterAtOp(Operator):
             self.emit(s, rows)
 
 
-class ArrangeOp(Operator):
-    """Maintains the trace of its input; passes the batch on. An exported
-    arrangement also forwards each batch to importing dataflows.
-
-    Sharded, it is where data moves between workers: incoming rows wait in
-    an outbox by owner until the scope reaches this operator at their time,
-    then every worker swaps them, so a key's whole history lives on its
-    owner (which is what join and reduce, reading this trace, rely on)."""
+class ExchangeOp(Operator):
+    """Moves rows to the worker that owns their key. Incoming rows wait in
+    an outbox by owner until the scope reaches this operator at their time;
+    then every worker swaps its outboxes for that time with every other one
+    and passes on what it received. With one worker it just passes rows on."""
 
     def __init__(self, node, scope, dataflow):
         super().__init__(node, scope, dataflow)
-        self.trace = Trace()
-        self.subscribers: list = []  # ImportOps of other dataflows
         self.mesh = dataflow.exchange
         self.exchanged = self.mesh is not None
-        self.outbox: dict = {}       # time -> rows per owning worker
+        self.outbox: dict = {}  # time -> rows per owning worker
 
     def receive(self, port, t, rows):
         if not self.exchanged or not rows:
@@ -175,6 +170,18 @@ class ArrangeOp(Operator):
 
     def pending_size(self) -> int:
         return super().pending_size() + sum(len(b) for box in self.outbox.values() for b in box)
+
+
+class ArrangeOp(Operator):
+    """Maintains the trace of its input; passes the batch on. An exported
+    arrangement also forwards each batch to importing dataflows. Its input
+    is on the key's owner (an exchange precedes it where needed), so a key's
+    whole history lives on one worker: what join and reduce rely on."""
+
+    def __init__(self, node, scope, dataflow):
+        super().__init__(node, scope, dataflow)
+        self.trace = Trace()
+        self.subscribers: list = []  # ImportOps of other dataflows
 
     def step(self, t):
         rows = self.take(0, t)

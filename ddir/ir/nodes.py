@@ -106,6 +106,12 @@ class ArrangeNode(Node):
 
 
 @dataclass(frozen=True)
+class ExchangeNode(Node):
+    """Moves every row to the worker owning its key (a no-op with one
+    worker); placed by :mod:`ddir.ir.optimize.place_exchanges`."""
+
+
+@dataclass(frozen=True)
 class JoinNode(Node):
     """inputs = (left arrange, right arrange)."""
     proj: Proj
@@ -162,7 +168,7 @@ class Program:
 
 NODE_KINDS = {
     InputNode: "input", ImportNode: "import", LinearNode: "linear", ConcatNode: "concat",
-    ArrangeNode: "arrange", JoinNode: "join", ReduceNode: "reduce", EnterAtNode: "enter_at",
-    VarNode: "var", EnterNode: "enter", LeaveNode: "leave",
+    ArrangeNode: "arrange", ExchangeNode: "exchange", JoinNode: "join", ReduceNode: "reduce",
+    EnterAtNode: "enter_at", VarNode: "var", EnterNode: "enter", LeaveNode: "leave",
 }
 STEP_KINDS = (MapStep, FilterStep, NegateStep, FlatMapStep, LiftIterStep, InspectStep)

@@ -127,15 +127,11 @@ class ProcessCluster:
                 raise WorkerDied(self._died()) from None
             for key, _ in ready:
                 w = key.data
-                chunk = b""
-                try:
-                    chunk = self.controls[w].recv(1 << 20)
-                except OSError:
-                    pass
-                if not chunk:
-                    raise WorkerDied(self._died())
                 buf = self.buffers[w]
-                buf.data += chunk
+                try:
+                    buf.fill(self.controls[w])
+                except (PeerLost, OSError):
+                    raise WorkerDied(self._died()) from None
                 if w in missing:
                     payload = buf.take()
                     if payload is not None:

@@ -100,14 +100,13 @@ class Mesh(Exchange):
                 if mask & _READ:
                     # Always read, even past this step's frame: the peer may be
                     # blocked sending us its next one while we still send ours.
+                    buf = self.buffers[p]
                     try:
-                        chunk = self.sockets[p].recv(1 << 20)
+                        buf.fill(self.sockets[p])
                     except BlockingIOError:
                         continue
-                    if not chunk:
-                        raise PeerLost(f"worker {p} is gone")
-                    buf = self.buffers[p]
-                    buf.data += chunk
+                    except (PeerLost, ConnectionResetError):
+                        raise PeerLost(f"worker {p} is gone") from None
                     if p not in received:
                         payload = buf.take()
                         if payload is not None:

@@ -149,22 +149,32 @@ class Server:
     # ------------------------------------------------------------ feed / tick
 
     def feed(self, cmd: C.Feed) -> list:
-        entry = self.programs.get(cmd.program)
-        if entry is None:
-            raise ServerError(f'no program named "{cmd.program}"')
-        if entry.origin != "program":
-            raise ServerError(f'"{cmd.program}" is a generated source and cannot be fed')
-        if cmd.input not in entry.inputs:
-            reads = ", ".join(str(i) for i in entry.inputs) or "none"
-            raise ServerError(f'"{cmd.program}" has no input {cmd.input} (it reads: {reads})')
-        time = self.epoch if cmd.time is None else cmd.time
-        if time < self.epoch:
-            raise ServerError(f"time={time} is in the closed past (the current epoch is {self.epoch})")
         if cmd.diff == 0:
             raise ServerError("diff=0 changes nothing")
-        self.cluster.send(shard_of(cmd.key, self.cluster.shards),
-                          ("stage", cmd.program, cmd.input, time, [(cmd.key, cmd.val, cmd.diff)]))
+        self.feed_rows(cmd.program, cmd.input, [(cmd.key, cmd.val, cmd.diff)], cmd.time)
         return []
+
+    def feed_rows(self, program: str, n: int, rows: list, time: int | None = None) -> None:
+        """Stage ``[(key, val, diff)]`` for input ``n`` of ``program`` at
+        ``time`` (default: the current epoch), each row on the worker owning
+        its key: one message per worker however many rows."""
+        entry = self.programs.get(program)
+        if entry is None:
+            raise ServerError(f'no program named "{program}"')
+        if entry.origin != "program":
+            raise ServerError(f'"{program}" is a generated source and cannot be fed')
+        if n not in entry.inputs:
+            reads = ", ".join(str(i) for i in entry.inputs) or "none"
+            raise ServerError(f'"{program}" has no input {n} (it reads: {reads})')
+        time = self.epoch if time is None else time
+        if time < self.epoch:
+            raise ServerError(f"time={time} is in the closed past (the current epoch is {self.epoch})")
+        shards = self.cluster.shards
+        by_owner: dict = {}
+        for row in rows:
+            by_owner.setdefault(shard_of(row[0], shards), []).append(row)
+        for owner, batch in sorted(by_owner.items()):
+            self.cluster.send(owner, ("stage", program, n, time, batch))
 
     def tick(self, cmd: C.Tick) -> list:
         replies = self.cluster.broadcast(("tick", self.epoch))

@@ -28,11 +28,25 @@ def frame(obj) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+_CHUNK = 1 << 18
+
+
 class FrameBuffer:
-    __slots__ = ("data",)
+    __slots__ = ("data", "scratch")
 
     def __init__(self) -> None:
         self.data = bytearray()
+        # recv_into a reused buffer: sock.recv(n) allocates n bytes per call,
+        # which for large n costs more than the round trip itself.
+        self.scratch = memoryview(bytearray(_CHUNK))
+
+    def fill(self, sock) -> None:
+        """Append what ``sock`` has (blocking until something); PeerLost at
+        end of stream. BlockingIOError passes through for non-blocking use."""
+        n = sock.recv_into(self.scratch)
+        if not n:
+            raise PeerLost()
+        self.data += self.scratch[:n]
 
     def take(self):
         """The next whole frame's payload (bytes), or None if incomplete."""
@@ -57,7 +71,4 @@ def recv_message(sock, buffer: FrameBuffer):
         payload = buffer.take()
         if payload is not None:
             return unpackb(payload)
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            raise PeerLost()
-        buffer.data += chunk
+        buffer.fill(sock)

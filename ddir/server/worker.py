@@ -13,12 +13,16 @@ Messages:
   each worker produces only its share of the rows
 * ``("stage", name, input, time, rows)`` - no reply
 * ``("tick", epoch)``, ``("drop", name)``, ``("peek", trace, key, has_key)``
-* ``("stats",)`` - sizes, for tests and benchmarks
+* ``("stats",)`` - stored and pending updates, collective steps taken, peak
+  memory: for tests and benchmarks
 """
 
 from __future__ import annotations
 
+import resource
+
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
+from ..engine.exchange import shard_of
 from ..engine.scope import NonConvergence
 from .generated import Recipe, source_program
 
@@ -61,8 +65,13 @@ class Worker:
     def do_source(self, name, kind, params, epoch, max_rounds) -> dict:
         recipe = Recipe(kind, tuple(params))
         dataflow = self._dataflow(source_program(recipe), {}, max_rounds)
-        rows = recipe.rows(epoch, self.index, self.shards)
-        dataflow.stage(0, (epoch,), [(k, v, 1) for k, v in rows])
+        rows = [(k, v, 1) for k, v in recipe.rows(epoch, self.index, self.shards)]
+        if self.exchange is not None:  # produced by row number, stored by key owner
+            boxes = [[] for _ in range(self.shards)]
+            for row in rows:
+                boxes[shard_of(row[0], self.shards)].append(row)
+            rows = [row for batch in self.exchange.swap(("source", name), boxes) for row in batch]
+        dataflow.stage(0, (epoch,), rows)
         self._add(name, dataflow)
         if kind == "clock":
             self.clocks.append(name)
@@ -118,4 +127,5 @@ class Worker:
     def do_stats(self) -> dict:
         return {"stored": sum(df.stored_updates() for df in self.dataflows.values()),
                 "pending": sum(df.pending_updates() for df in self.dataflows.values()),
-                "steps": getattr(self.exchange, "steps", 0)}
+                "steps": getattr(self.exchange, "steps", 0),
+                "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}

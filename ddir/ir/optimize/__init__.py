@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .fuse_linear import fuse_linear
+from .place_exchanges import place_exchanges
 from .share_arrangements import share_arrangements
 
 
 def optimize(program):
-    return fuse_linear(share_arrangements(program))
+    return place_exchanges(fuse_linear(share_arrangements(program)))

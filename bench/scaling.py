@@ -1,0 +1,116 @@
+"""The reach workload of ``bench/reach.py`` through the server with -w 1, 2, 4
+(or ``--workers 1,2,4,8``): load time, update latency, collective exchange
+steps per tick, and peak memory of every process.
+
+Each worker count gets a fresh server on the same graph and the same 20
+rounds of 10 edge changes; every round's result is checked against a BFS.
+Ratios are against -w 1 from the same run (machines here are noisy).
+
+    python bench/scaling.py [--workers 1,2,4] [--nodes 100000] [--edges 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from reach import REACH, bfs  # noqa: E402  (the same program and check as bench/reach.py)
+
+from ddir.ir.lower import lower  # noqa: E402
+from ddir.lang.parser import parse_program  # noqa: E402
+from ddir.server import commands as C  # noqa: E402
+from ddir.server.cluster import LocalCluster, ProcessCluster  # noqa: E402
+from ddir.server.registry import Server  # noqa: E402
+
+
+def workload(args):
+    rng = random.Random(args.seed)
+    edges = set()
+    while len(edges) < args.edges:
+        edges.add((rng.randrange(args.nodes), rng.randrange(args.nodes)))
+    edges = sorted(edges)
+    roots = rng.sample(range(args.nodes), args.roots)
+    rounds, live = [], set(edges)
+    for _ in range(args.rounds):
+        removed = rng.sample(sorted(live), 5)
+        added = [e for e in ((rng.randrange(args.nodes), rng.randrange(args.nodes)) for _ in range(5))
+                 if e not in live]
+        live.difference_update(removed)
+        live.update(added)
+        adjacency: dict = {}
+        for a, b in live:
+            adjacency.setdefault(a, []).append(b)
+        rounds.append((removed, added, bfs(adjacency, roots)))
+    return edges, roots, rounds
+
+
+def reached(server) -> set:
+    (record,) = server.execute(C.Peek("reach", None, False, None, 0))
+    return {k[0] for k, _, _ in record["rows"]}
+
+
+def measure(workers: int, edges, roots, rounds, in_process: bool) -> dict:
+    cluster = LocalCluster() if workers == 1 and in_process else ProcessCluster(workers)
+    server = Server(cluster=cluster)
+    try:
+        server.execute(C.Install("reach", "reach.ddp", lower(parse_program(REACH, "reach.ddp"))))
+        t0 = time.perf_counter()
+        server.feed_rows("reach", 0, [(e, (), 1) for e in edges])
+        server.feed_rows("reach", 1, [((r,), (), 1) for r in roots])
+        server.execute(C.Tick())
+        load = time.perf_counter() - t0
+        steps0 = sum(r["steps"] for r in cluster.broadcast(("stats",)))
+        latencies = []
+        for removed, added, expected in rounds:
+            t0 = time.perf_counter()
+            server.feed_rows("reach", 0, [(e, (), -1) for e in removed] + [(e, (), 1) for e in added])
+            server.execute(C.Tick())
+            latencies.append(time.perf_counter() - t0)
+            assert reached(server) == expected, "result differs from BFS"
+        stats = cluster.broadcast(("stats",))
+        steps = (sum(r["steps"] for r in stats) - steps0) / max(1, workers) / len(rounds)
+        intake_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = [intake_kb] if isinstance(cluster, LocalCluster) else [r["peak_rss_kb"] for r in stats]
+        return {"load": load, "median": statistics.median(latencies), "max": max(latencies),
+                "steps": steps, "rss_mb": [kb / 1024 for kb in rss], "intake_mb": intake_kb / 1024}
+    finally:
+        cluster.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--nodes", type=int, default=100_000)
+    ap.add_argument("--edges", type=int, default=200_000)
+    ap.add_argument("--roots", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--processes-for-1", action="store_true",
+                    help="run -w 1 as one worker process too (to see the IPC cost)")
+    args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+    edges, roots, rounds = workload(args)
+    print(f"graph: {args.nodes} nodes, {len(edges)} edges, {args.roots} roots, "
+          f"{args.rounds} rounds of 10 changes; cores here: {os.cpu_count()}")
+    print(f"{'-w':>3} {'load ms':>9} {'x -w1':>6} {'median ms':>10} {'x -w1':>6} {'max ms':>8} "
+          f"{'steps/tick':>10}  peak RSS per worker (MB)")
+    base = None
+    for w in counts:
+        m = measure(w, edges, roots, rounds, in_process=not args.processes_for_1)
+        base = base or m
+        rss = " ".join(f"{x:.0f}" for x in m["rss_mb"])
+        print(f"{w:>3} {m['load'] * 1000:9.0f} {base['load'] / m['load']:6.2f} "
+              f"{m['median'] * 1000:10.2f} {base['median'] / m['median']:6.2f} "
+              f"{m['max'] * 1000:8.1f} {m['steps']:10.1f}  {rss}", flush=True)
+    print("(x -w1: speed-up against the first row; steps: collective exchange steps per worker "
+          "per tick; peak RSS: ru_maxrss of each worker, the intake process for in-process -w 1)")
+
+
+if __name__ == "__main__":
+    main()
