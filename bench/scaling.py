@@ -55,8 +55,8 @@ def reached(server) -> set:
     return {k[0] for k, _, _ in record["rows"]}
 
 
-def measure(workers: int, edges, roots, rounds, in_process: bool) -> dict:
-    cluster = LocalCluster() if workers == 1 and in_process else ProcessCluster(workers)
+def measure(cluster, edges, roots, rounds) -> dict:
+    workers = cluster.shards
     server = Server(cluster=cluster)
     try:
         server.execute(C.Install("reach", "reach.ddp", lower(parse_program(REACH, "reach.ddp"))))
@@ -95,14 +95,18 @@ def main() -> None:
                     help="run -w 1 as one worker process too (to see the IPC cost)")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
+    # Start every cluster before building the workload: forked workers would
+    # otherwise inherit (and report as their own memory) the workload's data.
+    clusters = [LocalCluster() if w == 1 and not args.processes_for_1 else ProcessCluster(w)
+                for w in counts]
     edges, roots, rounds = workload(args)
     print(f"graph: {args.nodes} nodes, {len(edges)} edges, {args.roots} roots, "
           f"{args.rounds} rounds of 10 changes; cores here: {os.cpu_count()}")
     print(f"{'-w':>3} {'load ms':>9} {'x -w1':>6} {'median ms':>10} {'x -w1':>6} {'max ms':>8} "
           f"{'steps/tick':>10}  peak RSS per worker (MB)")
     base = None
-    for w in counts:
-        m = measure(w, edges, roots, rounds, in_process=not args.processes_for_1)
+    for w, cluster in zip(counts, clusters):
+        m = measure(cluster, edges, roots, rounds)
         base = base or m
         rss = " ".join(f"{x:.0f}" for x in m["rss_mb"])
         print(f"{w:>3} {m['load'] * 1000:9.0f} {base['load'] / m['load']:6.2f} "
