@@ -312,3 +312,48 @@ def test_in_process_cluster_raises_after_a_worker_dies():
         assert server.epoch == 0
     finally:
         cluster.close()
+
+
+def test_ctrl_c_to_the_process_group_does_not_tear_a_tick(tmp_path):
+    """Ctrl-C at a terminal reaches the intake and every worker: workers
+    ignore it and the intake defers it, so the tick completes."""
+    (tmp_path / "reach_random.ddp").write_text(
+        'let edges = import "random:nodes=40000,edges=120000" | key($0[0] ; $0[1]);\n'
+        'let roots = import "iota:50" | key($0[0] ;);\n'
+        'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
+        'export "reach" = r::reach | count;\n')
+    (tmp_path / "s.txt").write_text("install r reach_random.ddp\ntick\nlist\n")
+    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "2", "s.txt"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(_children(p.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(p.pid)
+        time.sleep(1.0)  # inside the tick
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "tick -> epoch 1" in out and "epoch: 1" in out and "error" not in out
+    assert not any(_alive(w) for w in workers)
+
+
+def test_prompt_drives_a_multi_process_server(tmp_path, monkeypatch):
+    import io
+    from test_repl import run_keys
+    from ddir.server.session import Session
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DDIR_HISTORY", str(tmp_path / "hist"))
+    cluster = ProcessCluster(2)
+    try:
+        out = io.StringIO()
+        s = Session(out=out, interactive=True, server=Server(cluster=cluster))
+        run_keys("install prod programs/producer.ddp\rfeed prod 0 (1,2)\rfeed prod 0 (2,3)\r"
+                 "tick\rpeek edges\r\x04", s)
+        assert 'peek "edges" (2 rows):' in out.getvalue()
+    finally:
+        cluster.close()
+    assert all(p.exitcode is not None for p in cluster.processes)
