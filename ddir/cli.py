@@ -25,6 +25,9 @@ USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict]
   --strict        stop at the first error, exit status 1
   --version       print the version
   -h, --help      this help
+
+exit status: 0 done, 1 an error with --strict, 2 bad usage or a missing script,
+3 a worker process died
 """
 
 
