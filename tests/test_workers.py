@@ -357,3 +357,42 @@ def test_prompt_drives_a_multi_process_server(tmp_path, monkeypatch):
     finally:
         cluster.close()
     assert all(p.exitcode is not None for p in cluster.processes)
+
+
+def test_iteration_bound_is_reported_once_and_install_is_undone_everywhere(tmp_path):
+    """A scope that never converges: the tick reports it once (even if only
+    some workers held its data), and an install whose catch-up does not
+    converge is undone on every worker. Same records for 1 and 3 workers."""
+    (tmp_path / "prod.ddp").write_text('export "xs" = input 0;\n')
+    (tmp_path / "flip.ddp").write_text(
+        'let r = import "xs";\nflip: { var x = r - x; }\nexport "x" = flip::x;\n')
+    (tmp_path / "ok.ddp").write_text('export "n" = import "xs" | key(;) | count;\n')
+
+    def session(cluster):
+        server = Server(max_rounds=50, cluster=cluster)
+        lines = [C.Install("prod", "prod.ddp", load(tmp_path / "prod.ddp")),
+                 C.Install("flip", "flip.ddp", load(tmp_path / "flip.ddp")),
+                 C.Feed("prod", 0, (1,), (), None, 1), C.Feed("prod", 0, (2,), (), None, 1),
+                 C.Tick(), C.Drop("flip"),
+                 C.Install("flip2", "flip.ddp", load(tmp_path / "flip.ddp")),
+                 C.Install("ok", "ok.ddp", load(tmp_path / "ok.ddp")), C.Tick(),
+                 C.Peek("n", None, False, None, 0), C.ListCmd()]
+        try:
+            return [server.execute(cmd) for cmd in lines]
+        finally:
+            cluster.close()
+
+    from ddir.server.cluster import LocalCluster
+    one, three = session(LocalCluster()), session(ProcessCluster(3))
+    assert one == three
+    tick = one[4]
+    assert [r["message"] for r in tick if r["kind"] == "error"] == \
+        ["flip: scope `flip` did not converge within 50 rounds"]
+    assert one[6] == [{"kind": "error", "message":
+                       'install "flip2": scope `flip` did not converge within 50 rounds'}]
+    assert one[9][0]["rows"] == [((), (2,), 1)]
+    assert [p["name"] for p in one[10][0]["programs"]] == ["ok", "prod"]
+
+
+def load(path):
+    return lower(parse_program_file(str(path)))

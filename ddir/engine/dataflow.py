@@ -37,6 +37,8 @@ class Dataflow:
             runner = self.scopes[s.id]
             for kind, i in s.order:
                 runner.items.append(self.ops[i] if kind == "node" else self.scopes[i])
+        for s in reversed(program.scopes):  # children come after their parents
+            self.scopes[s.id].finish()
         self._wire()
         self.inputs = {n.n: self.ops[n.id] for n in program.nodes if isinstance(n, N.InputNode)}
         self.imports = {n.trace: self.ops[n.id] for n in program.nodes if isinstance(n, N.ImportNode)}

@@ -14,6 +14,8 @@ Sharded over N workers (an ``exchange`` is given), every shard processes the
 same times in the same order: the next time is the least pending time of any
 worker (``agree_min``), and an exchanged operator swaps its batches for the
 time with every worker before it steps, so it sees all its input at ``t``.
+A scope with no exchange in it or below it is *local*: each shard's keys
+never meet another shard's, so it runs its own times without agreeing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ class ScopeRunner:
         self.max_rounds = max_rounds
         self.rounds = 0            # processed times, for statistics
         self.exchange = exchange   # None: this is the only worker
+        self.synced = False        # agree on times with the other workers (see finish)
+
+    def finish(self) -> None:
+        """Once every item is in place (children first): a scope agrees on
+        its times with the other workers iff it or a child exchanges rows."""
+        self.synced = self.exchange is not None and any(
+            item.synced if isinstance(item, ScopeRunner) else item.exchanged
+            for item in self.items)
 
     def schedule(self, t: tuple) -> None:
         scope = self
@@ -62,7 +72,7 @@ class ScopeRunner:
             else:
                 due = [t for t in self.pending if t[0] <= limit]
             t = min(due) if due else None
-            if self.exchange is not None:
+            if self.synced:
                 t = self.exchange.agree_min(t)
             if t is None:
                 return

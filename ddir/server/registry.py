@@ -99,8 +99,10 @@ class Server:
         catch_up = self.epoch - 1 if self.epoch > 0 else None
         replies = self.cluster.broadcast(("install", cmd.name, program, aliases, catch_up,
                                           self.max_rounds))
-        if "failed" in replies[0]:  # every worker gave up at the same round and dropped it
-            raise ServerError(f'install "{cmd.name}": {replies[0]["failed"]}')
+        failed = sorted(r["failed"] for r in replies if "failed" in r)
+        if failed:  # a scope hit the iteration bound while catching up: undo everywhere
+            self.cluster.broadcast(("drop", cmd.name))
+            raise ServerError(f'install "{cmd.name}": {failed[0]}')
         self._add(Installed(cmd.name, cmd.path, program.file, inputs=program.inputs,
                             imports=tuple(sorted({a for _, a in aliases})),
                             exports=tuple(n for n, _ in program.exports)))
@@ -180,8 +182,11 @@ class Server:
         replies = self.cluster.broadcast(("tick", self.epoch))
         self.epoch += 1
         records = self._collect(replies)
+        # a scope that hit the iteration bound: once, whichever workers hit it
+        failures = {(name, message) for reply in replies for name, message in reply["failures"]}
+        rank = {name: i for i, name in enumerate(self.programs)}
         records += [{"kind": "error", "message": f"{name}: {message}"}
-                    for name, message in replies[0]["failures"]]
+                    for name, message in sorted(failures, key=lambda f: (rank[f[0]], f[1]))]
         records.append({"kind": "tick", "epoch": self.epoch})
         return records
 

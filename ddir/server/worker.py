@@ -56,9 +56,8 @@ class Worker:
         if catch_up is not None:
             try:
                 dataflow.catch_up(catch_up)
-            except NonConvergence as e:  # every worker stops at the same round
-                self.do_drop(name)
-                return {"failed": str(e)}
+            except NonConvergence as e:  # the intake then drops it on every worker
+                return {"failed": str(e), "events": [], "errors": []}
             dataflow.compact(catch_up)
         return self._collect([name])
 
