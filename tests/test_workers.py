@@ -396,3 +396,30 @@ def test_iteration_bound_is_reported_once_and_install_is_undone_everywhere(tmp_p
 
 def load(path):
     return lower(parse_program_file(str(path)))
+
+
+def test_a_worker_that_hits_a_bug_is_reported_with_its_error():
+    cluster = ProcessCluster(3)
+    try:
+        with pytest.raises(WorkerDied, match=r"worker \d failed: AttributeError: .*do_bogus"):
+            cluster.broadcast(("bogus",))
+        with pytest.raises(WorkerDied):  # and stays dead: no half-working server
+            cluster.broadcast(("stats",))
+    finally:
+        cluster.close()
+    assert all(p.exitcode is not None for p in cluster.processes)
+
+
+def test_closing_one_cluster_is_prompt_while_another_lives():
+    """Workers forked for a second cluster must not keep the first one's
+    control sockets open (its workers would never see end of stream)."""
+    first = ProcessCluster(2)
+    second = ProcessCluster(2)
+    try:
+        start = time.monotonic()
+        first.close()
+        assert time.monotonic() - start < 1.5
+        assert [p.exitcode for p in first.processes] == [0, 0]  # they exited, not killed
+        assert second.broadcast(("stats",))[1]["stored"] == 0
+    finally:
+        second.close()

@@ -36,6 +36,12 @@ EXIT_PEER_LOST = 3   # a worker that stopped because another one vanished
 EXIT_FATAL = 4       # a worker that hit a bug and reported it
 
 
+# The intake ends of the control sockets of every live cluster in this
+# process: a worker forked later inherits them and must close them, or an
+# older cluster's workers would never see their control stream end.
+_INTAKE_ENDS: set = set()
+
+
 class WorkerDied(Exception):
     """A worker process is gone; the cluster cannot go on."""
 
@@ -75,11 +81,13 @@ class ProcessCluster:
         for w in range(shards):
             peers = {j: mesh[(min(w, j), max(w, j))][0 if w < j else 1]
                      for j in range(shards) if j != w}
+            inherited = every + list(_INTAKE_ENDS)
             process = context.Process(target=_worker_main, name=f"ddir-worker-{w}", daemon=True,
-                                      args=(w, shards, control[w][1], peers, every, os.getpid()))
+                                      args=(w, shards, control[w][1], peers, inherited, os.getpid()))
             process.start()
             self.processes.append(process)
         self.controls = [pair[0] for pair in control]
+        _INTAKE_ENDS.update(self.controls)
         for s in every:
             if s not in self.controls:
                 s.close()
@@ -197,6 +205,7 @@ class ProcessCluster:
 
     def _stop_all(self, grace: float) -> None:
         for sock in self.controls:
+            _INTAKE_ENDS.discard(sock)
             try:
                 sock.close()  # a worker reading its control socket exits at end of stream
             except OSError:
@@ -211,8 +220,9 @@ class ProcessCluster:
             p.join(1.0)
 
 
-def _worker_main(index: int, shards: int, control, peers: dict, every: list, parent: int) -> None:
-    for s in every:  # keep only our own sockets, so a peer's death reads as end of stream
+def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
+                 parent: int) -> None:
+    for s in inherited:  # keep only our own sockets, so a peer's death reads as end of stream
         if s is not control and s not in peers.values():
             s.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
