@@ -126,7 +126,12 @@ def main(argv: list | None = None) -> int:
         print(USAGE, end="", file=sys.stderr)
         return 2
     session = Session(json_mode=opts["json"], strict=opts["strict"])
-    cluster = start_cluster(opts["workers"], session)
+    try:
+        cluster = start_cluster(opts["workers"], session)
+    except OSError as e:  # e.g. too many open files for the worker mesh
+        print(f"error: cannot start {opts['workers']} worker processes: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     session.server.cluster = cluster
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

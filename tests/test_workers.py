@@ -423,3 +423,21 @@ def test_closing_one_cluster_is_prompt_while_another_lives():
         assert second.broadcast(("stats",))[1]["stored"] == 0
     finally:
         second.close()
+
+
+def test_64_workers_start_under_a_1024_open_file_limit_or_fail_cleanly():
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def low_soft_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    r = subprocess.run([sys.executable, "-m", "ddir", "-w", "64", "sessions/shared_trace.txt"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       preexec_fn=low_soft_limit)
+    if hard == resource.RLIM_INFINITY or hard >= 2 * 64 * 64 + 64:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == (ROOT / "tests/golden/shared_trace.out").read_text()
+    else:  # the machine cannot give 64 workers their sockets: one clear line, status 2
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.strip() == "error: cannot start 64 worker processes: Too many open files"

@@ -73,6 +73,7 @@ class ProcessCluster:
         self._seq = 0
         self._closing = False
         self._lock = threading.Lock()
+        _allow_open_files(2 * shards * shards + 64)  # every socket exists in here at first
         context = multiprocessing.get_context("fork")
         control = [socket.socketpair() for _ in range(shards)]
         mesh = {(i, j): socket.socketpair() for i in range(shards) for j in range(i + 1, shards)}
@@ -218,6 +219,19 @@ class ProcessCluster:
                 p.kill()
         for p in self.processes:
             p.join(1.0)
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft limit on open files (often 1024) towards the hard one:
+    -w 64 needs about 8200 descriptors while the mesh is being built."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
