@@ -114,7 +114,7 @@ def test_upstream_program_matches_oracle_with_3_workers(server3, name, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("workers", [2, 3, 4, 6])
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_program_matches_oracle_with_workers_long(name, workers):
     src, inputs = PROGRAMS[name]

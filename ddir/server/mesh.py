@@ -22,8 +22,18 @@ from .wire import FrameBuffer, PeerLost, frame
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
+STAR_FROM = 4  # from this many workers on, agree_min gathers at worker 0
+
+
 class ExchangeOutOfStep(RuntimeError):
     pass
+
+
+def _least(value, others):
+    for other in others:
+        if other is not None and (value is None or other < value):
+            value = other
+    return value
 
 
 class Mesh(Exchange):
@@ -53,13 +63,19 @@ class Mesh(Exchange):
         return out
 
     def agree_min(self, value):
-        data = frame(("min", value))
-        received = self._transfer({p: data for p in self.sockets})
-        best = value
-        for p, payload in received.items():
-            other = self._payload("min", p, payload)
-            if other is not None and (best is None or other < best):
-                best = other
+        if self.peers < STAR_FROM:  # everyone tells everyone: one hop
+            data = frame(("min", value))
+            received = self._transfer({p: data for p in self.sockets})
+            return _least(value, (self._payload("min", p, b) for p, b in received.items()))
+        # Many workers: gather at worker 0, which answers everyone. Two hops,
+        # but 2(N-1) messages instead of N(N-1).
+        if self.index != 0:
+            received = self._transfer({0: frame(("min", value))}, expect={0})
+            return self._payload("least", 0, received[0])
+        received = self._transfer({}, expect=set(self.sockets))
+        best = _least(value, (self._payload("min", p, b) for p, b in received.items()))
+        answer = frame(("least", best))
+        self._transfer({p: answer for p in self.sockets}, expect=set())
         return best
 
     # ------------------------------------------------------------ transport
@@ -71,8 +87,10 @@ class Mesh(Exchange):
                                     f"got {got_tag!r}")
         return body
 
-    def _transfer(self, frames: dict) -> dict:
-        """Send ``frames[p]`` to each peer and receive one frame from each."""
+    def _transfer(self, frames: dict, expect=None) -> dict:
+        """Send ``frames[p]`` to each peer in ``frames`` and receive one frame
+        from each peer in ``expect`` (default: every peer)."""
+        expect = self.sockets.keys() if expect is None else expect
         self.steps += 1
         unsent = {}
         for p, data in frames.items():
@@ -82,11 +100,11 @@ class Mesh(Exchange):
                 unsent[p] = view[sent:]
                 self.selector.modify(self.sockets[p], _READ | _WRITE, p)
         received = {}
-        for p, buf in self.buffers.items():
-            payload = buf.take()
+        for p in expect:
+            payload = self.buffers[p].take()
             if payload is not None:
                 received[p] = payload
-        while unsent or len(received) < len(self.sockets):
+        while unsent or len(received) < len(expect):
             for key, mask in self.selector.select():
                 p = key.data
                 if mask & _WRITE and p in unsent:
@@ -107,7 +125,7 @@ class Mesh(Exchange):
                         continue
                     except (PeerLost, ConnectionResetError):
                         raise PeerLost(f"worker {p} is gone") from None
-                    if p not in received:
+                    if p in expect and p not in received:
                         payload = buf.take()
                         if payload is not None:
                             received[p] = payload
