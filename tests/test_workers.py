@@ -441,3 +441,18 @@ def test_64_workers_start_under_a_1024_open_file_limit_or_fail_cleanly():
     else:  # the machine cannot give 64 workers their sockets: one clear line, status 2
         assert r.returncode == 2 and r.stdout == ""
         assert r.stderr.strip() == "error: cannot start 64 worker processes: Too many open files"
+
+
+def test_workers_do_not_outlive_a_killed_intake():
+    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "3"], cwd=ROOT,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while len(_children(p.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(p.pid)
+    p.kill()  # SIGKILL: no cleanup code runs in the intake
+    p.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 3 and not any(_alive(w) for w in workers)
