@@ -12,15 +12,18 @@ from .ir.explain import explain
 from .lang.errors import ProgramError
 from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.commands import CommandError, load_program
+from .server.registry import Server
 from .server.session import Session
 
-USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict]
+USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N]
        ddir check FILE...
        ddir explain FILE
 
   SCRIPT          session scripts to replay, one after the other (stdin if none)
   -w N, --workers N
                   worker processes (1 to 64, default 1)
+  --max-rounds N  stop a loop that has not converged after N rounds in one tick
+                  (default 1000000) and report it as an error
   --json          one JSON object per output line
   --strict        stop at the first error, exit status 1
   --version       print the version
@@ -36,20 +39,25 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list) -> dict:
-    opts = {"scripts": [], "workers": 1, "json": False, "strict": False}
+    opts = {"scripts": [], "workers": 1, "json": False, "strict": False, "max_rounds": None}
+    numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
+               "--max-rounds": ("max_rounds", 1, 10 ** 9)}
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a in ("-w", "--workers"):
+        if a in numbers:
             if i + 1 >= len(argv):
                 raise UsageError(f"{a} needs a number")
-            opts["workers"] = _workers(argv[i + 1])
+            key, low, high = numbers[a]
+            opts[key] = _number(a, argv[i + 1], low, high)
             i += 2
             continue
-        if a.startswith("-w") and len(a) > 2:
-            opts["workers"] = _workers(a[2:])
-        elif a.startswith("--workers="):
-            opts["workers"] = _workers(a.split("=", 1)[1])
+        name, eq, value = a.partition("=")
+        if eq and name in numbers and name.startswith("--"):
+            key, low, high = numbers[name]
+            opts[key] = _number(name, value, low, high)
+        elif a.startswith("-w") and len(a) > 2:
+            opts["workers"] = _number("-w", a[2:], 1, 64)
         elif a == "--json":
             opts["json"] = True
         elif a == "--strict":
@@ -62,13 +70,13 @@ def parse_args(argv: list) -> dict:
     return opts
 
 
-def _workers(text: str) -> int:
+def _number(option: str, text: str, low: int, high: int) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise UsageError(f"-w needs a number from 1 to 64, got `{text}`") from None
-    if not 1 <= n <= 64:
-        raise UsageError(f"-w needs a number from 1 to 64, got {n}")
+        raise UsageError(f"{option} needs a number from {low} to {high}, got `{text}`") from None
+    if not low <= n <= high:
+        raise UsageError(f"{option} needs a number from {low} to {high}, got {n}")
     return n
 
 
@@ -125,7 +133,8 @@ def main(argv: list | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         print(USAGE, end="", file=sys.stderr)
         return 2
-    session = Session(json_mode=opts["json"], strict=opts["strict"])
+    session = Session(json_mode=opts["json"], strict=opts["strict"],
+                      server=Server(max_rounds=opts["max_rounds"]))
     try:
         cluster = start_cluster(opts["workers"], session)
     except OSError as e:  # e.g. too many open files for the worker mesh

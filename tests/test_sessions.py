@@ -129,3 +129,17 @@ def test_exit_codes():
     r = ddir(stdin="bogus\nlist\n")
     assert r.returncode == 0 and "epoch: 0" in r.stdout
     assert ddir("--version").stdout.startswith("ddir ")
+
+
+def test_max_rounds_bounds_a_loop_that_never_converges(tmp_path):
+    (tmp_path / "flip.ddp").write_text('let r = input 0;\nflip: { var x = r - x; }\nexport "x" = flip::x;\n')
+    script = "install f flip.ddp\nfeed f 0 1\ntick\nlist\n"
+    for flags in (["--max-rounds", "40"], ["--max-rounds=40", "-w", "2"]):
+        r = subprocess.run([sys.executable, "-m", "ddir", *flags], cwd=tmp_path, input=script,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "error: <stdin>:3: f: scope `flip` did not converge within 40 rounds" in r.stdout
+        assert "tick -> epoch 1" in r.stdout and "epoch: 1" in r.stdout
+    for bad in (["--max-rounds", "0"], ["--max-rounds=x"], ["--max-rounds"]):
+        r = ddir(*bad)
+        assert r.returncode == 2 and r.stderr.startswith("error: --max-rounds needs a number")
