@@ -550,3 +550,40 @@ def test_random_sessions_print_the_same_for_2_and_4_workers_long(tmp_path):
         one = run_session_lines(lines, LocalCluster(), seed % 3 == 0)
         for workers in (2, 4):
             assert run_session_lines(lines, ProcessCluster(workers), seed % 3 == 0) == one, seed
+
+
+@pytest.mark.parametrize("bound", [25, 26])
+def test_an_oscillating_loop_stops_at_the_same_round_for_any_worker_count(bound, tmp_path):
+    """reach over a negative edge never converges; each worker count must hit
+    the bound at the same round and leave the same state behind (the loop
+    guesses its next time, and agrees again right before the bound). The
+    inspect inside the loop shows every round that was processed."""
+    (tmp_path / "r.ddp").write_text(
+        'let edges = import "edges";\nlet roots = input 0 | key($0[0] ;);\n'
+        'reach: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct | inspect(r); }\n'
+        'export "reachable" = reach::reach;\n')
+    lines = ["install prod programs/producer.ddp", f"install r {tmp_path / 'r.ddp'}",
+             "feed r 0 (1)", "feed prod 0 (1,2)", "feed prod 0 (2,1) diff=-1",
+             "feed prod 0 (2,3)", "tick", "peek reachable", "feed prod 0 (2,1)", "tick",
+             "peek reachable", "peek edges"]
+
+    def run(cluster):
+        import io
+        from ddir.server.session import Session
+        out = io.StringIO()
+        session = Session(out=out, server=Server(max_rounds=bound, cluster=cluster))
+        try:
+            for line in lines:
+                session.run_line(line)
+        finally:
+            cluster.close()
+        return out.getvalue()
+
+    from ddir.server.cluster import LocalCluster
+    one = run(LocalCluster())
+    # (the failed tick is not rolled back, so its history keeps the loop going: see STATUS)
+    assert one.count(f"error: r: scope `reach` did not converge within {bound} rounds") == 2
+    first_tick = one.split("tick -> epoch 1")[0]
+    assert f"@0.{bound - 1} " in first_tick and f"@0.{bound} " not in first_tick  # 0..bound-1
+    for workers in (2, 3, 4):
+        assert run(ProcessCluster(workers)) == one, workers

@@ -5,8 +5,10 @@ processes itself: a dataflow is given an :class:`Exchange` (the server's
 mesh implements it) and uses exactly two collective operations, which every
 shard calls in the same order:
 
-* ``swap(tag, batches)``: send ``batches[w]`` to worker ``w``, get back the
-  batch every worker sent here (one list per worker, our own included);
+* ``swap(tag, batches, note)``: send ``batches[w]`` to worker ``w``; get back
+  the batch every worker sent here (one list per worker, our own included)
+  and the least of every worker's ``note`` (``None`` = nothing): a note rides
+  along for free, which the scheduler uses to learn the next time;
 * ``agree_min(t)``: the least of every worker's ``t`` (``None`` = nothing).
 
 Keys are owned by a *stable* hash: the CRC-32 of the key's msgpack bytes, the
@@ -27,13 +29,23 @@ def shard_of(key, shards: int) -> int:
     return crc32(packb(key)) % shards
 
 
+def least(values):
+    """The least value that is not None (None if there is none)."""
+    best = None
+    for v in values:
+        if v is not None and (best is None or v < best):
+            best = v
+    return best
+
+
 class Exchange:
     """The collective operations a sharded dataflow uses (see module doc)."""
 
     index: int = 0   # this worker
     peers: int = 1   # how many workers
 
-    def swap(self, tag, batches: list) -> list:
+    def swap(self, tag, batches: list, note=None) -> tuple:
+        """(batches received, least note)."""
         raise NotImplementedError
 
     def agree_min(self, value):

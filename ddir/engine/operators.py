@@ -160,13 +160,16 @@ class ExchangeOp(Operator):
             box[shard_of(row[0], shards)].append(row)
         self.scope.schedule(t)
 
-    def exchange_at(self, t) -> None:
+    def exchange_at(self, t, note=None):
+        """Swap this time's rows with every worker; returns the least note."""
         box = self.outbox.pop(t, None) or [[] for _ in range(self.mesh.peers)]
+        batches, least_note = self.mesh.swap((self.node.id, t), box, note)
         rows = []
-        for batch in self.mesh.swap((self.node.id, t), box):
+        for batch in batches:
             rows.extend(batch)
         if rows:
             self.ports[0].setdefault(t, []).extend(rows)
+        return least_note
 
     def pending_size(self) -> int:
         return super().pending_size() + sum(len(b) for box in self.outbox.values() for b in box)

@@ -16,6 +16,16 @@ worker (``agree_min``), and an exchanged operator swaps its batches for the
 time with every worker before it steps, so it sees all its input at ``t``.
 A scope with no exchange in it or below it is *local*: each shard's keys
 never meet another shard's, so it runs its own times without agreeing.
+
+Inside a loop, agreeing costs a collective step per iteration. A loop scope
+with an exchange of its own skips it by *guessing*: after a time ``t`` the
+next time is at least ``succ(t)`` (last coordinate + 1, the lexicographic
+successor), so every worker goes on with ``succ(t)`` and sends, with the
+first exchange of that time, its least pending time from before. If that
+least is ``succ(t)`` the guess was right; otherwise no worker had work there,
+processing it did nothing anywhere, and the least says where to go next (or
+that the loop is done). Near the iteration bound the scope agrees first
+again, so it stops at exactly the same point as a single worker.
 """
 
 from __future__ import annotations
@@ -39,10 +49,13 @@ class ScopeRunner:
 
     def finish(self) -> None:
         """Once every item is in place (children first): a scope agrees on
-        its times with the other workers iff it or a child exchanges rows."""
+        its times with the other workers iff it or a child exchanges rows;
+        a loop with an exchange of its own guesses its next time."""
         self.synced = self.exchange is not None and any(
             item.synced if isinstance(item, ScopeRunner) else item.exchanged
             for item in self.items)
+        self.lead = next((item for item in self.items
+                          if not isinstance(item, ScopeRunner) and item.exchanged), None)
 
     def schedule(self, t: tuple) -> None:
         scope = self
@@ -51,35 +64,63 @@ class ScopeRunner:
             t = t[:-1]
             scope = scope.parent
 
-    def run_time(self, t: tuple) -> None:
+    def run_time(self, t: tuple, note=None):
+        """Process ``t``; returns the least ``note`` of all workers, sent
+        with the first exchange (None without one)."""
+        least = None
         for item in self.items:
             if isinstance(item, ScopeRunner):
                 item.run_prefix(t)
             else:
                 if item.exchanged:
-                    item.exchange_at(t)
+                    if item is self.lead:
+                        least = item.exchange_at(t, note)
+                    else:
+                        item.exchange_at(t)
                 if item.has_work(t):
                     item.step(t)
+        return least
+
+    def _least_pending(self, prefix: tuple, limit):
+        n = len(prefix)
+        if limit is None:
+            due = [t for t in self.pending if t[:n] == prefix]
+        else:
+            due = [t for t in self.pending if t[0] <= limit]
+        return min(due) if due else None
+
+    def _next(self, prefix: tuple, limit):
+        t = self._least_pending(prefix, limit)
+        return self.exchange.agree_min(t) if self.synced else t
+
+    def _process(self, t: tuple, note=None):
+        least = self.run_time(t, note)
+        self.pending.discard(t)
+        return least
 
     def run_prefix(self, prefix: tuple, limit: int | None = None) -> None:
         """Process every pending time extending ``prefix`` (at the root:
         every pending epoch <= ``limit``), smallest first."""
-        n = len(prefix)
+        guess = self.synced and self.lead is not None and limit is None
         rounds = 0
-        while True:
-            if limit is None:
-                due = [t for t in self.pending if t[:n] == prefix]
-            else:
-                due = [t for t in self.pending if t[0] <= limit]
-            t = min(due) if due else None
-            if self.synced:
-                t = self.exchange.agree_min(t)
-            if t is None:
-                return
+        t = self._next(prefix, limit)  # the next time some worker has work at
+        done = False                   # whether t was processed already (a right guess)
+        while t is not None:
             rounds += 1
             if rounds > self.max_rounds:
                 raise NonConvergence(
                     f"scope `{self.ir.name}` did not converge within {self.max_rounds} rounds")
-            self.run_time(t)
-            self.pending.discard(t)
+            if not done:
+                self._process(t)
             self.rounds += 1
+            if not guess or rounds == self.max_rounds:
+                t, done = self._next(prefix, limit), False
+                continue
+            # Guess the successor (see the module doc): one collective step
+            # per iteration instead of two.
+            s = t[:-1] + (t[-1] + 1,)
+            least = self._process(s, self._least_pending(prefix, None))
+            if least == s:
+                t, done = s, True       # someone had work there: it was a real round
+            else:
+                t, done = least, False  # idle everywhere; least is the next real time

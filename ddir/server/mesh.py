@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import selectors
 
-from ..engine.exchange import Exchange
+from ..engine.exchange import Exchange, least
 from ..ir.codec import unpackb
 from .wire import FrameBuffer, PeerLost, frame
 
@@ -28,12 +28,6 @@ STAR_FROM = 4  # from this many workers on, agree_min gathers at worker 0
 class ExchangeOutOfStep(RuntimeError):
     pass
 
-
-def _least(value, others):
-    for other in others:
-        if other is not None and (value is None or other < value):
-            value = other
-    return value
 
 
 class Mesh(Exchange):
@@ -51,29 +45,31 @@ class Mesh(Exchange):
 
     # ------------------------------------------------------------ Exchange
 
-    def swap(self, tag, batches: list) -> list:
-        frames = {p: frame((tag, batches[p])) for p in self.sockets}
+    def swap(self, tag, batches: list, note=None) -> tuple:
+        frames = {p: frame((tag, (batches[p], note))) for p in self.sockets}
         received = self._transfer(frames)
-        out = []
+        out, notes = [], [note]
         for p in range(self.peers):
             if p == self.index:
                 out.append(batches[p])
             else:
-                out.append(self._payload(tag, p, received[p]))
-        return out
+                batch, other = self._payload(tag, p, received[p])
+                out.append(batch)
+                notes.append(other)
+        return out, least(notes)
 
     def agree_min(self, value):
         if self.peers < STAR_FROM:  # everyone tells everyone: one hop
             data = frame(("min", value))
             received = self._transfer({p: data for p in self.sockets})
-            return _least(value, (self._payload("min", p, b) for p, b in received.items()))
+            return least([value] + [self._payload("min", p, b) for p, b in received.items()])
         # Many workers: gather at worker 0, which answers everyone. Two hops,
         # but 2(N-1) messages instead of N(N-1).
         if self.index != 0:
             received = self._transfer({0: frame(("min", value))}, expect={0})
             return self._payload("least", 0, received[0])
         received = self._transfer({}, expect=set(self.sockets))
-        best = _least(value, (self._payload("min", p, b) for p, b in received.items()))
+        best = least([value] + [self._payload("min", p, b) for p, b in received.items()])
         answer = frame(("least", best))
         self._transfer({p: answer for p in self.sockets}, expect=set())
         return best

@@ -69,7 +69,8 @@ class Worker:
             boxes = [[] for _ in range(self.shards)]
             for row in rows:
                 boxes[shard_of(row[0], self.shards)].append(row)
-            rows = [row for batch in self.exchange.swap(("source", name), boxes) for row in batch]
+            batches, _ = self.exchange.swap(("source", name), boxes)
+            rows = [row for batch in batches for row in batch]
         dataflow.stage(0, (epoch,), rows)
         self._add(name, dataflow)
         if kind == "clock":
