@@ -338,6 +338,7 @@ def test_ctrl_c_to_the_process_group_does_not_tear_a_tick(tmp_path):
         p.kill()
     assert p.returncode == 0, err
     assert "tick -> epoch 1" in out and "epoch: 1" in out and "error" not in out
+    assert err.count("a command is running and finishes first") == 1  # said once, on stderr
     assert not any(_alive(w) for w in workers)
 
 

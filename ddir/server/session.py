@@ -72,11 +72,21 @@ class Session:
 
 def _uninterruptible(run):
     """Run a command with Ctrl-C deferred: a tick is finished, never left
-    half-applied (SPEC B); the interrupt is dropped once it completes."""
+    half-applied (SPEC B); the interrupt is dropped once it completes. The
+    first Ctrl-C says so on stderr, so a long tick does not look hung."""
     if threading.current_thread() is not threading.main_thread():
         return run()
+    told = []
+
+    def refuse(*_):
+        if not told:
+            told.append(True)
+            sys.stderr.write("ddir: a command is running and finishes first (Ctrl-C cannot stop "
+                             "it half-way; --max-rounds bounds a loop that never converges)\n")
+            sys.stderr.flush()
+
     try:
-        previous = signal.signal(signal.SIGINT, lambda *_: None)
+        previous = signal.signal(signal.SIGINT, refuse)
     except ValueError:  # no signal support here
         return run()
     try:
