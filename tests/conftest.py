@@ -1,6 +1,10 @@
 import os
 from pathlib import Path
 
+# Every multi-worker run in the tests (in process or via the CLI) checks that
+# each arranged row is on the worker owning its key (ddir/engine/exchange.py).
+os.environ["DDIR_CHECK_OWNERS"] = "1"
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -588,3 +588,19 @@ def test_an_oscillating_loop_stops_at_the_same_round_for_any_worker_count(bound,
     assert f"@0.{bound - 1} " in first_tick and f"@0.{bound} " not in first_tick  # 0..bound-1
     for workers in (2, 3, 4):
         assert run(ProcessCluster(workers)) == one, workers
+
+
+def test_clock_rows_live_on_their_owner_so_joins_with_the_clock_agree(tmp_path):
+    """The clock's rows are staged on the worker owning (epoch), like a feed:
+    a join of the clock with a collection keyed by epoch finds them there."""
+    (tmp_path / "p.ddp").write_text(
+        'let c = import "clock";\nlet x = input 0 | key($0[0] ; $0[1]);\n'
+        'export "at" = c | join(x, ($0 ; $2)) | inspect(at);\n')
+    (tmp_path / "s.txt").write_text(
+        "install p p.ddp\n" + "".join(f"feed p 0 ({e},{10 * e})\n" for e in range(1, 6)) +
+        "tick\n" * 5 + "peek at\npeek clock\n")
+    one = ddir("s.txt", cwd=tmp_path)
+    assert "  [at] (3) ; (30)  @3  +1" in one.stdout and 'peek "at" (1 rows):\n  (4) ; (40)' in one.stdout
+    for workers in (2, 3, 4):
+        r = ddir("-w", str(workers), "s.txt", cwd=tmp_path)
+        assert r.stdout == one.stdout and r.returncode == 0, (workers, r.stderr[-500:])

@@ -17,9 +17,15 @@ same in every process and every run (``hash()`` of a ``str`` is not).
 
 from __future__ import annotations
 
+import os
 from zlib import crc32
 
 from ..ir.codec import packb
+
+# Tests set DDIR_CHECK_OWNERS=1: every arrangement then checks that each row
+# it stores is on the worker owning its key (what join and reduce rely on),
+# so a row staged on the wrong worker fails loudly instead of going missing.
+CHECK_OWNERS = os.environ.get("DDIR_CHECK_OWNERS") == "1"
 
 
 def shard_of(key, shards: int) -> int:
@@ -36,6 +42,17 @@ def least(values):
         if v is not None and (best is None or v < best):
             best = v
     return best
+
+
+class MisplacedRow(RuntimeError):
+    """A row reached an arrangement on a worker that does not own its key."""
+
+
+def check_owners(rows, index: int, shards: int) -> None:
+    for row in rows:
+        owner = shard_of(row[0], shards)
+        if owner != index:
+            raise MisplacedRow(f"key {row[0]!r} is owned by worker {owner} but arrived at worker {index}")
 
 
 class Exchange:

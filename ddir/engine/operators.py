@@ -9,7 +9,7 @@ last coordinate; var feedback: +1 on the last coordinate).
 
 from __future__ import annotations
 
-from .exchange import shard_of
+from .exchange import CHECK_OWNERS, check_owners, shard_of
 from .linear import compile_chain, projection_source
 from .time import join as time_join, less_equal
 from .trace import Trace
@@ -185,10 +185,14 @@ class ArrangeOp(Operator):
         super().__init__(node, scope, dataflow)
         self.trace = Trace()
         self.subscribers: list = []  # ImportOps of other dataflows
+        mesh = dataflow.exchange
+        self.check = (mesh.index, mesh.peers) if CHECK_OWNERS and mesh is not None else None
 
     def step(self, t):
         rows = self.take(0, t)
         if rows:
+            if self.check:
+                check_owners(rows, *self.check)
             self.trace.insert(rows, t)
             self.emit(t, rows)
             for sub in self.subscribers:

@@ -98,9 +98,11 @@ class Worker:
                 dataflow.run(epoch)
             except NonConvergence as e:
                 failures.append((name, str(e)))
-        for name in self.clocks:
-            if self.index == 0:  # one worker states the clock; the exchange places it
-                self.dataflows[name].stage(0, (epoch + 1,), [((epoch,), (), -1), ((epoch + 1,), (), 1)])
+        for name in self.clocks:  # each row on the worker that owns its key, like a feed
+            rows = [((epoch,), (), -1), ((epoch + 1,), (), 1)]
+            mine = [r for r in rows if shard_of(r[0], self.shards) == self.index]
+            if mine:
+                self.dataflows[name].stage(0, (epoch + 1,), mine)
         for dataflow in self.dataflows.values():
             dataflow.compact(epoch)
         reply = self._collect(list(self.dataflows))
