@@ -468,6 +468,8 @@ RANDOM_SESSION_PROGRAMS = {
     "deg": 'export "deg" = import "random:nodes=12,edges=40,seed=3" | key($0[0] ;) | count'
            ' | key($1 ;) | count | inspect(deg);\n',
     "hist": 'export "hist" = import "edges" | count | key($1 ;) | count | inspect(hist);\n',
+    "clk": 'let c = import "clock";\nlet x = input 0 | key($0[0] ; $0[1]);\n'
+           'export "at" = c | join(x, ($0 ; $2)) | inspect(at);\n',
 }
 
 
@@ -475,7 +477,7 @@ def random_session(rng) -> list:
     """A command stream with good and bad lines: unknown names, duplicate
     installs, drops refused by importers, feeds into the past, term errors."""
     names = sorted(RANDOM_SESSION_PROGRAMS)
-    traces = ["edges", "reachable", "e", "deg", "hist", "nope", "iota:5"]
+    traces = ["edges", "reachable", "e", "deg", "hist", "at", "clock", "nope", "iota:5"]
     lines, epoch, installed = [], 0, set()
     if rng.random() < 0.8:  # most importers need the producer
         lines.append("install prod {dir}/prod.ddp")
@@ -488,7 +490,7 @@ def random_session(rng) -> list:
             lines.append(f"install {name} {{dir}}/{file}.ddp")
             installed.add(name)
         elif kind == "f":
-            fed = sorted(installed & {"prod", "errs", "reach"})
+            fed = sorted(installed & {"prod", "errs", "reach", "clk"})
             prog = rng.choice(fed if fed and rng.random() < 0.9 else names)
             shape = rng.choice(["({a},{b})", "({a},{b})", "({a},{b},{c})", "({a})", "[{a},{b}]"])
             row = shape.format(a=rng.randint(0, 5), b=rng.randint(0, 5), c=rng.randint(0, 2))
