@@ -44,6 +44,16 @@ def least(values):
     return best
 
 
+def split_by_owner(rows, shards: int, boxes: list | None = None) -> list:
+    """``boxes[w]``: the rows (key, ...) owned by worker ``w``, appended to
+    ``boxes`` when given (one list per worker)."""
+    if boxes is None:
+        boxes = [[] for _ in range(shards)]
+    for row in rows:
+        boxes[shard_of(row[0], shards)].append(row)
+    return boxes
+
+
 class MisplacedRow(RuntimeError):
     """A row reached an arrangement on a worker that does not own its key."""
 

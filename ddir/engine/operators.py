@@ -9,7 +9,7 @@ last coordinate; var feedback: +1 on the last coordinate).
 
 from __future__ import annotations
 
-from .exchange import CHECK_OWNERS, check_owners, shard_of
+from .exchange import CHECK_OWNERS, check_owners, split_by_owner
 from .linear import compile_chain, projection_source
 from .time import join as time_join, less_equal
 from .trace import Trace
@@ -153,11 +153,7 @@ class ExchangeOp(Operator):
         if not self.exchanged or not rows:
             return super().receive(port, t, rows)
         shards = self.mesh.peers
-        box = self.outbox.get(t)
-        if box is None:
-            self.outbox[t] = box = [[] for _ in range(shards)]
-        for row in rows:
-            box[shard_of(row[0], shards)].append(row)
+        self.outbox[t] = split_by_owner(rows, shards, self.outbox.get(t))
         self.scope.schedule(t)
 
     def exchange_at(self, t, note=None):

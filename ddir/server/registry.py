@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from . import commands as C
 from .cluster import LocalCluster
 from .generated import Recipe, RecipeError, parse_recipe
-from ..engine.exchange import shard_of
+from ..engine.exchange import split_by_owner
 from ..values import order_key
 
 
@@ -171,29 +171,22 @@ class Server:
         time = self.epoch if time is None else time
         if time < self.epoch:
             raise ServerError(f"time={time} is in the closed past (the current epoch is {self.epoch})")
-        shards = self.cluster.shards
-        by_owner: dict = {}
-        for row in rows:
-            by_owner.setdefault(shard_of(row[0], shards), []).append(row)
-        for owner, batch in sorted(by_owner.items()):
-            self.cluster.send(owner, ("stage", program, n, time, batch))
+        for owner, batch in enumerate(split_by_owner(rows, self.cluster.shards)):
+            if batch:
+                self.cluster.send(owner, ("stage", program, n, time, batch))
 
     def tick(self, cmd: C.Tick) -> list:
         replies = self.cluster.broadcast(("tick", self.epoch))
         self.epoch += 1
         records = self._collect(replies)
-        # a scope that hit the iteration bound: once, whichever workers hit it
-        failures = {(name, message) for reply in replies for name, message in reply["failures"]}
-        rank = {name: i for i, name in enumerate(self.programs)}
-        records += [{"kind": "error", "message": f"{name}: {message}"}
-                    for name, message in sorted(failures, key=lambda f: (rank[f[0]], f[1]))]
         records.append({"kind": "tick", "epoch": self.epoch})
         return records
 
     def _collect(self, replies) -> list:
         """Inspect events (consolidated over workers, sorted), then term errors
         (counts summed over workers, the least message, by program and
-        location): the same records for any number of workers."""
+        location), then scopes that hit the iteration bound (once, whichever
+        workers hit it): the same records for any number of workers."""
         totals: dict = {}
         errors: dict = {}
         for reply in replies:
@@ -216,6 +209,10 @@ class Server:
             records.append({"kind": "error", "message":
                             f"{name}: {operator} at {file}:{loc[0]}:{loc[1]}: {message} "
                             f"({count} row{'s' if count != 1 else ''} dropped)"})
+        failures = {(name, message)
+                    for reply in replies for name, message in reply.get("failures", ())}
+        records += [{"kind": "error", "message": f"{name}: {message}"}
+                    for name, message in sorted(failures, key=lambda f: (rank[f[0]], f[1]))]
         return records
 
     # ------------------------------------------------------------ reading

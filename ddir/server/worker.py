@@ -22,7 +22,7 @@ from __future__ import annotations
 import resource
 
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
-from ..engine.exchange import shard_of
+from ..engine.exchange import split_by_owner
 from ..engine.scope import NonConvergence
 from .generated import Recipe, source_program
 
@@ -66,9 +66,7 @@ class Worker:
         dataflow = self._dataflow(source_program(recipe), {}, max_rounds)
         rows = [(k, v, 1) for k, v in recipe.rows(epoch, self.index, self.shards)]
         if self.exchange is not None:  # produced by row number, stored by key owner
-            boxes = [[] for _ in range(self.shards)]
-            for row in rows:
-                boxes[shard_of(row[0], self.shards)].append(row)
+            boxes = split_by_owner(rows, self.shards)
             batches, _ = self.exchange.swap(("source", name), boxes)
             rows = [row for batch in batches for row in batch]
         dataflow.stage(0, (epoch,), rows)
@@ -100,7 +98,7 @@ class Worker:
                 failures.append((name, str(e)))
         for name in self.clocks:  # each row on the worker that owns its key, like a feed
             rows = [((epoch,), (), -1), ((epoch + 1,), (), 1)]
-            mine = [r for r in rows if shard_of(r[0], self.shards) == self.index]
+            mine = split_by_owner(rows, self.shards)[self.index]
             if mine:
                 self.dataflows[name].stage(0, (epoch + 1,), mine)
         for dataflow in self.dataflows.values():
