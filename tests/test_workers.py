@@ -86,18 +86,22 @@ def server3():
     cluster.close()
 
 
+def check_through_server(server, program, inputs: dict, seed: int, epochs: int = 7) -> None:
+    """Install ``program`` on ``server``, drive the oracle stream, drop it."""
+    driver = ServerDriver(server, program)
+    try:
+        check_against_oracle(program, inputs, seed, epochs, driver=driver)
+    finally:
+        driver.close()
+
+
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2 ** 32))
 def test_program_matches_oracle_with_3_workers(server3, name, seed):
     src, inputs = PROGRAMS[name]
-    program = lower(parse_program(src, f"{name}.ddp"))
-    driver = ServerDriver(server3, program)
-    try:
-        check_against_oracle(program, inputs, seed, driver=driver)
-    finally:
-        driver.close()
+    check_through_server(server3, lower(parse_program(src, f"{name}.ddp")), inputs, seed)
 
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM_ARITIES))
@@ -106,11 +110,7 @@ def test_program_matches_oracle_with_3_workers(server3, name, seed):
 @given(seed=st.integers(0, 2 ** 32))
 def test_upstream_program_matches_oracle_with_3_workers(server3, name, seed):
     program = lower(parse_program_file(str(UPSTREAM / "examples/programs" / name)))
-    driver = ServerDriver(server3, program)
-    try:
-        check_against_oracle(program, UPSTREAM_ARITIES[name], seed, driver=driver)
-    finally:
-        driver.close()
+    check_through_server(server3, program, UPSTREAM_ARITIES[name], seed)
 
 
 @pytest.mark.slow
@@ -123,9 +123,7 @@ def test_program_matches_oracle_with_workers_long(name, workers):
     server = Server(max_rounds=10_000, cluster=cluster)
     try:
         for seed in range(300):
-            driver = ServerDriver(server, program)
-            check_against_oracle(program, inputs, seed, epochs=10, driver=driver)
-            driver.close()
+            check_through_server(server, program, inputs, seed, epochs=10)
     finally:
         cluster.close()
 
@@ -196,6 +194,17 @@ def test_feed_rows_go_only_to_the_owner_of_the_key():
 
 # ---------------------------------------------------------------- failure
 
+def _start_server(args: list, workers: int, **popen):
+    """Start ``ddir`` with ``args``; return it and its worker pids once all
+    ``workers`` have been forked."""
+    p = subprocess.Popen([sys.executable, "-m", "ddir", *args], stdout=subprocess.PIPE,
+                         text=True, **popen)
+    deadline = time.monotonic() + 20
+    while len(_children(p.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return p, _children(p.pid)
+
+
 def _children(pid: int) -> list:
     out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -211,16 +220,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_killed_worker_is_reported_and_the_server_exits(json_mode):
-    args = [sys.executable, "-m", "ddir", "-w", "3"] + (["--json"] if json_mode else [])
-    p = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    args = ["-w", "3"] + (["--json"] if json_mode else [])
+    p, workers = _start_server(args, 3, cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         p.stdin.write("install p programs/producer.ddp\nfeed p 0 (1,2)\ntick\n")
         p.stdin.flush()
-        deadline = time.monotonic() + 20
-        while len(_children(p.pid)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(p.pid)
         assert len(workers) == 3
         time.sleep(0.3)
         os.kill(workers[1], signal.SIGKILL)
@@ -252,13 +256,8 @@ def test_worker_killed_during_a_long_tick(tmp_path):
         'let roots = import "iota:50" | key($0[0] ;);\n'
         'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
         'export "reach" = r::reach;\n')
-    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "2", "s.txt"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p, workers = _start_server(["-w", "2", "s.txt"], 2, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while len(_children(p.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(p.pid)
         time.sleep(1.0)  # well inside the install / tick
         os.kill(workers[0], signal.SIGKILL)
         start = time.monotonic()
@@ -275,24 +274,14 @@ def test_worker_killed_during_a_long_tick(tmp_path):
 
 def test_exit_and_end_of_input_leave_no_worker_behind():
     for stdin in ("list\nexit\n", "list\n"):
-        p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "4"], cwd=ROOT,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while len(_children(p.pid)) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(p.pid)
+        p, workers = _start_server(["-w", "4"], 4, cwd=ROOT, stdin=subprocess.PIPE)
         out, _ = p.communicate(stdin, timeout=10)
         assert p.returncode == 0 and out.startswith("epoch: 0")
         assert len(workers) == 4 and not any(_alive(w) for w in workers)
 
 
 def test_sigterm_stops_the_workers():
-    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "3"], cwd=ROOT,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while len(_children(p.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = _children(p.pid)
+    p, workers = _start_server(["-w", "3"], 3, cwd=ROOT, stdin=subprocess.PIPE)
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=5)
     p.stdin.close()
@@ -323,14 +312,9 @@ def test_ctrl_c_to_the_process_group_does_not_tear_a_tick(tmp_path):
         'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
         'export "reach" = r::reach | count;\n')
     (tmp_path / "s.txt").write_text("install r reach_random.ddp\ntick\nlist\n")
-    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "2", "s.txt"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p, workers = _start_server(["-w", "2", "s.txt"], 2, cwd=tmp_path, stderr=subprocess.PIPE,
+                               start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while len(_children(p.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(p.pid)
         time.sleep(1.0)  # inside the tick
         os.killpg(p.pid, signal.SIGINT)
         out, err = p.communicate(timeout=60)
@@ -445,12 +429,7 @@ def test_64_workers_start_under_a_1024_open_file_limit_or_fail_cleanly():
 
 
 def test_workers_do_not_outlive_a_killed_intake():
-    p = subprocess.Popen([sys.executable, "-m", "ddir", "-w", "3"], cwd=ROOT,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while len(_children(p.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = _children(p.pid)
+    p, workers = _start_server(["-w", "3"], 3, cwd=ROOT, stdin=subprocess.PIPE)
     p.kill()  # SIGKILL: no cleanup code runs in the intake
     p.wait()
     deadline = time.monotonic() + 5
@@ -511,12 +490,14 @@ def random_session(rng) -> list:
     return lines + ["tick", "list"] + [f"peek {t}" for t in traces]
 
 
-def run_session_lines(lines, cluster, json_mode=False) -> str:
+def run_session_lines(lines, cluster, json_mode=False, max_rounds=200) -> str:
+    """Run command lines on a fresh server over ``cluster`` (closed after);
+    the printed output. (A retracted edge that was never there makes reach
+    oscillate: a low iteration bound ends that fast.)"""
     import io
     from ddir.server.session import Session
     out = io.StringIO()
-    # (a retracted edge that was never there makes reach oscillate: a low bound ends it fast)
-    server = Server(max_rounds=200, cluster=cluster)
+    server = Server(max_rounds=max_rounds, cluster=cluster)
     session = Session(out=out, json_mode=json_mode, server=server)
     try:
         for line in lines:
@@ -569,27 +550,14 @@ def test_an_oscillating_loop_stops_at_the_same_round_for_any_worker_count(bound,
              "feed r 0 (1)", "feed prod 0 (1,2)", "feed prod 0 (2,1) diff=-1",
              "feed prod 0 (2,3)", "tick", "peek reachable", "feed prod 0 (2,1)", "tick",
              "peek reachable", "peek edges"]
-
-    def run(cluster):
-        import io
-        from ddir.server.session import Session
-        out = io.StringIO()
-        session = Session(out=out, server=Server(max_rounds=bound, cluster=cluster))
-        try:
-            for line in lines:
-                session.run_line(line)
-        finally:
-            cluster.close()
-        return out.getvalue()
-
     from ddir.server.cluster import LocalCluster
-    one = run(LocalCluster())
+    one = run_session_lines(lines, LocalCluster(), max_rounds=bound)
     # (the failed tick is not rolled back, so its history keeps the loop going: see STATUS)
     assert one.count(f"error: r: scope `reach` did not converge within {bound} rounds") == 2
     first_tick = one.split("tick -> epoch 1")[0]
     assert f"@0.{bound - 1} " in first_tick and f"@0.{bound} " not in first_tick  # 0..bound-1
     for workers in (2, 3, 4):
-        assert run(ProcessCluster(workers)) == one, workers
+        assert run_session_lines(lines, ProcessCluster(workers), max_rounds=bound) == one, workers
 
 
 def test_clock_rows_live_on_their_owner_so_joins_with_the_clock_agree(tmp_path):
