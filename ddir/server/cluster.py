@@ -170,14 +170,23 @@ class ProcessCluster:
         with self._lock:
             if self.dead is not None:
                 return self.dead
-            deadline = time.monotonic() + 0.5  # let the culprit's exit status arrive
-            while time.monotonic() < deadline and not self._culprits():
+            # Let the culprit's exit status arrive, and the error a failing
+            # worker sent before exiting (the intake thread reads it; the
+            # monitor may see the exit first).
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline and not self._settled():
                 time.sleep(0.01)
             self.dead = self._describe()
             self._stop_all(grace=0)
             if self.on_death is not None:
                 self.on_death(self.dead)
             return self.dead
+
+    def _settled(self) -> bool:
+        culprits = self._culprits()
+        return bool(culprits) and (
+            any(w in self.fatal for w in culprits)
+            or all(self.processes[w].exitcode != EXIT_FATAL for w in culprits))
 
     def _culprits(self) -> list:
         return [w for w, p in enumerate(self.processes)
@@ -187,7 +196,7 @@ class ProcessCluster:
         culprits = self._culprits()
         if not culprits:
             return "a worker process stopped unexpectedly; the server stops"
-        w = culprits[0]
+        w = min(culprits, key=lambda c: (c not in self.fatal, c))  # one that said why, first
         code = self.processes[w].exitcode
         if w in self.fatal:
             what = f"failed: {self.fatal[w]}"
