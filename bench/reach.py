@@ -25,6 +25,42 @@ export "reach" = reach::reach;
 """
 
 
+def add_workload_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--nodes", type=int, default=100_000)
+    ap.add_argument("--edges", type=int, default=200_000)
+    ap.add_argument("--roots", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+
+
+def workload(args):
+    """(edges, roots, changes): a seeded random graph, its roots, and per
+    round the (removed, added) edges, 5 deletions and up to 5 insertions."""
+    rng = random.Random(args.seed)
+    edges = set()
+    while len(edges) < args.edges:
+        edges.add((rng.randrange(args.nodes), rng.randrange(args.nodes)))
+    edges = sorted(edges)
+    roots = rng.sample(range(args.nodes), args.roots)
+    live, changes = set(edges), []
+    for _ in range(args.rounds):
+        removed = rng.sample(sorted(live), 5)
+        added = [(rng.randrange(args.nodes), rng.randrange(args.nodes)) for _ in range(5)]
+        added = [e for e in added if e not in live]
+        live.difference_update(removed)
+        live.update(added)
+        changes.append((removed, added))
+    return edges, roots, changes
+
+
+def recompute(live, roots) -> set:
+    """The baseline: build the adjacency of ``live`` edges and run a BFS."""
+    adjacency: dict = {}
+    for a, b in live:
+        adjacency.setdefault(a, []).append(b)
+    return bfs(adjacency, roots)
+
+
 def bfs(adjacency: dict, roots) -> set:
     seen = set(roots)
     queue = deque(roots)
@@ -39,18 +75,9 @@ def bfs(adjacency: dict, roots) -> set:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--nodes", type=int, default=100_000)
-    ap.add_argument("--edges", type=int, default=200_000)
-    ap.add_argument("--roots", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=1)
+    add_workload_args(ap)
     args = ap.parse_args()
-    rng = random.Random(args.seed)
-    edges = set()
-    while len(edges) < args.edges:
-        edges.add((rng.randrange(args.nodes), rng.randrange(args.nodes)))
-    edges = sorted(edges)
-    roots = rng.sample(range(args.nodes), args.roots)
+    edges, roots, changes = workload(args)
 
     df = Dataflow(lower(parse_program(REACH, "reach.ddp")))
     t0 = time.perf_counter()
@@ -63,10 +90,7 @@ def main() -> None:
 
     live = set(edges)
     latencies, bfs_times = [], []
-    for epoch in range(1, args.rounds + 1):
-        removed = rng.sample(sorted(live), 5)
-        added = [(rng.randrange(args.nodes), rng.randrange(args.nodes)) for _ in range(5)]
-        added = [e for e in added if e not in live]
+    for epoch, (removed, added) in enumerate(changes, start=1):
         t0 = time.perf_counter()
         df.stage(0, (epoch,), [(e, (), -1) for e in removed] + [(e, (), 1) for e in added])
         df.run(epoch)
@@ -75,10 +99,7 @@ def main() -> None:
         live.difference_update(removed)
         live.update(added)
         t0 = time.perf_counter()
-        adjacency: dict = {}
-        for a, b in live:
-            adjacency.setdefault(a, []).append(b)
-        expected = bfs(adjacency, roots)
+        expected = recompute(live, roots)
         bfs_times.append(time.perf_counter() - t0)
         got = {k[0] for k in df.exports["reach"].trace.data}
         assert got == expected, "incremental result differs from BFS"

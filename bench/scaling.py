@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import random
 import resource
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from reach import REACH, bfs  # noqa: E402  (the same program and check as bench/reach.py)
+from reach import REACH, add_workload_args, recompute  # noqa: E402  (bench/reach.py's workload)
+from reach import workload as reach_workload  # noqa: E402
 
 from ddir.ir.lower import lower  # noqa: E402
 from ddir.lang.parser import parse_program  # noqa: E402
@@ -31,23 +31,13 @@ from ddir.server.registry import Server  # noqa: E402
 
 
 def workload(args):
-    rng = random.Random(args.seed)
-    edges = set()
-    while len(edges) < args.edges:
-        edges.add((rng.randrange(args.nodes), rng.randrange(args.nodes)))
-    edges = sorted(edges)
-    roots = rng.sample(range(args.nodes), args.roots)
+    """bench/reach.py's graph and changes, each round with its BFS result."""
+    edges, roots, changes = reach_workload(args)
     rounds, live = [], set(edges)
-    for _ in range(args.rounds):
-        removed = rng.sample(sorted(live), 5)
-        added = [e for e in ((rng.randrange(args.nodes), rng.randrange(args.nodes)) for _ in range(5))
-                 if e not in live]
+    for removed, added in changes:
         live.difference_update(removed)
         live.update(added)
-        adjacency: dict = {}
-        for a, b in live:
-            adjacency.setdefault(a, []).append(b)
-        rounds.append((removed, added, bfs(adjacency, roots)))
+        rounds.append((removed, added, recompute(live, roots)))
     return edges, roots, rounds
 
 
@@ -88,11 +78,7 @@ def measure(cluster, edges, roots, rounds) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--nodes", type=int, default=100_000)
-    ap.add_argument("--edges", type=int, default=200_000)
-    ap.add_argument("--roots", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=1)
+    add_workload_args(ap)
     ap.add_argument("--processes-for-1", action="store_true",
                     help="run -w 1 as one worker process too (to see the IPC cost)")
     args = ap.parse_args()
