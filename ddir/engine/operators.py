@@ -10,24 +10,50 @@ last coordinate; var feedback: +1 on the last coordinate).
 from __future__ import annotations
 
 from .exchange import CHECK_OWNERS, check_owners, split_by_owner
-from .linear import compile_chain, projection_source
+from .linear import compile_chain, compile_projection
 from .time import join as time_join, less_equal
 from .trace import Trace
-from ..terms.compile import Codegen, build_function
 from ..terms.runtime import TermError, bit_length_u64
 from ..terms.compile import compile_term
-from ..values import List, order_key
+from ..ir.nodes import NODE_KINDS, ReduceNode
+from ..values import INT_MAX, INT_MIN, List, order_key
+
+# A `collect` result is a materialised list: one element per unit of
+# multiplicity. Past this many it is an operator error, not an out-of-memory.
+MAX_COLLECT = 10_000_000
+
+OVERFLOW = "multiplicity overflow: a diff left the signed 64-bit range"
 
 
-def consolidate(rows) -> list:
-    """Sum the diffs of equal (key, val) pairs and drop zeros."""
+def consolidate(rows, overflow=None) -> list:
+    """Sum the diffs of equal (key, val) pairs and drop zeros. A sum outside
+    the signed 64-bit range (SPEC A1) is dropped and, when ``overflow`` is
+    given, reported to it with the row; the check is one C-level min/max."""
     if len(rows) == 1:
-        return rows if rows[0][2] else []
-    acc: dict = {}
-    for k, v, d in rows:
-        kv = (k, v)
-        acc[kv] = acc.get(kv, 0) + d
-    return [(k, v, d) for (k, v), d in acc.items() if d]
+        d = rows[0][2]
+        if INT_MIN <= d <= INT_MAX:
+            return rows if d else []
+        acc = {(rows[0][0], rows[0][1]): d}
+    else:
+        acc = {}
+        for k, v, d in rows:
+            kv = (k, v)
+            acc[kv] = acc.get(kv, 0) + d
+        if not acc or (max(acc.values()) <= INT_MAX and min(acc.values()) >= INT_MIN):
+            return [(k, v, d) for (k, v), d in acc.items() if d]
+    out = []
+    for (k, v), d in acc.items():
+        if INT_MIN <= d <= INT_MAX:
+            if d:
+                out.append((k, v, d))
+        elif overflow is not None:
+            overflow(k, v, d)
+    return out
+
+
+def operator_name(node) -> str:
+    """How errors name an operator: its keyword (`min`, `join`, `input`...)."""
+    return node.reducer if isinstance(node, ReduceNode) else NODE_KINDS[type(node)]
 
 
 def enter_time(t):
@@ -71,7 +97,10 @@ class Operator:
 
     def take(self, port: int, t: tuple) -> list:
         rows = self.ports[port].pop(t, None)
-        return consolidate(rows) if rows else []
+        return consolidate(rows, self.overflowed) if rows else []
+
+    def overflowed(self, k, v, d) -> None:
+        self.dataflow.record_error(operator_name(self.node), self.node.loc, OVERFLOW)
 
     def emit(self, t: tuple, rows) -> None:
         if not rows:
@@ -85,7 +114,7 @@ class Operator:
     def step(self, t: tuple) -> None:  # pass-through (input, import, var, enter, leave)
         self.emit(t, self.take(0, t))
 
-    def fail(self, what: str, error: TermError) -> None:
+    def fail(self, what: str, error) -> None:
         self.dataflow.record_error(what, self.node.loc, str(error))
 
 
@@ -96,7 +125,7 @@ class ConcatOp(Operator):
             batch = port.pop(t, None)
             if batch:
                 rows.extend(batch)
-        self.emit(t, consolidate(rows))
+        self.emit(t, consolidate(rows, self.overflowed))
 
 
 class LinearOp(Operator):
@@ -196,17 +225,13 @@ class ArrangeOp(Operator):
 
 
 class JoinOp(Operator):
-    """Bilinear: new left rows meet the right history, new right rows meet the
-    left history; the traces already hold this time's deltas, so the
-    delta x delta term, counted twice, is subtracted once."""
+    """Bilinear: new left rows meet the right history (this time's new right
+    rows included), new right rows meet the left history before this time."""
 
     def __init__(self, node, scope, dataflow, left: ArrangeOp, right: ArrangeOp):
         super().__init__(node, scope, dataflow)
         self.left, self.right = left, right
-        gen = Codegen()
-        key, val = projection_source(gen, node.proj, ("k", "a", "b"))
-        source = (f"def proj(k, a, b):\n    return {key}, {val}\n")
-        self.proj = build_function("proj", source, gen.consts)
+        self.proj = compile_projection(node.proj)
 
     def step(self, t):
         dl, dr = self.take(0, t), self.take(1, t)
@@ -215,6 +240,9 @@ class JoinOp(Operator):
         right_data, left_data = self.right.trace.data, self.left.trace.data
 
         def produce(k, a, b, s, d):
+            if not INT_MIN <= d <= INT_MAX:
+                self.fail("join", OVERFLOW)
+                return
             try:
                 key, val = proj(k, a, b)
             except TermError as e:
@@ -222,21 +250,19 @@ class JoinOp(Operator):
                 return
             out.setdefault(s, []).append((key, val, d))
 
+        # (L + dL)(R + dR) - LR = dL (R + dR) + L dR. The right trace already
+        # holds dR at t, so new left rows meet all of it; new right rows meet
+        # the left history without this time's dL. Each pair is evaluated
+        # once, so a failing pair is counted once.
         for k, a, d1 in dl:
             for b, s, d2 in right_data.get(k, ()):
                 produce(k, a, b, time_join(t, s), d1 * d2)
         for k, b, d2 in dr:
             for a, s, d1 in left_data.get(k, ()):
-                produce(k, a, b, time_join(t, s), d1 * d2)
-        if dl and dr:
-            right_new: dict = {}
-            for k, b, d2 in dr:
-                right_new.setdefault(k, []).append((b, d2))
-            for k, a, d1 in dl:
-                for b, d2 in right_new.get(k, ()):
-                    produce(k, a, b, t, -d1 * d2)
+                if s != t:
+                    produce(k, a, b, time_join(t, s), d1 * d2)
         for s, rows in out.items():
-            self.emit(s, consolidate(rows))
+            self.emit(s, consolidate(rows, self.overflowed))
 
 
 def _reduce_min(acc: dict):
@@ -252,10 +278,15 @@ def _reduce_distinct(acc: dict):
 
 def _reduce_count(acc: dict):
     n = sum(acc.values())
+    if n > INT_MAX:
+        raise TermError(f"the count {n} does not fit in 64 bits")
     return {(n,): 1} if n > 0 else {}
 
 
 def _reduce_collect(acc: dict):
+    size = sum(d for d in acc.values() if d > 0)
+    if size > MAX_COLLECT:
+        raise TermError(f"the collected list would have {size} elements (at most {MAX_COLLECT})")
     items = []
     for v in sorted(acc, key=order_key):
         if acc[v] > 0:
@@ -310,9 +341,14 @@ class ReduceOp(Operator):
             return
         in_trace, out_trace = self.source.trace, self.output
         emitted = []
+        name = self.node.reducer
         for k in keys:
             acc = in_trace.accumulate(k, t)
-            want = self.reducer(acc) if acc else {}
+            try:
+                want = self.reducer(acc) if acc else {}
+            except TermError as e:  # the key keeps no output: as if its input were empty
+                self.fail(name, e)
+                want = {}
             have = out_trace.accumulate(k, t)
             for v, d in want.items():
                 delta = d - have.pop(v, 0)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 __all__ = [
     "Term", "Row", "Bound", "Lit", "Neg", "Arith", "Cmp", "And", "Index",
-    "Call", "Case", "Fold", "BUILTIN_ARITY", "walk",
+    "Call", "Case", "Fold", "BUILTIN_ARITY", "children", "walk", "depth",
 ]
 
 
@@ -49,10 +49,12 @@ class Neg(Term):
 
 @dataclass(frozen=True)
 class Arith(Term):
-    """``+``, ``-`` or ``*`` on Ints."""
-    op: str
-    left: Term
-    right: Term
+    """``a + b - c``: a left-associative chain of ``+``, ``-`` or ``*`` on
+    Ints, ``rest`` = ``((op, term), ...)``. Flat, so that a 10,000-term sum
+    is one node rather than 10,000 nested ones (SPEC B: size is not bad
+    input); ``1 + 2 * 3`` nests the ``*`` chain as an operand."""
+    first: Term
+    rest: tuple
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,9 @@ class Cmp(Term):
 
 @dataclass(frozen=True)
 class And(Term):
-    """``a && b``: short-circuit, gives 1/0."""
-    left: Term
-    right: Term
+    """``a && b && ...``: short-circuit left to right, gives 1/0; flat like
+    :class:`Arith`."""
+    args: tuple
 
 
 @dataclass(frozen=True)
@@ -121,26 +123,40 @@ BUILTIN_ARITY = {
 }
 
 
+def children(term: Term) -> tuple:
+    """The direct sub-terms of ``term``, in evaluation order."""
+    if isinstance(term, (Neg, Index)):
+        return (term.arg,)
+    if isinstance(term, Arith):
+        return (term.first,) + tuple(t for _, t in term.rest)
+    if isinstance(term, Cmp):
+        return (term.left, term.right)
+    if isinstance(term, And):
+        return term.args
+    if isinstance(term, Call):
+        return term.args
+    if isinstance(term, Case):
+        default = () if term.default is None else (term.default,)
+        return (term.scrutinee,) + tuple(body for _, body in term.arms) + default
+    if isinstance(term, Fold):
+        return (term.items, term.init, term.step)
+    return ()
+
+
 def walk(term: Term):
-    """Yield ``term`` and every sub-term (pre-order)."""
-    yield term
-    if isinstance(term, (Neg,)):
-        yield from walk(term.arg)
-    elif isinstance(term, (Arith, Cmp, And)):
-        yield from walk(term.left)
-        yield from walk(term.right)
-    elif isinstance(term, Index):
-        yield from walk(term.arg)
-    elif isinstance(term, Call):
-        for a in term.args:
-            yield from walk(a)
-    elif isinstance(term, Case):
-        yield from walk(term.scrutinee)
-        for _, body in term.arms:
-            yield from walk(body)
-        if term.default is not None:
-            yield from walk(term.default)
-    elif isinstance(term, Fold):
-        yield from walk(term.items)
-        yield from walk(term.init)
-        yield from walk(term.step)
+    """Yield ``term`` and every sub-term (pre-order), without recursion."""
+    stack = [term]
+    while stack:
+        t = stack.pop()
+        yield t
+        stack.extend(reversed(children(t)))
+
+
+def depth(term: Term) -> int:
+    """Nesting depth of ``term`` (a leaf is 1), without recursion."""
+    deepest, stack = 0, [(term, 1)]
+    while stack:
+        t, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in children(t))
+    return deepest

@@ -13,7 +13,8 @@ Binders: a ``case`` arm's payload is read from the walrus-bound scrutinee
 from __future__ import annotations
 
 from . import runtime as rt
-from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, Row, Term
+from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, Row, Term, depth
+from .interp import evaluate
 from ..values import List
 
 # Names visible to generated code.
@@ -65,7 +66,12 @@ class Codegen:
         if isinstance(term, Neg):
             return f"_neg({e(term.arg)})"
         if isinstance(term, Arith):
-            return f"{_ARITH_FN[term.op]}({e(term.left)}, {e(term.right)})"
+            # A flat tuple of walrus steps, evaluated left to right: however
+            # long the chain, the source nests no deeper than one operand.
+            acc = self.fresh("_s")
+            parts = [f"({acc} := {e(term.first)})"]
+            parts += [f"({acc} := {_ARITH_FN[op]}({acc}, {e(t)}))" for op, t in term.rest]
+            return f"({', '.join(parts)})[-1]"
         if isinstance(term, Cmp):
             a, b = e(term.left), e(term.right)
             if term.op in (">", ">="):  # a > b  <=>  b < a, evaluated left first
@@ -74,7 +80,7 @@ class Codegen:
                 return f"(({x} := {a}), ({y} := {b}), {fn}({y}, {x}))[2]"
             return f"{_CMP_FN[term.op]}({a}, {b})"
         if isinstance(term, And):
-            return f"(1 if (_truthy({e(term.left)}) and _truthy({e(term.right)})) else 0)"
+            return f"(1 if ({' and '.join(f'_truthy({e(t)})' for t in term.args)}) else 0)"
         if isinstance(term, Index):
             return f"_ix({e(term.arg)}, {term.index})"
         if isinstance(term, Call):
@@ -118,18 +124,45 @@ class Codegen:
         raise TypeError(f"unknown builtin {name!r}")
 
 
+# Python's own limits on one function: its parser refuses more than 200
+# nested parentheses and its compiler more than 20 nested blocks, and deep
+# sources can exhaust the C stack. Terms nested deeper than this are run by
+# the interpreter instead (``compile`` would fail or be no faster).
+MAX_COMPILED_DEPTH = 40
+
+
+class CannotCompile(Exception):
+    """The generated source is beyond what Python compiles; interpret."""
+
+
 def build_function(name: str, source: str, consts: list):
-    """``exec`` generated source defining ``name`` and return that function."""
+    """``exec`` generated source defining ``name`` and return that function
+    (:class:`CannotCompile` where Python refuses the source)."""
     namespace = dict(GLOBALS)
     namespace["_K"] = tuple(consts)
-    exec(compile(source, f"<ddir:{name}>", "exec"), namespace)
+    try:
+        code = compile(source, f"<ddir:{name}>", "exec")
+    except (SyntaxError, RecursionError, MemoryError) as e:
+        raise CannotCompile(str(e)) from None
+    exec(code, namespace)
     return namespace[name]
 
 
+def compilable(*terms) -> bool:
+    """Whether code generation for ``terms`` stays within Python's limits."""
+    return all(depth(t) <= MAX_COMPILED_DEPTH for t in terms)
+
+
 def compile_term(term: Term, nrows: int):
-    """A Python function ``f(r0, ..., r{nrows-1})`` computing ``term``."""
-    gen = Codegen()
-    rows = tuple(f"r{i}" for i in range(nrows))
-    body = gen.expr(term, rows)
-    source = f"def term({', '.join(rows)}):\n    return {body}\n"
-    return build_function("term", source, gen.consts)
+    """A Python function ``f(r0, ..., r{nrows-1})`` computing ``term``;
+    the interpreter behind the same signature for a term too deep to compile."""
+    if compilable(term):
+        gen = Codegen()
+        rows = tuple(f"r{i}" for i in range(nrows))
+        body = gen.expr(term, rows)
+        source = f"def term({', '.join(rows)}):\n    return {body}\n"
+        try:
+            return build_function("term", source, gen.consts)
+        except CannotCompile:
+            pass
+    return lambda *rows: evaluate(term, rows)

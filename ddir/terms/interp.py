@@ -26,13 +26,15 @@ def evaluate(term: Term, rows: tuple, binders: tuple = ()):
     if isinstance(term, Neg):
         return rt.neg(ev(term.arg))
     if isinstance(term, Arith):
-        a = ev(term.left)
-        return rt.ARITH[term.op](a, ev(term.right))
+        acc = ev(term.first)
+        for op, t in term.rest:
+            acc = rt.ARITH[op](acc, ev(t))
+        return acc
     if isinstance(term, Cmp):
         a = ev(term.left)
         return rt.COMPARE[term.op](a, ev(term.right))
     if isinstance(term, And):
-        return 1 if rt.truthy(ev(term.left)) and rt.truthy(ev(term.right)) else 0
+        return 1 if all(rt.truthy(ev(t)) for t in term.args) else 0
     if isinstance(term, Index):
         return rt.index(ev(term.arg), term.index)
     if isinstance(term, Call):
