@@ -43,11 +43,13 @@ def test_pipes_bind_loosest():
 
 
 def test_term_precedence():
-    assert parse_term("-$0 * $1") == T.Arith("*", T.Neg(T.Row(0)), T.Row(1))
-    assert parse_term("$0 < $1 && $1 < 3") == T.And(T.Cmp("<", T.Row(0), T.Row(1)),
-                                                     T.Cmp("<", T.Row(1), T.Lit(3)))
-    assert parse_term("1 + 2 * 3") == T.Arith("+", T.Lit(1), T.Arith("*", T.Lit(2), T.Lit(3)))
-    assert parse_term("1 - 2 - 3") == T.Arith("-", T.Arith("-", T.Lit(1), T.Lit(2)), T.Lit(3))
+    assert parse_term("-$0 * $1") == T.Arith(T.Neg(T.Row(0)), (("*", T.Row(1)),))
+    assert parse_term("$0 < $1 && $1 < 3") == T.And((T.Cmp("<", T.Row(0), T.Row(1)),
+                                                    T.Cmp("<", T.Row(1), T.Lit(3))))
+    assert parse_term("1 + 2 * 3") == T.Arith(T.Lit(1), (("+", T.Arith(T.Lit(2), (("*", T.Lit(3)),))),))
+    # chains are flat (left-associative), however long: SPEC B, size is not bad input
+    assert parse_term("1 - 2 - 3") == T.Arith(T.Lit(1), (("-", T.Lit(2)), ("-", T.Lit(3))))
+    assert parse_term("1 - (2 - 3)") == T.Arith(T.Lit(1), (("-", T.Arith(T.Lit(2), (("-", T.Lit(3)),))),))
     assert parse_term("$1[0][2]") == T.Index(T.Index(T.Row(1), 0), 2)
 
 

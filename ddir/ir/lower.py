@@ -43,12 +43,19 @@ class _ScopeBuild:
 
 
 def _uses_lift_iter(expr) -> bool:
-    """Does ``expr`` itself (not through names) apply ``lift_iter``?"""
-    if isinstance(expr, A.Op):
-        return (expr.kind == "lift_iter" or _uses_lift_iter(expr.source)
-                or (expr.other is not None and _uses_lift_iter(expr.other)))
-    if isinstance(expr, A.Concat):
-        return any(_uses_lift_iter(p) for p in expr.parts)
+    """Does ``expr`` itself (not through names) apply ``lift_iter``?
+    (A work list, not recursion: a pipe chain may have 10,000 steps.)"""
+    todo = [expr]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, A.Op):
+            if e.kind == "lift_iter":
+                return True
+            todo.append(e.source)
+            if e.other is not None:
+                todo.append(e.other)
+        elif isinstance(e, A.Concat):
+            todo.extend(e.parts)
     return False
 
 
@@ -178,12 +185,18 @@ class _Lowerer:
         if isinstance(e, A.Concat):
             parts = tuple(self.expr(p, scope) for p in e.parts)
             return self.add(N.ConcatNode, scope, parts, e.loc)
-        if isinstance(e, A.Op):
-            return self.op(e, scope)
+        if isinstance(e, A.Op):  # a pipe chain, lowered in a loop (it may be long)
+            chain = []
+            while isinstance(e, A.Op):
+                chain.append(e)
+                e = e.source
+            src = self.expr(e, scope)
+            for op in reversed(chain):
+                src = self.op(op, src, scope)
+            return src
         raise AssertionError(e)
 
-    def op(self, e: A.Op, scope: _ScopeBuild) -> int:
-        src = self.expr(e.source, scope)
+    def op(self, e: A.Op, src: int, scope: _ScopeBuild) -> int:
         kind, loc = e.kind, e.loc
         step = {
             "map": lambda: N.MapStep(e.proj, loc),

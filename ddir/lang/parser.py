@@ -9,6 +9,7 @@ Every problem becomes a :class:`ProgramError` with ``file:line:col``.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from importlib import resources
 
@@ -20,6 +21,12 @@ from .errors import ProgramError
 from .syntax_errors import describe_unexpected
 from ..terms import ast as T
 from ..values import INT_MAX
+
+# How deeply terms and collection expressions may nest. Flat chains
+# (``a && b && ...``, ``1 + 2 + ...``, ``x | map(...) | ...``) do not count;
+# only real nesting does, which no sensible program takes this far, and every
+# stage below (lowering, the codec, code generation) recurses over it.
+MAX_NESTING = 100
 
 __all__ = ["parse_program", "parse_program_file", "parse_term", "syntax_of"]
 
@@ -52,18 +59,33 @@ def parse_program(source: str, file: str = "<program>", syntax: str | None = Non
     return A.Program(file=file, body=tuple(builder.statements(tree.children)), source=source)
 
 
-def parse_term(source: str, file: str = "<term>") -> T.Term:
-    """Parse one term (used for values on the command line)."""
-    tree = _parse(source, file, "ddp", "term")
+def parse_term(source: str, file: str = "<term>", value: bool = False) -> T.Term:
+    """Parse one term (used for values on the command line). With ``value``,
+    a syntax error does not offer `$n`, `^k` or `case`: a value cannot use
+    `$n`, and `^k`/`case` are never what a value is missing."""
+    tree = _parse(source, file, "ddp", "term", hide=_NOT_FOR_VALUES if value else ())
     return _Builder(file, source, "ddp").term(tree, ())
 
 
-def _parse(source: str, file: str, syntax: str, start: str):
+_NOT_FOR_VALUES = ("ROW", "BOUND", "CASE")
+
+
+def _parse(source: str, file: str, syntax: str, start: str, hide=()):
     try:
         return _parser(syntax).parse(source, start=start)
     except UnexpectedInput as e:
-        message, line, col = describe_unexpected(e, _parser(syntax), source)
+        message, line, col = describe_unexpected(e, _parser(syntax), source, hide)
         raise ProgramError(message, file, line, col, source) from None
+
+
+def _unwrap_parens(node):
+    """``((( e )))`` -> ``e`` without recursion: parentheses around a whole
+    expression add tree levels but no meaning (SPEC B: 1,000 of them work)."""
+    while (node.data == "expr" and len(node.children) == 1 and node.children[0].data == "concat"
+           and len(node.children[0].children) == 1 and isinstance(node.children[0].children[0], Tree)
+           and node.children[0].children[0].data == "expr"):
+        node = node.children[0].children[0]
+    return node
 
 
 def _loc(node) -> tuple:
@@ -89,6 +111,7 @@ class _Builder:
         self.source = source
         self.syntax = syntax
         self.constructors: dict[str, tuple] = {}  # name -> (arity, tag)
+        self.depth = 0  # nesting of the term or expression being built
 
     def error(self, message: str, node) -> ProgramError:
         line, col = _loc(node)
@@ -133,6 +156,17 @@ class _Builder:
     # -------------------------------------------------------- collections
 
     def expr(self, node):
+        node = _unwrap_parens(node)
+        if self.depth >= MAX_NESTING:
+            raise self.error(f"expression nested more than {MAX_NESTING} levels deep; "
+                             "name the inner parts with `let`", node)
+        self.depth += 1
+        try:
+            return self._expr(node)
+        finally:
+            self.depth -= 1
+
+    def _expr(self, node):
         kind = node.data
         c = node.children
         loc = _loc(node)
@@ -229,6 +263,16 @@ class _Builder:
         return n
 
     def term(self, node, env: tuple) -> T.Term:
+        if self.depth >= MAX_NESTING:
+            raise self.error(f"term nested more than {MAX_NESTING} levels deep; split it up "
+                             "(long chains of `&&`, `+`, `-` or `*` are fine)", node)
+        self.depth += 1
+        try:
+            return self._term(node, env)
+        finally:
+            self.depth -= 1
+
+    def _term(self, node, env: tuple) -> T.Term:
         if isinstance(node, Token):  # only reachable through bare tokens in ?rules
             raise self.error(f"unexpected `{node}`", node)
         kind = node.data
@@ -250,15 +294,18 @@ class _Builder:
                     raise self.error(f"integer literal -{n} does not fit in 64 bits", inner.children[0])
                 return T.Lit(-n)
             return T.Neg(self.term(inner, env))
-        if kind == "arith":
-            return T.Arith(str(c[1]), self.term(c[0], env), self.term(c[2], env))
+        if kind == "arith":  # a left-recursive chain: walk its spine, no recursion
+            rest = []
+            while isinstance(node, Tree) and node.data == "arith" and \
+                    (node.children[1] == "*") == (c[1] == "*"):
+                rest.append(node.children[1:])
+                node = node.children[0]
+            first = self.term(node, env)
+            return T.Arith(first, tuple((str(op), self.term(t, env)) for op, t in reversed(rest)))
         if kind == "cmp":
             return T.Cmp(str(c[1]), self.term(c[0], env), self.term(c[2], env))
         if kind == "and_chain":
-            result = self.term(c[0], env)
-            for x in c[1:]:
-                result = T.And(result, self.term(x, env))
-            return result
+            return T.And(tuple(self.term(x, env) for x in c))
         if kind == "index":
             return T.Index(self.term(c[0], env), self.int_token(c[1]))
         if kind == "binder":
@@ -301,7 +348,10 @@ class _Builder:
             arms = tuple((i, self.term(a, arm_env)) for i, a in enumerate(arg_nodes[1:]))
             return T.Case(self.term(arg_nodes[0], env), arms, None)
         if name not in T.BUILTIN_ARITY:
-            raise self.error(f"unknown function or constructor `{name}`", name_tok)
+            known = [*T.BUILTIN_ARITY, *self.constructors, "fold"]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise self.error(f"unknown function or constructor `{name}`{hint}", name_tok)
         expected = T.BUILTIN_ARITY[name]
         if name == "hash":
             if n < 2:

@@ -27,41 +27,83 @@ _LIKE_INPUTS = (N.ConcatNode, N.EnterNode, N.LeaveNode, N.EnterAtNode)
 
 
 def place_exchanges(program: N.Program) -> N.Program:
-    while True:
-        on_owner = rows_on_owner(program)
-        for n in program.nodes:
-            if isinstance(n, N.ArrangeNode) and not on_owner[n.inputs[0]]:
-                program = _exchange(program, _outermost(program, n.inputs[0]))
-                break
-        else:
-            return program
+    """Arrangements in node order: the first whose input is not on its
+    key's owner gets an exchange at the outermost source, then the next.
+    Adding an exchange only ever moves more nodes onto their owners, so
+    one pass in order with incremental updates places exactly the exchanges
+    that restarting from the first arrangement after each one would, in
+    time linear in the program (restarting was quadratic: 85 s for a
+    program of 2,000 exports)."""
+    body = {v: b for s in program.scopes for v, b in s.vars}
+    readers: dict = {n.id: [] for n in program.nodes}
+    for n in program.nodes:
+        for i in n.inputs:
+            readers[i].append(n.id)
+    for v, b in body.items():
+        readers[b].append(v)
+    exchanged: set = set()
+    on = rows_on_owner(program, exchanged)
+    for n in program.nodes:
+        if isinstance(n, N.ArrangeNode) and not _seen(n.inputs[0], on, exchanged):
+            source = _outermost(program, n.inputs[0])
+            exchanged.add(source)
+            _refresh(program, on, exchanged, body, readers, source)
+    return _insert_exchanges(program, exchanged) if exchanged else program
 
 
-def rows_on_owner(program: N.Program) -> dict:
+def _seen(i: int, on: dict, exchanged: set) -> bool:
+    """Whether a reader of node ``i`` gets rows on their owner: an
+    exchanged node's readers read its exchange."""
+    return i in exchanged or on[i]
+
+
+def rows_on_owner(program: N.Program, exchanged: set = frozenset()) -> dict:
     """id -> True when every row of that node is on its key's owner. The
     greatest fixed point: a var is on the owner if its body is, assuming it
     is (it starts empty, so that holds iteration by iteration)."""
     body = {v: b for s in program.scopes for v, b in s.vars}
     on = {n.id: True for n in program.nodes}
-    changed = True
-    while changed:
-        changed = False
-        for n in program.nodes:
-            if on[n.id] and not _keeps_owner(n, on, body):
-                on[n.id] = False
-                changed = True
+    _remove(program, on, exchanged, body, [n.id for n in program.nodes])
     return on
 
 
-def _keeps_owner(n: N.Node, on: dict, body: dict) -> bool:
+def _remove(program, on: dict, exchanged: set, body: dict, ids: list) -> None:
+    """Turn off, among ``ids``, every node that does not keep rows on the
+    owner, until nothing changes (the greatest fixed point over ``ids``)."""
+    changed = True
+    while changed:
+        changed = False
+        for i in ids:
+            if on[i] and not _keeps_owner(program.nodes[i], on, body, exchanged):
+                on[i] = False
+                changed = True
+
+
+def _refresh(program, on: dict, exchanged: set, body: dict, readers: dict, source: int) -> None:
+    """After exchanging ``source``: nodes that were off and read it (through
+    other off nodes) may now be on. Turn them on and remove again; nodes
+    that were on stay on, so nothing beyond them can change."""
+    region, todo = set(), list(readers[source])
+    while todo:
+        i = todo.pop()
+        if i not in region and not on[i]:
+            region.add(i)
+            todo.extend(readers[i])
+    for i in region:
+        on[i] = True
+    _remove(program, on, exchanged, body, sorted(region))
+
+
+def _keeps_owner(n: N.Node, on: dict, body: dict, exchanged: set) -> bool:
     if isinstance(n, _ALWAYS_ON_OWNER):
         return True
     if isinstance(n, _LIKE_INPUTS):
-        return all(on[i] for i in n.inputs)
+        return all(_seen(i, on, exchanged) for i in n.inputs)
     if isinstance(n, N.VarNode):
-        return on[body[n.id]]
+        return _seen(body[n.id], on, exchanged)
     if isinstance(n, N.LinearNode):
-        return on[n.inputs[0]] and all(isinstance(s, _KEY_KEEPING_STEPS) for s in n.steps)
+        return (_seen(n.inputs[0], on, exchanged)
+                and all(isinstance(s, _KEY_KEEPING_STEPS) for s in n.steps))
     return False  # join and key-changing maps: the output key is new
 
 
@@ -72,29 +114,33 @@ def _outermost(program: N.Program, i: int) -> int:
     return i
 
 
-def _exchange(program: N.Program, source: int) -> N.Program:
-    """Insert ``exchange(source)`` right after ``source`` (ids stay in
-    topological order) and make every reader of ``source`` read it."""
-    src = program.nodes[source]
-    new_id = {n.id: n.id + (n.id > source) for n in program.nodes}
-    ex = source + 1
+def _insert_exchanges(program: N.Program, sources: set) -> N.Program:
+    """Insert ``exchange(s)`` right after each source ``s`` (ids stay in
+    topological order) and make every reader of ``s`` read it."""
+    ordered = sorted(sources)
+    new_id, shift = {}, 0
+    for n in program.nodes:
+        new_id[n.id] = n.id + shift
+        if shift < len(ordered) and ordered[shift] == n.id:
+            shift += 1
+    ex_of = {s: new_id[s] + 1 for s in ordered}
 
     def reader_input(i: int) -> int:
-        return ex if i == source else new_id[i]
+        return ex_of.get(i, new_id[i])
 
     nodes = []
     for n in program.nodes:
         nodes.append(dc_replace(n, id=new_id[n.id], inputs=tuple(reader_input(i) for i in n.inputs)))
-        if n.id == source:
-            nodes.append(N.ExchangeNode(id=ex, scope=src.scope, inputs=(source,), loc=src.loc,
-                                        name=None))
+        if n.id in ex_of:
+            nodes.append(N.ExchangeNode(id=ex_of[n.id], scope=n.scope, inputs=(new_id[n.id],),
+                                        loc=n.loc, name=None))
     scopes = []
     for s in program.scopes:
         order = []
         for kind, i in s.order:
             order.append((kind, new_id[i]) if kind == "node" else (kind, i))
-            if kind == "node" and i == source:
-                order.append(("node", ex))
+            if kind == "node" and i in ex_of:
+                order.append(("node", ex_of[i]))
         scopes.append(dc_replace(s, order=tuple(order),
                                  vars=tuple((new_id[v], reader_input(b)) for v, b in s.vars)))
     exports = tuple((name, new_id[i]) for name, i in program.exports)
