@@ -372,7 +372,8 @@ def test_iteration_bound_is_reported_once_and_install_is_undone_everywhere(tmp_p
     assert one == three
     tick = one[4]
     assert [r["message"] for r in tick if r["kind"] == "error"] == \
-        ["flip: scope `flip` did not converge within 50 rounds"]
+        ["flip: scope `flip` did not converge within 50 rounds at epoch 0; it has stopped, "
+         "and its traces keep their contents from before epoch 0"]
     assert one[6] == [{"kind": "error", "message":
                        'install "flip2": scope `flip` did not converge within 50 rounds'}]
     assert one[9][0]["rows"] == [((), (2,), 1)]
@@ -552,8 +553,10 @@ def test_an_oscillating_loop_stops_at_the_same_round_for_any_worker_count(bound,
              "peek reachable", "peek edges"]
     from ddir.server.cluster import LocalCluster
     one = run_session_lines(lines, LocalCluster(), max_rounds=bound)
-    # (the failed tick is not rolled back, so its history keeps the loop going: see STATUS)
-    assert one.count(f"error: r: scope `reach` did not converge within {bound} rounds") == 2
+    # the failed program stops: the second tick does not run it, and its trace
+    # keeps what it held before the failed tick (nothing: it failed in the first)
+    assert one.count(f"error: r: scope `reach` did not converge within {bound} rounds") == 1
+    assert one.count('peek "reachable" (0 rows):') == 2
     first_tick = one.split("tick -> epoch 1")[0]
     assert f"@0.{bound - 1} " in first_tick and f"@0.{bound} " not in first_tick  # 0..bound-1
     for workers in (2, 3, 4):

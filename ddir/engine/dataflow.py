@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..ir import nodes as N
 from . import operators as O
-from .scope import ScopeRunner
+from .scope import NonConvergence, ScopeRunner
 
 DEFAULT_MAX_ROUNDS = 1_000_000
 
@@ -27,9 +27,11 @@ class Dataflow:
         self.errors: dict = {}   # (operator, loc) -> [count, first message]
         self.ops: dict = {}
         self.scopes: dict = {}
+        self.failures: list = []  # scopes that hit the iteration bound in this run
+        self.frozen_at: int | None = None  # failed: its traces hold epochs < this
         for s in program.scopes:
             parent = self.scopes.get(s.parent)
-            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds, exchange)
+            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds, exchange, self.failures)
         self.root = self.scopes[0]
         for node in program.nodes:
             self.ops[node.id] = self._make(node)
@@ -86,20 +88,33 @@ class Dataflow:
 
     def catch_up(self, epoch: int) -> None:
         """Feed every import the full contents of its trace at ``epoch`` (the
-        last closed epoch) and run to it: a new dataflow sees all history."""
+        last closed epoch) and run to it: a new dataflow sees all history
+        (of a frozen upstream, what it held when it failed)."""
         for op, source in zip(self.imports.values(), self.upstream):
-            rows = [(k, v, d) for (k, v), d in source.trace.contents().items()]
-            op.receive(0, (epoch,), rows)
+            contents = source.trace.contents(source.dataflow.frozen_at)
+            op.receive(0, (epoch,), [(k, v, d) for (k, v), d in contents.items()])
         self.run(epoch)
 
     def run(self, epoch: int) -> None:
-        """Process every pending time up to and including ``epoch``."""
+        """Process every pending time up to and including ``epoch``. A scope
+        that hits the iteration bound gives up its times and the run goes on
+        to its end; then :class:`NonConvergence` says which scope it was."""
+        self.failures.clear()
         self.root.run_prefix((), limit=epoch)
+        if self.failures:
+            raise NonConvergence(self.failures[0])
 
     def compact(self, epoch: int) -> None:
-        """Fold history before ``epoch`` (the last closed epoch) onto it."""
+        """Fold history before ``epoch`` onto it."""
         for trace in self.traces():
             trace.compact(epoch)
+
+    def freeze(self, epoch: int) -> None:
+        """The dataflow failed while closing ``epoch``: it never runs again,
+        stops receiving from upstream, and its traces are read as of the
+        epochs before ``epoch`` (what is at ``epoch`` is half a tick)."""
+        self.frozen_at = epoch
+        self.detach()
 
     def traces(self):
         for op in self.ops.values():

@@ -32,12 +32,19 @@ from __future__ import annotations
 
 
 class NonConvergence(Exception):
-    """A scope ran past the iteration bound without reaching a fixed point."""
+    """A scope ran past the iteration bound without reaching a fixed point.
+
+    Raised by :meth:`ddir.engine.dataflow.Dataflow.run` only once the run is
+    over: the scope that hits the bound abandons its remaining times and the
+    rest of the dataflow runs on, so that every worker still takes every
+    collective step (a scope with no exchange hits the bound on some workers
+    only; raising there would leave the others waiting for ever)."""
 
 
 class ScopeRunner:
-    def __init__(self, ir_scope, parent, max_rounds: int, exchange=None):
+    def __init__(self, ir_scope, parent, max_rounds: int, exchange=None, failures=None):
         self.ir = ir_scope
+        self.failures = failures if failures is not None else []  # bound-hit messages
         self.parent = parent
         self.depth = ir_scope.depth
         self.items: list = []      # operators and child ScopeRunners, in order
@@ -63,6 +70,15 @@ class ScopeRunner:
             scope.pending.add(t)
             t = t[:-1]
             scope = scope.parent
+
+    def abandon(self, prefix: tuple) -> None:
+        """Forget every pending time extending ``prefix``, here and in every
+        child scope (the bound was hit: the dataflow is failed)."""
+        n = len(prefix)
+        self.pending = {t for t in self.pending if t[:n] != prefix}
+        for item in self.items:
+            if isinstance(item, ScopeRunner):
+                item.abandon(prefix)
 
     def run_time(self, t: tuple, note=None):
         """Process ``t``; returns the least ``note`` of all workers, sent
@@ -108,8 +124,10 @@ class ScopeRunner:
         while t is not None:
             rounds += 1
             if rounds > self.max_rounds:
-                raise NonConvergence(
+                self.failures.append(
                     f"scope `{self.ir.name}` did not converge within {self.max_rounds} rounds")
+                self.abandon(prefix)
+                return
             if not done:
                 self._process(t)
             self.rounds += 1

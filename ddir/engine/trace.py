@@ -52,18 +52,21 @@ class Trace:
                 del data[k]
         self.dirty.clear()
 
-    def contents(self) -> dict:
-        """(key, val) -> net diff over the whole history (zeros left out)."""
+    def contents(self, before: int | None = None) -> dict:
+        """(key, val) -> net diff over the whole history, or over the epochs
+        before ``before`` (zeros left out)."""
         acc: dict = {}
         for k, hist in self.data.items():
-            for v, _, d in hist:
-                acc[(k, v)] = acc.get((k, v), 0) + d
+            for v, s, d in hist:
+                if before is None or s[0] < before:
+                    acc[(k, v)] = acc.get((k, v), 0) + d
         return {kv: d for kv, d in acc.items() if d}
 
-    def key_contents(self, key) -> dict:
+    def key_contents(self, key, before: int | None = None) -> dict:
         acc: dict = {}
-        for v, _, d in self.data.get(key, ()):
-            acc[(key, v)] = acc.get((key, v), 0) + d
+        for v, s, d in self.data.get(key, ()):
+            if before is None or s[0] < before:
+                acc[(key, v)] = acc.get((key, v), 0) + d
         return {kv: d for kv, d in acc.items() if d}
 
     def size(self) -> int:

@@ -9,6 +9,7 @@ msgpack-encoded for worker processes. A malformed line raises
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,6 +17,7 @@ from ..ir.lower import lower
 from ..lang.errors import ProgramError
 from ..lang.parser import parse_program
 from ..lang.value_token import ValueTokenError, parse_value_token
+from ..values import INT_MAX, INT_MIN
 
 
 class CommandError(Exception):
@@ -114,14 +116,23 @@ def _split_options(cmd: str, args: list) -> tuple:
     return positional, options
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _int(text: str, what: str, minimum: int | None = None) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise CommandError(f"{what} must be an integer, got `{text}`") from None
+    """A decimal integer that fits in 64 bits (SPEC A1), at least ``minimum``."""
+    if not _INTEGER.fullmatch(text):
+        raise CommandError(f"{what} must be an integer, got `{text}`")
+    if len(text.lstrip("-").lstrip("0")) > 19 or not INT_MIN <= (n := int(text)) <= INT_MAX:
+        raise CommandError(f"{what} {_clip(text)} does not fit in a signed 64-bit integer")
     if minimum is not None and n < minimum:
         raise CommandError(f"{what} must be at least {minimum}, got {n}")
     return n
+
+
+def _clip(text: str, width: int = 40) -> str:
+    """``text`` for a message, shortened in the middle if it is long."""
+    return text if len(text) <= width else f"{text[:18]}...{text[-18:]} ({len(text)} characters)"
 
 
 def _value(text: str):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..ir.lower import lower
 from ..lang.parser import parse_program
 from ..terms.runtime import MASK64, splitmix64
+from ..values import INT_MAX
 
 
 class RecipeError(ValueError):
@@ -51,14 +52,17 @@ class Recipe:
 MAX_ROWS = 10_000_000
 
 
+MAX_ARITY = 64
+
+
 def _number(recipe: str, key: str, text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise RecipeError(f'generated source "{recipe}": {key} must be an integer, got `{text}`') from None
-    if n < 0:
-        raise RecipeError(f'generated source "{recipe}": {key} must not be negative')
-    return n
+    """A non-negative decimal that fits in 64 bits, as every Int must (SPEC A1)."""
+    if not text.isascii() or not text.isdigit():
+        raise RecipeError(f'generated source "{recipe}": {key} must be a non-negative integer, '
+                          f"got `{text}`")
+    if len(text.lstrip("0")) > 19 or int(text) > INT_MAX:
+        raise RecipeError(f'generated source "{recipe}": {key} does not fit in a signed 64-bit integer')
+    return int(text)
 
 
 def parse_recipe(name: str):
@@ -89,6 +93,8 @@ def parse_recipe(name: str):
         raise RecipeError(f'generated source "{name}": nodes must be positive')
     if params["edges"] > MAX_ROWS:
         raise RecipeError(f'generated source "{name}": at most {MAX_ROWS} edges')
+    if params.get("arity", 2) > MAX_ARITY:
+        raise RecipeError(f'generated source "{name}": arity is at most {MAX_ARITY}')
     return Recipe("random", (params["nodes"], params["edges"], params.get("arity", 2),
                              params.get("seed", 0)))
 

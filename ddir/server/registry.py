@@ -18,7 +18,7 @@ from . import commands as C
 from .cluster import LocalCluster
 from .generated import Recipe, RecipeError, parse_recipe
 from ..engine.exchange import split_by_owner
-from ..values import order_key
+from ..values import INT_MAX, INT_MIN, order_key
 
 
 class ServerError(Exception):
@@ -36,6 +36,7 @@ class Installed:
     imports: tuple = ()
     exports: tuple = ()
     seq: int = 0
+    failed: str | None = None         # why it stopped (a tick it could not finish)
 
 
 @dataclass
@@ -165,6 +166,9 @@ class Server:
             raise ServerError(f'no program named "{program}"')
         if entry.origin != "program":
             raise ServerError(f'"{program}" is a generated source and cannot be fed')
+        if entry.failed:
+            raise ServerError(f'"{program}" has failed and cannot be fed ({entry.failed}); '
+                              "drop it and install it again")
         if n not in entry.inputs:
             reads = ", ".join(str(i) for i in entry.inputs) or "none"
             raise ServerError(f'"{program}" has no input {n} (it reads: {reads})')
@@ -176,17 +180,53 @@ class Server:
                 self.cluster.send(owner, ("stage", program, n, time, batch))
 
     def tick(self, cmd: C.Tick) -> list:
-        replies = self.cluster.broadcast(("tick", self.epoch))
+        closing = self.epoch
+        replies = self.cluster.broadcast(("tick", closing))
         self.epoch += 1
         records = self._collect(replies)
+        records += self._fail(replies, closing)
         records.append({"kind": "tick", "epoch": self.epoch})
+        return records
+
+    def _fail(self, replies, epoch: int) -> list:
+        """A program whose scope hit the iteration bound (on any worker) did
+        only part of this tick. Rather than let anyone see half a tick, it
+        *fails*: frozen on every worker with its traces as they were before
+        ``epoch``, never run again, fed never again; `list` says why; it can
+        be dropped. Its live importers read half of its tick, so they fail
+        too, and so on downstream. (Rolling the tick back instead would need
+        a snapshot of every operator's state before every tick.)"""
+        reasons = {}
+        for reply in replies:
+            for name, message in reply.get("failures", ()):
+                reasons[name] = min(reasons.get(name, message), message)
+        if not reasons:
+            return []
+        records = []
+        for entry in self.programs.values():  # install order: producers before importers
+            if entry.failed:
+                continue
+            if entry.name in reasons:
+                cause = f"{reasons[entry.name]} at epoch {epoch}"
+            else:
+                source = next((self.traces[t] for t in entry.imports
+                               if self.traces.get(t) in reasons), None)
+                if source is None:
+                    continue
+                trace = next(t for t in entry.imports if self.traces.get(t) == source)
+                reasons[entry.name] = cause = (f'it imports "{trace}" from "{source}", '
+                                               f"which failed at epoch {epoch}")
+            entry.failed = cause
+            records.append({"kind": "error", "message":
+                            f"{entry.name}: {cause}; it has stopped, and its traces keep their "
+                            f"contents from before epoch {epoch}"})
+        self.cluster.broadcast(("fail", sorted(reasons), epoch))
         return records
 
     def _collect(self, replies) -> list:
         """Inspect events (consolidated over workers, sorted), then term errors
         (counts summed over workers, the least message, by program and
-        location), then scopes that hit the iteration bound (once, whichever
-        workers hit it): the same records for any number of workers."""
+        location): the same records for any number of workers."""
         totals: dict = {}
         errors: dict = {}
         for reply in replies:
@@ -209,10 +249,6 @@ class Server:
             records.append({"kind": "error", "message":
                             f"{name}: {operator} at {file}:{loc[0]}:{loc[1]}: {message} "
                             f"({count} row{'s' if count != 1 else ''} dropped)"})
-        failures = {(name, message)
-                    for reply in replies for name, message in reply.get("failures", ())}
-        records += [{"kind": "error", "message": f"{name}: {message}"}
-                    for name, message in sorted(failures, key=lambda f: (rank[f[0]], f[1]))]
         return records
 
     # ------------------------------------------------------------ reading
@@ -227,15 +263,24 @@ class Server:
                 contents[(k, v)] = contents.get((k, v), 0) + d
         rows = sorted(((k, v, d) for (k, v), d in contents.items() if d),
                       key=lambda r: (order_key(r[0]), order_key(r[1])))
+        records = []
+        overflowed = [r for r in rows if not INT_MIN <= r[2] <= INT_MAX]
+        if overflowed:  # accumulated over epochs past i64 (SPEC A1): not shown
+            rows = [r for r in rows if INT_MIN <= r[2] <= INT_MAX]
+            records.append({"kind": "error", "message":
+                            f'trace "{name}": multiplicity overflow: the net diff of '
+                            f"{len(overflowed)} row{'s' if len(overflowed) != 1 else ''} "
+                            "left the signed 64-bit range (not shown)"})
         end = None if cmd.limit is None else cmd.offset + cmd.limit
-        return [{"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,
+        return records + [{"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,
                  "has_key": cmd.has_key, "rows": rows[cmd.offset:end], "total": len(rows),
                  "offset": cmd.offset}]
 
     def list(self, cmd=None) -> list:
         traces = [{"name": t, "importers": len(self.importers(t))} for t in sorted(self.traces)]
         programs = [{"name": p.name, "origin": p.origin, "inputs": list(p.inputs),
-                     "imports": list(p.imports), "exports": list(p.exports)}
+                     "imports": list(p.imports), "exports": list(p.exports),
+                     **({"failed": p.failed} if p.failed else {})}
                     for p in sorted(self.programs.values(), key=lambda p: p.name)]
         return [{"kind": "list", "epoch": self.epoch, "traces": traces, "programs": programs}]
 

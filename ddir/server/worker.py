@@ -13,6 +13,7 @@ Messages:
   each worker produces only its share of the rows
 * ``("stage", name, input, time, rows)`` - no reply
 * ``("tick", epoch)``, ``("drop", name)``, ``("peek", trace, key, has_key)``
+* ``("fail", names, epoch)`` - freeze programs that failed closing ``epoch``
 * ``("stats",)`` - stored and pending updates, collective steps taken, peak
   memory: for tests and benchmarks
 """
@@ -62,17 +63,27 @@ class Worker:
         return self._collect([name])
 
     def do_source(self, name, kind, params, epoch, max_rounds) -> dict:
+        """A generated source's rows are at time 0 (SPEC A8): installed after
+        epoch 0 they are in the closed past at once, for the importer's
+        catch-up and for ``peek``. A clock shows the last closed epoch, so one
+        installed at epoch e > 0 starts at (e - 1) and moves on at tick e."""
         recipe = Recipe(kind, tuple(params))
         dataflow = self._dataflow(source_program(recipe), {}, max_rounds)
-        rows = [(k, v, 1) for k, v in recipe.rows(epoch, self.index, self.shards)]
+        closed = epoch - 1 if epoch > 0 else 0
+        rows = [(k, v, 1) for k, v in recipe.rows(closed, self.index, self.shards)]
         if self.exchange is not None:  # produced by row number, stored by key owner
             boxes = split_by_owner(rows, self.shards)
             batches, _ = self.exchange.swap(("source", name), boxes)
             rows = [row for batch in batches for row in batch]
-        dataflow.stage(0, (epoch,), rows)
+        dataflow.stage(0, (0,), rows)
         self._add(name, dataflow)
         if kind == "clock":
             self.clocks.append(name)
+        if epoch > 0:
+            dataflow.run(closed)
+            dataflow.compact(closed)
+            if kind == "clock":
+                self._stage_clock(name, closed, epoch)
         return {}
 
     def do_drop(self, name) -> dict:
@@ -90,22 +101,39 @@ class Worker:
         self.dataflows[name].stage(n, (time,), rows)
 
     def do_tick(self, epoch) -> dict:
+        """Run every live dataflow to ``epoch``. History is compacted only
+        up to ``epoch - 1``, so that this tick's updates stay apart until the
+        intake knows whether some program failed in it (see ``do_fail``)."""
         failures = []
-        for name, dataflow in self.dataflows.items():
+        live = [(name, df) for name, df in self.dataflows.items() if df.frozen_at is None]
+        for name, dataflow in live:
             try:
                 dataflow.run(epoch)
             except NonConvergence as e:
                 failures.append((name, str(e)))
-        for name in self.clocks:  # each row on the worker that owns its key, like a feed
-            rows = [((epoch,), (), -1), ((epoch + 1,), (), 1)]
-            mine = split_by_owner(rows, self.shards)[self.index]
-            if mine:
-                self.dataflows[name].stage(0, (epoch + 1,), mine)
-        for dataflow in self.dataflows.values():
-            dataflow.compact(epoch)
+        for name in self.clocks:
+            self._stage_clock(name, epoch, epoch + 1)
+        if epoch > 0:
+            for _, dataflow in live:
+                dataflow.compact(epoch - 1)
         reply = self._collect(list(self.dataflows))
         reply["failures"] = failures
         return reply
+
+    def do_fail(self, names, epoch) -> dict:
+        """These programs failed while closing ``epoch`` (on some worker, or
+        upstream of them): freeze them here too."""
+        for name in names:
+            self.dataflows[name].freeze(epoch)
+        return {}
+
+    def _stage_clock(self, name, old: int, new: int) -> None:
+        """The clock's row moves from ``(old)`` to ``(new)`` at time ``new``;
+        each row on the worker that owns its key, like a feed."""
+        rows = [((old,), (), -1), ((new,), (), 1)]
+        mine = split_by_owner(rows, self.shards)[self.index]
+        if mine:
+            self.dataflows[name].stage(0, (new,), mine)
 
     def _collect(self, names) -> dict:
         """Inspect events and term errors of ``names`` since the last collect."""
@@ -120,8 +148,10 @@ class Worker:
     # ------------------------------------------------------------ reading
 
     def do_peek(self, trace, key, has_key) -> dict:
-        contents = self.exports[trace].trace
-        rows = contents.key_contents(key) if has_key else contents.contents()
+        export = self.exports[trace]
+        before = export.dataflow.frozen_at
+        contents = export.trace
+        rows = contents.key_contents(key, before) if has_key else contents.contents(before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
 
     def do_stats(self) -> dict:
