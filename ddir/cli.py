@@ -116,6 +116,21 @@ def explain_cmd(files: list) -> int:
 
 
 def main(argv: list | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`ddir explain f | head`): end quietly (SPEC B),
+        # for every command. Point stdout at /dev/null so that flushing what
+        # is still buffered at exit cannot raise a second BrokenPipeError.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # stdout is not a real file
+            pass
+        return 0
+
+
+def _main(argv: list | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check":
         return check(argv[1:])
@@ -147,8 +162,6 @@ def main(argv: list | None = None) -> int:
         return run(session, opts)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
     except WorkerDied:  # reported by on_death, which exits; not reached
         return EXIT_WORKER_DIED
     finally:

@@ -10,9 +10,13 @@ import os
 import re
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, Completion, PathCompleter
+from prompt_toolkit.buffer import CompletionState
+from prompt_toolkit.completion import (CompleteEvent, Completer, Completion, PathCompleter,
+                                       get_common_complete_suffix)
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import emacs_insert_mode, vi_insert_mode
 from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.lexers import Lexer
 
 from .server.commands import COMMANDS, OPTION_KEYS
@@ -103,15 +107,51 @@ STYLE = {
 }
 
 
+def _tab_bindings() -> KeyBindings:
+    """Tab completes the current word synchronously.
+
+    prompt_toolkit's own Tab starts an asynchronous completion, and only one
+    runs at a time: when keys arrive in one burst (a paste, then Tab) the
+    complete-while-typing run is already in flight and Tab's request is
+    dropped, so `peek ed<Tab>` stayed `peek ed`. Computing the completions
+    right here makes Tab work whatever the timing."""
+    kb = KeyBindings()
+
+    @kb.add("c-i", filter=vi_insert_mode | emacs_insert_mode)  # as the default Tab
+    def _(event) -> None:
+        b = event.current_buffer
+        if b.complete_state and b.complete_state.completions:
+            b.complete_next()  # a menu is open: Tab walks through it, as before
+            return
+        if b.completer is None:
+            return
+        document = b.document
+        completions = list(b.completer.get_completions(
+            document, CompleteEvent(completion_requested=True)))
+        if len(completions) == 1:
+            b.apply_completion(completions[0])
+        elif completions:
+            common = get_common_complete_suffix(document, completions)
+            if common:
+                b.insert_text(common)
+            else:  # nothing to insert: show the choices
+                b.complete_state = CompletionState(original_document=document,
+                                                   completions=completions)
+    return kb
+
+
 def make_prompt_session(session: Session, **kwargs) -> PromptSession:
     from prompt_toolkit.styles import Style
     return PromptSession(history=FileHistory(history_path()), completer=DdirCompleter(session),
                          lexer=CommandLexer(), style=Style.from_dict(STYLE),
-                         enable_history_search=False, **kwargs)
+                         enable_history_search=False, key_bindings=_tab_bindings(), **kwargs)
 
 
 def run_prompt(session: Session, prompt_session: PromptSession | None = None) -> None:
     """Read lines until exit / Ctrl-D; Ctrl-C clears the line."""
+    # Whoever built the Session, at the prompt `peek` pages (50 rows and how
+    # to see the rest, SPEC B); scripts and --json never reach here.
+    session.interactive = True
     prompt = prompt_session or make_prompt_session(session)
     while True:
         try:

@@ -26,7 +26,7 @@ from typing import Any
 __all__ = [
     "List", "Variant", "Value", "order_key", "compare", "truthy",
     "format_value", "to_json", "from_json", "parse_printed", "ValueSyntaxError",
-    "is_value", "INT_MIN", "INT_MAX",
+    "ValueTooDeepError", "value_depth", "is_value", "INT_MIN", "INT_MAX",
 ]
 
 INT_MIN = -(1 << 63)
@@ -157,41 +157,116 @@ class ValueSyntaxError(ValueError):
         self.pos = pos
 
 
-def parse_printed(text: str) -> Value:
+class ValueTooDeepError(ValueSyntaxError):
+    """A printed value nested deeper than the ``max_depth`` it was parsed with."""
+
+
+def value_depth(v: Value) -> int:
+    """How deeply ``v`` nests: 0 for an Int, 1 + the deepest item for a
+    Tuple, List or Variant. Iterative, so any depth is measured safely."""
+    deepest = 0
+    stack = [(v, 0)]
+    while stack:
+        x, d = stack.pop()
+        t = type(x)
+        if t is int:
+            deepest = max(deepest, d)
+        elif t is Variant:
+            stack.append((x[1], d + 1))
+        else:
+            deepest = max(deepest, d + 1)
+            stack.extend((y, d + 1) for y in x)
+    return deepest
+
+
+def parse_printed(text: str, max_depth: int | None = None) -> Value:
     """Parse the printed form (``format_value``'s output) back to a value.
 
     Whitespace between tokens is allowed, so both ``(1, 2)`` and ``(1,2)``
-    work.
+    work. The parser keeps its open containers on an explicit stack, so deep
+    nesting costs no Python recursion; with ``max_depth``, a value nested
+    deeper (see :func:`value_depth`) raises :class:`ValueTooDeepError`.
     """
-    parser = _PrintedParser(text)
-    value = parser.value()
-    parser.skip_ws()
-    if parser.pos != len(text):
-        raise ValueSyntaxError(f"unexpected {text[parser.pos]!r} after the value", parser.pos)
+    p = _Scanner(text)
+    # Open containers, innermost last: [close, items] for `(`/`[`, or
+    # ["#", tag] for a variant waiting for its payload.
+    stack: list = []
+
+    def open_one() -> None:
+        if max_depth is not None and len(stack) >= max_depth:
+            raise ValueTooDeepError(f"nested more than {max_depth} levels deep", p.pos)
+
+    while True:
+        ch = p.peek()
+        if ch in ("(", "["):
+            open_one()
+            p.pos += 1
+            close = ")" if ch == "(" else "]"
+            if p.peek() != close:
+                stack.append([close, []])
+                continue  # read the first item
+            p.pos += 1
+            value = () if close == ")" else List()
+        elif ch == "#":
+            open_one()
+            p.pos += 1
+            tag_pos = p.pos
+            tag = p.integer()
+            if tag < 0:
+                raise ValueSyntaxError("a variant tag must be non-negative", tag_pos)
+            nxt = p.peek()
+            if nxt == ":":
+                p.pos += 1
+            elif nxt not in ("(", "["):
+                raise ValueSyntaxError(f"expected `(`, `[` or `:` after the variant tag, "
+                                       f"found {p.found()}", p.pos)
+            stack.append(["#", tag])
+            continue  # read the payload
+        elif ch == "-" or ch.isdigit():
+            value = p.integer()
+        else:
+            raise ValueSyntaxError(f"expected a value, found {p.found()}", p.pos)
+        # A value is complete: close every container it completes.
+        while stack:
+            frame = stack[-1]
+            if frame[0] == "#":
+                stack.pop()
+                value = Variant(frame[1], value)
+                continue
+            frame[1].append(value)
+            nxt = p.peek()
+            if nxt == ",":
+                p.pos += 1
+                break  # read the next item
+            if nxt != frame[0]:
+                raise ValueSyntaxError(f"expected `,` or `{frame[0]}`, found {p.found()}", p.pos)
+            p.pos += 1
+            stack.pop()
+            value = tuple(frame[1]) if frame[0] == ")" else List(frame[1])
+        else:
+            break
+    if p.peek():
+        raise ValueSyntaxError(f"unexpected {p.found()} after the value", p.pos)
     return value
 
 
-class _PrintedParser:
+class _Scanner:
     def __init__(self, text: str):
         self.text = text
         self.pos = 0
 
-    def skip_ws(self) -> None:
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end), skipping blanks."""
         while self.pos < len(self.text) and self.text[self.pos].isspace():
             self.pos += 1
-
-    def peek(self) -> str:
-        self.skip_ws()
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
-    def expect(self, ch: str) -> None:
-        if self.peek() != ch:
-            found = repr(self.peek()) if self.peek() else "end of value"
-            raise ValueSyntaxError(f"expected {ch!r}, found {found}", self.pos)
-        self.pos += 1
+    def found(self) -> str:
+        ch = self.peek()
+        return f"`{ch}`" if ch else "end of value"
 
     def integer(self) -> int:
-        self.skip_ws()
+        self.peek()
         start = self.pos
         if self.pos < len(self.text) and self.text[self.pos] == "-":
             self.pos += 1
@@ -199,51 +274,12 @@ class _PrintedParser:
         while self.pos < len(self.text) and self.text[self.pos].isdigit():
             self.pos += 1
         if self.pos == digits:
-            raise ValueSyntaxError("expected an integer", start)
+            self.pos = start
+            raise ValueSyntaxError(f"expected an integer, found {self.found()}", start)
         n = int(self.text[start:self.pos])
         if not INT_MIN <= n <= INT_MAX:
             raise ValueSyntaxError(f"integer {n} does not fit in 64 bits", start)
         return n
-
-    def items(self, close: str) -> list:
-        out: list = []
-        if self.peek() == close:
-            self.pos += 1
-            return out
-        while True:
-            out.append(self.value())
-            ch = self.peek()
-            if ch == ",":
-                self.pos += 1
-                continue
-            self.expect(close)
-            return out
-
-    def value(self) -> Value:
-        ch = self.peek()
-        if ch == "(":
-            self.pos += 1
-            return tuple(self.items(")"))
-        if ch == "[":
-            self.pos += 1
-            return List(self.items("]"))
-        if ch == "#":
-            self.pos += 1
-            tag_pos = self.pos
-            tag = self.integer()
-            if tag < 0:
-                raise ValueSyntaxError("a variant tag must be non-negative", tag_pos)
-            nxt = self.peek()
-            if nxt == ":":
-                self.pos += 1
-                return Variant(tag, self.value())
-            if nxt in ("(", "["):
-                return Variant(tag, self.value())
-            raise ValueSyntaxError("expected '(', '[' or ':' after the variant tag", self.pos)
-        if ch == "-" or ch.isdigit():
-            return self.integer()
-        found = repr(ch) if ch else "end of value"
-        raise ValueSyntaxError(f"expected a value, found {found}", self.pos)
 
 
 # ---------------------------------------------------------------- JSON form

@@ -1,9 +1,12 @@
 """Bad input: one `error:` line each, and the server state is unchanged."""
 import io
+import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT
+from ddir.lang.value_token import MAX_VALUE_DEPTH
 from ddir.server.session import Session
 
 BAD_PROGRAMS = {
@@ -104,3 +107,53 @@ def test_runtime_term_error_drops_rows_and_reports_once(tmp_path, monkeypatch):
     assert errors[0] == (f"error: p: map at {prog}:1:24: `[0]` needs a Tuple or List, got Int 2 "
                          f"(2 rows dropped)")
     assert "  [q] (3) ; (4)  @0  +1" in lines and lines[-1] == "tick -> epoch 1"
+
+
+# ---------------------------------------------------------------- deep values (issue #9)
+
+def _deep_values():
+    L = MAX_VALUE_DEPTH
+    too_deep = {
+        "parens": "(" * 1000 + "1" + ")" * 1000, "lists": "[" * 1000 + "1" + "]" * 1000,
+        "variants": "#0(" * 1000 + "1" + ")" * 1000, "tuple_terms": "tuple(" * 1000 + "1" + ")" * 1000,
+        "colons": "#1:" * 1000 + "5", "grouping": "(" * 1000 + "1+1" + ")" * 1000,
+        "one_over": "(" * (L + 1) + "1" + ")" * (L + 1),
+        "fold": "fold(list(" + ",".join(["1"] * 300) + "),tuple(),tuple(^1))",
+    }
+    # the printed form at the limit; terms one level less (the term parser counts the leaf too)
+    at_limit = ["(" * L + "1" + ")" * L, "[" * L + "1" + "]" * L, "#0(" * (L // 2) + "1" + ")" * (L // 2),
+                "#1:" * L + "5", "list(tuple(" * (L // 2 - 1) + "list(1)" + "))" * (L // 2 - 1),
+                "inject(0," * (L - 1) + "1" + ")" * (L - 1)]
+    return too_deep, at_limit
+
+
+def test_deep_values_get_one_clear_error_and_values_at_the_limit_work(tmp_path):
+    too_deep, at_limit = _deep_values()
+    (tmp_path / "p.ddp").write_text('export "out" = input 0 | inspect(in);\n'
+                                    'export "m" = input 0 | join(input 0, (list($0) ; list($1, $2))) | min;\n'
+                                    'export "c" = input 0 | collect | count;\n')
+    lines = ["install p p.ddp"]
+    lines += [f"feed p 0 {v}" for v in too_deep.values()]
+    lines += [f"feed p 0 {v} val={v}" for v in at_limit]
+    lines += ["feed p 0 " + "+".join(["1"] * 10000), "tick", "peek out", "peek m", "peek c",
+              f"peek out {at_limit[0]}"]
+    (tmp_path / "s.txt").write_text("\n".join(lines) + "\n")
+    runs = {}
+    for args in (["s.txt"], ["-w", "3", "s.txt"], ["--json", "s.txt"], ["-w", "3", "--json", "s.txt"]):
+        r = subprocess.run([sys.executable, "-m", "ddir", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+        runs[" ".join(args)] = r.stdout
+    assert runs["s.txt"] == runs["-w 3 s.txt"] and runs["--json s.txt"] == runs["-w 3 --json s.txt"]
+    out = runs["s.txt"].splitlines()
+    errors = [x for x in out if x.startswith("error:")]
+    limit = f"nested more than {MAX_VALUE_DEPTH} levels deep (the limit for a value on the command line)"
+    assert len([e for e in errors if e.endswith(limit)]) == len(too_deep)
+    # a 10,000-step chain is read, or refused with one error
+    chain = [e for e in errors if e.startswith("error: s.txt:16:")]
+    assert len(errors) == len(too_deep) + len(chain) and len(chain) <= 1
+    assert all(e.startswith("error: s.txt:16: bad value `1+1+1+") for e in chain)
+    assert all(len(e) < 200 for e in errors)  # the value is shortened, not echoed in full
+    assert f'peek "out" ({len(at_limit) + 1 - len(chain)} rows):' in out
+    assert f"  {at_limit[3]} ; {at_limit[3]}  x1" in out  # prints back as it was written
+    assert [x for x in out if x.startswith('peek "out" key=')][0].endswith("(1 rows):")

@@ -1,5 +1,13 @@
-"""The prompt, driven without a terminal through prompt_toolkit's pipe input."""
+"""The prompt, driven without a terminal through prompt_toolkit's pipe input,
+and in a real terminal (tmux) where timing matters."""
 import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
 
 from prompt_toolkit.application import create_app_session
 from prompt_toolkit.document import Document
@@ -65,3 +73,80 @@ def test_prompt_pages_long_peeks(monkeypatch, tmp_path):
     text = out.getvalue()
     assert 'peek "big" (120 rows):' in text and "... 70 more rows (peek big offset=50)" in text
     assert len([line for line in text.splitlines() if line.startswith("  (")]) == 50 + 20
+
+
+# ---------------------------------------------------------------- in a real terminal (tmux)
+
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+class Terminal:
+    """`ddir` at its prompt in a detached tmux pane: keys go in as a terminal
+    sends them, the screen comes back as the user sees it."""
+
+    def __init__(self, history: str, *args: str):
+        self.dir = tempfile.mkdtemp(prefix="ddir-tmux")  # short: socket paths are limited
+        self.tmux = ["tmux", "-S", f"{self.dir}/sock"]
+        command = " ".join([f"DDIR_HISTORY={history}", sys.executable, "-m", "ddir", *args])
+        subprocess.run(self.tmux + ["new-session", "-d", "-x", "150", "-y", "50", "-c", str(ROOT),
+                                    command], check=True)
+        self.wait_for("ddir [0]>")
+
+    def keys(self, *keys: str) -> None:
+        """One `send-keys`: the keys reach the program in one burst."""
+        subprocess.run(self.tmux + ["send-keys", *keys], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(self.tmux + ["capture-pane", "-p", "-S", "-", "-E", "-"],
+                              capture_output=True, text=True).stdout
+
+    def wait_for(self, *texts: str, timeout: float = 30) -> str:
+        """The screen once any of ``texts`` is on it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if any(text in screen for text in texts):
+                return screen
+            time.sleep(0.05)
+        raise AssertionError(f"none of {texts} appeared on screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(self.tmux + ["kill-server"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    started = []
+
+    def start(*args):
+        started.append(Terminal(str(tmp_path / "hist"), *args))
+        return started[-1]
+    yield start
+    for t in started:
+        t.close()
+
+
+@needs_tmux
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_real_prompt_pages_a_long_peek(terminal, tmp_path, workers):
+    prog = tmp_path / "big.ddp"
+    prog.write_text('export "big" = import "iota:120";\n')
+    t = terminal("-w", workers)
+    t.keys(f"install g {prog}", "Enter", "tick", "Enter", "peek big", "Enter")
+    screen = t.wait_for("more rows", "error")
+    assert 'peek "big" (120 rows):' in screen
+    assert "  ... 70 more rows (peek big offset=50)" in screen
+    assert len([line for line in screen.splitlines() if line.startswith("  (")]) == 50
+
+
+@needs_tmux
+def test_real_prompt_tab_completes_keys_that_arrive_together(terminal):
+    t = terminal()
+    t.keys("install prod programs/producer.ddp", "Enter")
+    t.wait_for('installed "prod"')
+    t.keys("peek ed", "Tab", "Enter")  # a paste and Tab in one burst
+    screen = t.wait_for('peek "edges"', "error")
+    assert 'peek "edges" (0 rows):' in screen and "unknown trace" not in screen
+    t.keys("in", "Tab", " x programs/reach_im", "Tab", "Enter")
+    assert 'installed "x"' in t.wait_for('installed "x"', "error")

@@ -4,29 +4,117 @@ from __future__ import annotations
 
 from . import nodes as N
 from ..lang.ast import Splice
-from ..terms.ast import Term
+from ..terms import ast as T
+from ..values import List, Variant
+
+# Precedence levels of the .ddp term grammar (SPEC A3), loosest first.
+_AND, _CMP, _ADD, _MUL, _UNARY, _POSTFIX, _ATOM = range(1, 8)
+
+
+def term_text(term: T.Term) -> str:
+    """``term`` in .ddp syntax, as a user would write it (``$0[0] == 1``),
+    with only the parentheses the grammar needs. Iterative (an explicit
+    stack of pieces still to write), so a 10,000-step chain prints safely.
+
+    Lowering has dropped constructor and binder names, so a ``case`` arm is
+    written ``#tag => body`` (the one form that is not .ddp) and a binder as
+    ``^k`` (``x`` of ``Ctor(x)`` is ``^0[0]``)."""
+    out = []
+    # pieces still to write, last first: text, or (term, least level it may have unparenthesised)
+    todo = [(term, 0)]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        t, need = item
+        level, pieces = _layout(t)
+        if level < need:
+            pieces = ["(", *pieces, ")"]
+        todo.extend(reversed(pieces))
+    return "".join(out)
+
+
+def _layout(t) -> tuple:
+    """``(level, pieces)`` of one node; pieces are text or ``(child, level)``."""
+    if isinstance(t, T.Row):
+        return _ATOM, [f"${t.n}"]
+    if isinstance(t, T.Bound):
+        return _ATOM, [f"^{t.k}"]
+    if isinstance(t, T.Lit):
+        return _literal(t.value)
+    if isinstance(t, T.Neg):  # a negative operand needs parentheses: `--` starts a comment
+        return _UNARY, ["-", (t.arg, _POSTFIX)]
+    if isinstance(t, T.Arith):  # a flat left-associative chain: first op1 t1 op2 t2 ...
+        if not t.rest:
+            return _layout(t.first)
+        level = _MUL if t.rest[0][0] == "*" else _ADD
+        pieces = [(t.first, level)]
+        for op, operand in t.rest:
+            op_level = _MUL if op == "*" else _ADD
+            if op_level > level:  # `(a + b) * c`: what came before binds looser
+                pieces = ["(", *pieces, ")"]
+            level = op_level
+            pieces += [f" {op} ", (operand, op_level + 1)]
+        return level, pieces
+    if isinstance(t, T.Cmp):  # non-associative
+        return _CMP, [(t.left, _ADD), f" {t.op} ", (t.right, _ADD)]
+    if isinstance(t, T.And):  # flat: a nested `&&` operand was written in parentheses
+        pieces = []
+        for i, arg in enumerate(t.args):
+            pieces += [" && " if i else "", (arg, _CMP)]
+        return _AND, pieces
+    if isinstance(t, T.Index):
+        return _POSTFIX, [(t.arg, _POSTFIX), f"[{t.index}]"]
+    if isinstance(t, T.Call):
+        return _ATOM, _call(t.name, t.args)
+    if isinstance(t, T.Fold):
+        return _ATOM, _call("fold", (t.items, t.init, t.step))
+    if isinstance(t, T.Case):
+        arms = [(f"#{tag} => ", body) for tag, body in t.arms]
+        if t.default is not None:
+            arms.append(("_ => ", t.default))
+        pieces = ["case ", (t.scrutinee, 0), " { "]
+        for i, (head, body) in enumerate(arms):
+            pieces += [", " if i else "", head, (body, 0)]
+        return _ATOM, pieces + [" }"]
+    return _ATOM, [repr(t)]  # a node this printer does not know yet: at least show it
+
+
+def _call(name: str, args) -> list:
+    pieces = [f"{name}("]
+    for i, a in enumerate(args):
+        pieces += [", " if i else "", (a, 0)]
+    return pieces + [")"]
+
+
+def _literal(v) -> tuple:
+    """A constant (the optimiser folds whole values) as the term that builds it."""
+    t = type(v)
+    if t is int:
+        return (_ATOM if v >= 0 else _UNARY), [str(v)]
+    if t is Variant:
+        return _ATOM, _call("inject", (T.Lit(v[0]), T.Lit(v[1])))
+    return _ATOM, _call("list" if t is List else "tuple", [T.Lit(x) for x in v])
 
 
 def _term(t) -> str:
-    if isinstance(t, Splice):
-        return f"${t.n}.."
-    return _short(t)
-
-
-def _short(t: Term) -> str:
-    text = repr(t)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(t, Splice):  # a field that is exactly `$n` splices row n (SPEC A4)
+        return f"${t.n}"
+    return term_text(t)
 
 
 def _proj(p) -> str:
-    return "(" + ", ".join(_term(f) for f in p.key) + " ; " + ", ".join(_term(f) for f in p.val) + ")"
+    key = ", ".join(_term(f) for f in p.key)
+    val = ", ".join(_term(f) for f in p.val)
+    return f"({key + ' ;' if key else ';'}{' ' + val if val else ''})"  # `($0 ; $1)`, `(;)`
 
 
 def _step(s) -> str:
     if isinstance(s, N.MapStep):
         return f"map{_proj(s.proj)}"
     if isinstance(s, (N.FilterStep, N.FlatMapStep)):
-        return f"{s.op}({_short(s.term)})"
+        return f"{s.op}({term_text(s.term)})"
     if isinstance(s, N.InspectStep):
         return f"inspect({s.label})"
     return s.op
@@ -47,7 +135,7 @@ def describe(node) -> str:
     elif isinstance(node, N.ReduceNode):
         extra = f" {node.reducer}"
     elif isinstance(node, N.EnterAtNode):
-        extra = f" {_short(node.term)}"
+        extra = f" {term_text(node.term)}"
     name = f"  -- {node.name}" if node.name else ""
     return f"#{node.id} = {kind}({args}){extra}{name}"
 

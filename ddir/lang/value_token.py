@@ -11,12 +11,21 @@ import re
 
 from .errors import ProgramError
 from .parser import parse_term
-from ..terms.ast import Row, walk
 from ..terms.interp import evaluate
 from ..terms.runtime import TermError
-from ..values import INT_MAX, INT_MIN, ValueSyntaxError, parse_printed
+from ..values import (INT_MAX, INT_MIN, ValueSyntaxError, ValueTooDeepError, parse_printed,
+                      value_depth)
 
 _INT_ROW = re.compile(r"-?[0-9]+(,-?[0-9]+)*")
+_INT = re.compile(r"-?[0-9]+")
+
+# How deeply a command-line value may nest (each Tuple, List and Variant is a
+# level, and so is each bracket of a term). Deeper values are of no use, and
+# refusing them keeps everything that handles a value later (printing,
+# ordering, msgpack to the workers, which refuses 511 levels) far from any
+# recursion limit. The term parser and interpreter recurse about five Python
+# frames per level, so the limit also bounds them.
+MAX_VALUE_DEPTH = 100
 
 
 class ValueTokenError(ValueError):
@@ -30,21 +39,86 @@ def parse_value_token(text: str):
         row = tuple(int(x) for x in text.split(","))
         for n in row:
             if not INT_MIN <= n <= INT_MAX:
-                raise ValueTokenError(f"bad value `{text}`: {n} does not fit in 64 bits")
+                raise _bad(text, f"{n} does not fit in 64 bits")
         return row
+    if _bracket_depth(text) > MAX_VALUE_DEPTH:
+        raise _too_deep(text)
+    printed_error = None
     if text[0] in "([#":
         try:
-            return parse_printed(text)
-        except ValueSyntaxError as printed_error:
-            if text[0] == "#":
-                raise ValueTokenError(f"bad value `{text}`: {printed_error}") from None
+            return parse_printed(text, MAX_VALUE_DEPTH)
+        except ValueTooDeepError:
+            raise _too_deep(text) from None
+        except ValueSyntaxError as e:
+            printed_error = e
+        if text[0] != "(":  # no term starts with `[` or `#`: only the printed form can be meant
+            raise _bad(text, str(printed_error), printed_error.pos + 1)
+    if "," in text and re.fullmatch(r"[-0-9,]+", text):
+        raise _bad(text, *_row_problem(text))
     try:
-        term = parse_term(text)
+        term = parse_term(text, value=True)
     except ProgramError as e:
-        raise ValueTokenError(f"bad value `{text}`: {e.message} (at column {e.col})") from None
-    if any(isinstance(t, Row) for t in walk(term)):
-        raise ValueTokenError(f"bad value `{text}`: a value cannot refer to an input row ($n)")
+        if printed_error is not None and printed_error.pos + 1 > e.col:
+            # `(1,2]`: the printed form got further, so its error is the one that helps
+            raise _bad(text, str(printed_error), printed_error.pos + 1) from None
+        if text[e.col - 1:e.col] == "," and _bracket_depth(text[:e.col]) == 0:
+            raise _bad(text, "only integers can be written as a bare row `1,2`; write other rows "
+                             "as `tuple(1,x)` or `(1,(2))`", e.col) from None
+        raise _bad(text, e.message.replace("end of file", "end of value"), e.col) from None
+    except RecursionError:  # a long operator chain; the term parser recurses on it
+        raise _bad(text, "too long or too deeply nested to read") from None
+    if "$" in text:  # only a `$n` can hold a `$` in a term that parsed (and no walk: no recursion)
+        raise _bad(text, "a value cannot refer to an input row ($n)")
     try:
-        return evaluate(term, ())
+        value = evaluate(term, ())
     except TermError as e:
-        raise ValueTokenError(f"bad value `{text}`: {e}") from None
+        raise _bad(text, str(e)) from None
+    except RecursionError:
+        raise _bad(text, "too long or too deeply nested to evaluate") from None
+    if value_depth(value) > MAX_VALUE_DEPTH:  # e.g. a fold that wraps its accumulator
+        raise _too_deep(text)
+    return value
+
+
+def _bad(text: str, problem: str, col: int | None = None) -> ValueTokenError:
+    at = f" (at column {col})" if col is not None else ""
+    return ValueTokenError(f"bad value `{_clip(text)}`: {problem}{at}")
+
+
+def _too_deep(text: str) -> ValueTokenError:
+    return _bad(text, f"nested more than {MAX_VALUE_DEPTH} levels deep (the limit for a value "
+                      f"on the command line)")
+
+
+def _clip(text: str, width: int = 40) -> str:
+    """``text`` for a message, shortened in the middle if it is long (a
+    1,000-level value should not fill the screen)."""
+    return text if len(text) <= width else f"{text[:18]}...{text[-18:]} ({len(text)} characters)"
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest bracket nesting in ``text`` (unbalanced closers ignored)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}" and depth:
+            depth -= 1
+    return deepest
+
+
+def _row_problem(text: str) -> tuple:
+    """What is wrong with `1,,2`-like text: (problem, column)."""
+    col = 1
+    fields = text.split(",")
+    for i, field in enumerate(fields):
+        if not field:
+            last = i == len(fields) - 1
+            where = "ends with `,`" if last else "has an empty field"
+            return (f"the row {where}; write integers separated by single commas, like `1,2`",
+                    col - 1 if last else col)
+        if not _INT.fullmatch(field):
+            return f"`{field}` is not an integer; a bare row is integers separated by commas", col
+        col += len(field) + 1
+    raise AssertionError(text)  # the caller only asks about text that is not a valid row

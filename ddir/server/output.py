@@ -39,6 +39,8 @@ def render_text(record: dict) -> str:
         lines.append(f"programs ({len(record['programs'])}):")
         for p in record["programs"]:
             tag = f" [{p['origin']}]" if p["origin"] != "program" else ""
+            if p.get("failed"):
+                tag += f" [failed: {p['failed']}]"
             inputs = "[" + ", ".join(str(i) for i in p["inputs"]) + "]"
             imports = "[" + ", ".join(f'"{i}"' for i in p["imports"]) + "]"
             exports = "[" + ", ".join(f'"{e}"' for e in p["exports"]) + "]"
@@ -59,8 +61,11 @@ def _peek_text(record: dict) -> str:
     shown_to = record["offset"] + len(record["rows"])
     if shown_to < total and record["rows"]:
         more = total - shown_to
+        # the command that shows the rest, key included, written as one token each
+        # (a printed value has blanks only after its commas)
+        key_arg = f" {format_value(record['key']).replace(' ', '')}" if record.get("has_key") else ""
         lines.append(f"  ... {more} more row{'s' if more != 1 else ''} "
-                     f"(peek {record['trace']} offset={shown_to})")
+                     f"(peek {record['trace']}{key_arg} offset={shown_to})")
     return "\n".join(lines)
 
 
