@@ -14,6 +14,7 @@ import time
 from collections import deque
 
 from ddir.engine.dataflow import Dataflow
+from ddir.engine.memory import settle
 from ddir.ir.lower import lower
 from ddir.lang.parser import parse_program
 
@@ -84,9 +85,9 @@ def main() -> None:
     df.stage(0, (0,), [(e, (), 1) for e in edges])
     df.stage(1, (0,), [((r,), (), 1) for r in roots])
     df.run(0)
-    df.compact(0)
+    settle()  # as the server's worker does after every tick
     load = time.perf_counter() - t0
-    reached = len(df.exports["reach"].trace.data)
+    reached = len(df.exports["reach"].trace.contents())
 
     live = set(edges)
     latencies, bfs_times = [], []
@@ -94,14 +95,15 @@ def main() -> None:
         t0 = time.perf_counter()
         df.stage(0, (epoch,), [(e, (), -1) for e in removed] + [(e, (), 1) for e in added])
         df.run(epoch)
-        df.compact(epoch)
+        df.compact(epoch - 1)  # as the worker: the tick's own updates stay apart
+        settle()
         latencies.append(time.perf_counter() - t0)
         live.difference_update(removed)
         live.update(added)
         t0 = time.perf_counter()
         expected = recompute(live, roots)
         bfs_times.append(time.perf_counter() - t0)
-        got = {k[0] for k in df.exports["reach"].trace.data}
+        got = {k[0] for k, _ in df.exports["reach"].trace.contents()}
         assert got == expected, "incremental result differs from BFS"
     med, worst = statistics.median(latencies), max(latencies)
     bfs_med = statistics.median(bfs_times)

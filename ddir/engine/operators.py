@@ -15,6 +15,7 @@ from .time import join as time_join, less_equal
 from .trace import Trace
 from ..terms.runtime import TermError, bit_length_u64
 from ..terms.compile import compile_term
+from ..ir import nodes as N
 from ..ir.nodes import NODE_KINDS, ReduceNode
 from ..values import INT_MAX, INT_MIN, List, order_key
 
@@ -75,19 +76,24 @@ class Operator:
         self.node = node
         self.scope = scope
         self.dataflow = dataflow
+        # Per port: time -> [clean, chunk, chunk...]. Chunks are the senders'
+        # lists, shared and never mutated, so receiving copies nothing;
+        # ``clean`` says the only chunk is already consolidated (an arrangement,
+        # a reduce or a join emitted it), so taking it needs no second pass.
         self.ports = [dict() for _ in range(max(1, len(node.inputs)))]
         self.outputs: list = []
 
-    def receive(self, port: int, t: tuple, rows) -> None:
+    def receive(self, port: int, t: tuple, rows, clean: bool = False) -> None:
         if not rows:
             return
         pending = self.ports[port]
-        batch = pending.get(t)
-        if batch is None:
-            pending[t] = list(rows)
+        entry = pending.get(t)
+        if entry is None:
+            pending[t] = [clean, rows]
+            self.scope.schedule(t)
         else:
-            batch.extend(rows)
-        self.scope.schedule(t)
+            entry[0] = False
+            entry.append(rows)
 
     def has_work(self, t: tuple) -> bool:
         for p in self.ports:
@@ -96,36 +102,51 @@ class Operator:
         return False
 
     def take(self, port: int, t: tuple) -> list:
-        rows = self.ports[port].pop(t, None)
-        return consolidate(rows, self.overflowed) if rows else []
+        entry = self.ports[port].pop(t, None)
+        if entry is None:
+            return []
+        if entry[0]:
+            return entry[1]
+        return consolidate(_rows(entry), self.overflowed)
 
     def overflowed(self, k, v, d) -> None:
         self.dataflow.record_error(operator_name(self.node), self.node.loc, OVERFLOW)
 
-    def emit(self, t: tuple, rows) -> None:
+    def emit(self, t: tuple, rows, clean: bool = False) -> None:
+        """Send ``rows`` at ``t`` downstream; ``clean``: they are consolidated."""
         if not rows:
             return
         for consumer, port, adapt in self.outputs:
-            consumer.receive(port, adapt(t) if adapt else t, rows)
+            consumer.receive(port, adapt(t) if adapt else t, rows, clean)
 
     def pending_size(self) -> int:
-        return sum(len(b) for p in self.ports for b in p.values())
+        return sum(len(c) for p in self.ports for entry in p.values() for c in entry[1:])
 
     def step(self, t: tuple) -> None:  # pass-through (input, import, var, enter, leave)
-        self.emit(t, self.take(0, t))
+        self.emit(t, self.take(0, t), True)
 
     def fail(self, what: str, error) -> None:
         self.dataflow.record_error(what, self.node.loc, str(error))
+
+
+def _rows(entry: list) -> list:
+    """The rows of a pending entry's chunks, as one list."""
+    if len(entry) == 2:
+        return entry[1]
+    rows = []
+    for chunk in entry[1:]:
+        rows.extend(chunk)
+    return rows
 
 
 class ConcatOp(Operator):
     def step(self, t):
         rows = []
         for port in self.ports:
-            batch = port.pop(t, None)
-            if batch:
-                rows.extend(batch)
-        self.emit(t, consolidate(rows, self.overflowed))
+            entry = port.pop(t, None)
+            if entry:
+                rows.extend(_rows(entry))
+        self.emit(t, consolidate(rows, self.overflowed), True)
 
 
 class LinearOp(Operator):
@@ -134,6 +155,10 @@ class LinearOp(Operator):
         self.steps = node.steps
         self.chain = compile_chain(node.steps)
         self.iterative = scope.depth > 0
+        # filter and inspect keep a consolidated batch consolidated; a map can
+        # merge rows, a negate can overflow INT_MIN, lift_iter can map two
+        # vals to one ((5) and 5 both become (5, i)).
+        self.keeps_clean = all(isinstance(s, (N.FilterStep, N.InspectStep)) for s in node.steps)
 
     def _fail(self, index: int, error: TermError) -> None:
         step = self.steps[index]
@@ -143,7 +168,7 @@ class LinearOp(Operator):
         rows = self.take(0, t)
         if rows:
             it = t[-1] if self.iterative else 0
-            self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events))
+            self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events), self.keeps_clean)
 
 
 class EnterAtOp(Operator):
@@ -163,7 +188,7 @@ class EnterAtOp(Operator):
             s = t if delay <= it else t[:-1] + (delay,)
             by_time.setdefault(s, []).append((k, v, d))
         for s, rows in by_time.items():
-            self.emit(s, rows)
+            self.emit(s, rows, True)
 
 
 class ExchangeOp(Operator):
@@ -178,9 +203,9 @@ class ExchangeOp(Operator):
         self.exchanged = self.mesh is not None
         self.outbox: dict = {}  # time -> rows per owning worker
 
-    def receive(self, port, t, rows):
+    def receive(self, port, t, rows, clean=False):
         if not self.exchanged or not rows:
-            return super().receive(port, t, rows)
+            return super().receive(port, t, rows, clean)
         shards = self.mesh.peers
         self.outbox[t] = split_by_owner(rows, shards, self.outbox.get(t))
         self.scope.schedule(t)
@@ -193,7 +218,9 @@ class ExchangeOp(Operator):
         for batch in batches:
             rows.extend(batch)
         if rows:
-            self.ports[0].setdefault(t, []).extend(rows)
+            entry = self.ports[0].setdefault(t, [False])
+            entry[0] = False
+            entry.append(rows)
         return least_note
 
     def pending_size(self) -> int:
@@ -219,9 +246,9 @@ class ArrangeOp(Operator):
             if self.check:
                 check_owners(rows, *self.check)
             self.trace.insert(rows, t)
-            self.emit(t, rows)
+            self.emit(t, rows, True)
             for sub in self.subscribers:
-                sub.receive(0, t, rows)
+                sub.receive(0, t, rows, True)
 
 
 class JoinOp(Operator):
@@ -262,7 +289,7 @@ class JoinOp(Operator):
                 if s != t:
                     produce(k, a, b, time_join(t, s), d1 * d2)
         for s, rows in out.items():
-            self.emit(s, consolidate(rows, self.overflowed))
+            self.emit(s, consolidate(rows, self.overflowed), True)
 
 
 def _reduce_min(acc: dict):
@@ -359,7 +386,7 @@ class ReduceOp(Operator):
             self._interesting(k, t, in_trace, out_trace)
         if emitted:
             out_trace.insert(emitted, t)
-            self.emit(t, emitted)
+            self.emit(t, emitted, True)
 
     def _interesting(self, k, t, in_trace, out_trace) -> None:
         if len(t) == 1:  # totally ordered times: nothing is ever concurrent

@@ -15,17 +15,28 @@ class Trace:
 
     def __init__(self) -> None:
         self.data: dict = {}     # key -> list of (val, time, diff)
-        self.dirty: set = set()  # keys appended to since the last compaction
+        # epoch -> keys that gained an entry at that epoch while holding
+        # entries of an earlier one. Compaction only moves the epoch
+        # coordinate, so entries of one epoch (different iterations) never
+        # merge: a key whose history lies in one epoch is left alone, and a
+        # load leaves nothing to compact (it used to rebuild every history
+        # and remove nothing). Folding a time forward without merging changes
+        # no accumulation, so skipping it is always correct.
+        self.dirty: dict = {}
 
     def insert(self, rows, t: tuple) -> None:
         data = self.data
+        dirty = None
         for k, v, d in rows:
             hist = data.get(k)
             if hist is None:
                 data[k] = [(v, t, d)]
             else:
                 hist.append((v, t, d))
-        self.dirty.update(k for k, _, _ in rows)
+                if hist[0][1][0] != t[0]:  # spans epochs: folding may merge entries
+                    if dirty is None:
+                        dirty = self.dirty.setdefault(t[0], set())
+                    dirty.add(k)
 
     def accumulate(self, key, t: tuple) -> dict:
         """val -> net diff over history at times <= ``t`` (zeros left out)."""
@@ -36,10 +47,16 @@ class Trace:
         return {v: d for v, d in acc.items() if d}
 
     def compact(self, epoch: int) -> None:
+        """Fold the entries of epochs before ``epoch`` onto it, for the keys
+        that gained entries before ``epoch`` (the others have nothing to fold)."""
+        due = [e for e in self.dirty if e < epoch]
+        if not due:
+            return
+        keys = set().union(*(self.dirty.pop(e) for e in due))
         data = self.data
-        for k in self.dirty:
+        for k in keys:
             hist = data.get(k)
-            if hist is None:
+            if hist is None or len(hist) == 1:
                 continue
             acc: dict = {}
             for v, s, d in hist:
@@ -50,7 +67,6 @@ class Trace:
                 data[k] = hist
             else:
                 del data[k]
-        self.dirty.clear()
 
     def contents(self, before: int | None = None) -> dict:
         """(key, val) -> net diff over the whole history, or over the epochs

@@ -12,6 +12,10 @@ Messages:
 * ``("source", name, kind, params, epoch, max_rounds)`` - a generated source;
   each worker produces only its share of the rows
 * ``("stage", name, input, time, rows)`` - no reply
+* ``("stage_columns", name, input, time, keys, vals, diffs, count)`` - no reply:
+  the same for rows whose key and val are Tuples of Ints, sent as int64
+  column bytes (a load or feed_many, :mod:`ddir.server.bulk`); the worker
+  builds the rows, so the intake never encodes one object per row
 * ``("tick", epoch)``, ``("drop", name)``, ``("peek", trace, key, has_key)``
 * ``("fail", names, epoch)`` - freeze programs that failed closing ``epoch``
 * ``("stats",)`` - stored and pending updates, collective steps taken, peak
@@ -24,6 +28,7 @@ import resource
 
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
 from ..engine.exchange import split_by_owner
+from ..engine.memory import settle
 from ..engine.scope import NonConvergence
 from .generated import Recipe, source_program
 
@@ -60,6 +65,7 @@ class Worker:
             except NonConvergence as e:  # the intake then drops it on every worker
                 return {"failed": str(e), "events": [], "errors": []}
             dataflow.compact(catch_up)
+        settle()
         return self._collect([name])
 
     def do_source(self, name, kind, params, epoch, max_rounds) -> dict:
@@ -100,6 +106,10 @@ class Worker:
     def do_stage(self, name, n, time, rows) -> None:
         self.dataflows[name].stage(n, (time,), rows)
 
+    def do_stage_columns(self, name, n, time, keys, vals, diffs, count) -> None:
+        from .bulk import rows_from_message
+        self.dataflows[name].stage(n, (time,), rows_from_message(keys, vals, diffs, count))
+
     def do_tick(self, epoch) -> dict:
         """Run every live dataflow to ``epoch``. History is compacted only
         up to ``epoch - 1``, so that this tick's updates stay apart until the
@@ -118,6 +128,7 @@ class Worker:
                 dataflow.compact(epoch - 1)
         reply = self._collect(list(self.dataflows))
         reply["failures"] = failures
+        settle()
         return reply
 
     def do_fail(self, names, epoch) -> dict:

@@ -1,0 +1,20 @@
+"""Keep Python's cyclic garbage collector off the engine's data.
+
+Traces hold millions of small tuples and lists that live for many ticks and
+never form cycles. Each full collection walks all of them: 15-23% of run
+time, and 170-490 ms pauses in ticks that otherwise take 1-2 ms. After a
+tick, everything that survived it is long-lived, so it is *frozen*: moved to
+the collector's permanent generation, which no collection scans. Freed
+objects are still freed by reference counting; only cyclic garbage among
+frozen objects would stay (the engine's data has none). ``gc.freeze`` moves
+list heads, so it costs O(1).
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def settle() -> None:
+    """Call when a command that built engine state is done."""
+    gc.freeze()
