@@ -224,3 +224,30 @@ def test_a_1_mb_program_installs_and_runs(tmp_path):
     out = same_for_1_and_3(tmp_path, {"p.ddp": program},
                            "install p p.ddp\nfeed p 0 5\ntick\npeek e0\npeek e12999\n", timeout=600)
     assert out.endswith('peek "e0" (1 rows):\n  (5) ; (5)  x1\npeek "e12999" (1 rows):\n  (5) ; (13004)  x1\n')
+
+
+# ------------------------------------------------------------ found by the random programs
+
+def test_dropped_row_counts_and_overflow_reports_do_not_depend_on_the_worker_count(tmp_path):
+    """Rows that cancel or meet only after an exchange: with one worker they
+    are consolidated before a term sees them, with three they sit on
+    different workers. Failures are counted per row consolidated over all
+    workers, and overflow is checked where rows meet on their key's owner."""
+    programs = {
+        "m.ddp": 'let x = input 0 | key(0);\nexport "e" = x + x | map($0[5] ;);\n'
+                 's: { let y = x | map($0[5] ;); }\nexport "f" = s::y;\n',
+        "o.ddp": 's: { let y = x | key(0); }\nlet x = input 0;\nexport "o" = s::y;\n',
+    }
+    out = same_for_1_and_3(tmp_path, programs,
+                           "install m m.ddp\nfeed m 0 1\nfeed m 0 2 diff=-1\ntick\n"
+                           "feed m 0 3\nfeed m 0 4\ntick\n"
+                           "install o o.ddp\nfeed o 0 1 diff=9223372036854775807\nfeed o 0 2 diff=2\n"
+                           "tick\npeek o\n")
+    lines = out.splitlines()
+    assert lines[1] == "tick -> epoch 1"  # the two rows cancel before any term: nothing failed
+    assert lines[2].startswith("error: s.txt:7: m: map at m.ddp:2:22: index 5 out of range")
+    assert lines[2].endswith("(1 row dropped)")
+    assert lines[3].startswith("error: s.txt:7: m: map at m.ddp:3:18: index 5 out of range")
+    assert lines[3].endswith("(1 row dropped)")
+    assert lines[-3].startswith("error: s.txt:11: o: arrange at o.ddp:3:8: multiplicity overflow")
+    assert lines[-1] == 'peek "o" (0 rows):'

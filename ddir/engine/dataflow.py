@@ -24,7 +24,7 @@ class Dataflow:
         self.program = program
         self.exchange = exchange
         self.events: list = []   # (label, key, val, time, diff) of inspect
-        self.errors: dict = {}   # (operator, loc) -> [count, first message]
+        self.errors: dict = {}   # (operator, loc) -> {(key, val, time): [diff, message]}
         self.ops: dict = {}
         self.scopes: dict = {}
         self.failures: list = []  # scopes that hit the iteration bound in this run
@@ -123,22 +123,33 @@ class Dataflow:
             elif isinstance(op, O.ReduceOp):
                 yield op.output
 
-    def record_error(self, operator: str, loc, message: str) -> None:
-        entry = self.errors.get((operator, loc))
+    def record_error(self, operator: str, loc, message: str, k, v, t, d) -> None:
+        """Row ``(k, v)`` with diff ``d`` at time ``t`` failed in an operator.
+
+        Failures are kept per row, not counted: which rows meet in one batch
+        (and cancel before a term sees them) depends on how rows are spread
+        over workers, so a count per evaluation would differ between worker
+        counts. The intake sums each row's diffs over all workers and counts
+        the rows whose net diff is not zero (see ``take_errors``)."""
+        rows = self.errors.get((operator, loc))
+        if rows is None:
+            rows = self.errors[(operator, loc)] = {}
+        entry = rows.get((k, v, t))
         if entry is None:
-            self.errors[(operator, loc)] = [1, message]
+            rows[(k, v, t)] = [d, message]
         else:
-            entry[0] += 1
-            if message < entry[1]:  # the least message: the same for any worker count
-                entry[1] = message
+            entry[0] += d
 
     def take_events(self) -> list:
         events, self.events = self.events, []
         return events
 
     def take_errors(self) -> dict:
+        """(operator, loc) -> [(key, val, time, diff, message)] since the last
+        call, rows whose diffs cancelled left out."""
         errors, self.errors = self.errors, {}
-        return errors
+        return {where: [(k, v, t, d, m) for (k, v, t), (d, m) in rows.items() if d]
+                for where, rows in errors.items()}
 
     def detach(self) -> None:
         """Stop receiving from upstream exports (on drop)."""

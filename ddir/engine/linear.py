@@ -3,7 +3,7 @@
 The generated function maps a batch ``[(key, val, diff)]`` at one time to
 the output batch in a single loop; each step's term code is inlined (see
 :mod:`ddir.terms.compile`). A term error drops the row and is reported to
-``fail(step_index, error)``; ``flatmap`` opens a nested loop so that the
+``fail(step_index, error, key, val, diff)`` with the row that step failed on; ``flatmap`` opens a nested loop so that the
 steps after it run per element.
 """
 
@@ -89,7 +89,8 @@ def _generate_chain(steps: tuple):
         k, v, d = names
         if isinstance(step, N.FlatMapStep):
             lines += [indent + "try:", indent + f"    _l{i} = _aslist({gen.expr(step.term, (k, v))})",
-                      indent + "except TermError as e:", indent + f"    fail({i}, e)", indent + "    continue",
+                      indent + "except TermError as e:", indent + f"    fail({i}, e, {k}, {v}, {d})",
+                      indent + "    continue",
                       indent + f"for _p{i}, _x{i} in enumerate(_l{i}):",
                       indent + f"    v{i} = (_p{i}, _x{i})"]
             indent += "    "
@@ -112,10 +113,10 @@ def _step_lines(gen: Codegen, i: int, step, names: tuple):
     if isinstance(step, N.MapStep):
         key, val = projection_source(gen, step.proj, rows)
         return (["try:", f"    k{i}, v{i} = {key}, {val}", "except TermError as e:",
-                 f"    fail({i}, e)", "    continue"], (f"k{i}", f"v{i}", d))
+                 f"    fail({i}, e, {k}, {v}, {d})", "    continue"], (f"k{i}", f"v{i}", d))
     if isinstance(step, N.FilterStep):
         return (["try:", f"    _f = {gen.expr(step.term, rows)}", "except TermError as e:",
-                 f"    fail({i}, e)", "    continue",
+                 f"    fail({i}, e, {k}, {v}, {d})", "    continue",
                  "if type(_f) is not int or _f == 0:", "    continue"], names)
     if isinstance(step, N.NegateStep):
         return [f"d{i} = -{d}"], (k, v, f"d{i}")
@@ -169,7 +170,7 @@ def interpret_chain(steps: tuple):
                         run((k, (p, x), d), i + 1, t, it, fail, events, append)
                     return
             except rt.TermError as e:
-                fail(i, e)
+                fail(i, e, k, v, d)
                 return
             i += 1
         append((k, v, d))

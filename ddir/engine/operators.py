@@ -15,8 +15,9 @@ from .time import join as time_join, less_equal
 from .trace import Trace
 from ..terms.runtime import TermError, bit_length_u64
 from ..terms.compile import compile_term
+from operator import itemgetter
+
 from ..ir import nodes as N
-from ..ir.nodes import NODE_KINDS, ReduceNode
 from ..values import INT_MAX, INT_MIN, List, order_key
 
 # A `collect` result is a materialised list: one element per unit of
@@ -27,12 +28,17 @@ OVERFLOW = "multiplicity overflow: a diff left the signed 64-bit range"
 
 
 def consolidate(rows, overflow=None) -> list:
-    """Sum the diffs of equal (key, val) pairs and drop zeros. A sum outside
-    the signed 64-bit range (SPEC A1) is dropped and, when ``overflow`` is
-    given, reported to it with the row; the check is one C-level min/max."""
+    """Sum the diffs of equal (key, val) pairs and drop zeros.
+
+    With ``overflow``, a sum outside the signed 64-bit range (SPEC A1) is
+    dropped and reported to it (one C-level min/max per batch). Only
+    arrangements check: rows meet there on their key's owner, so where an
+    overflow is found does not depend on the number of workers; elsewhere a
+    large intermediate sum just flows on to the arrangement (Python ints do
+    not wrap)."""
     if len(rows) == 1:
         d = rows[0][2]
-        if INT_MIN <= d <= INT_MAX:
+        if overflow is None or INT_MIN <= d <= INT_MAX:
             return rows if d else []
         acc = {(rows[0][0], rows[0][1]): d}
     else:
@@ -40,21 +46,20 @@ def consolidate(rows, overflow=None) -> list:
         for k, v, d in rows:
             kv = (k, v)
             acc[kv] = acc.get(kv, 0) + d
-        if not acc or (max(acc.values()) <= INT_MAX and min(acc.values()) >= INT_MIN):
+        if overflow is None or not acc or (max(acc.values()) <= INT_MAX
+                                           and min(acc.values()) >= INT_MIN):
             return [(k, v, d) for (k, v), d in acc.items() if d]
     out = []
     for (k, v), d in acc.items():
         if INT_MIN <= d <= INT_MAX:
             if d:
                 out.append((k, v, d))
-        elif overflow is not None:
+        else:
             overflow(k, v, d)
     return out
 
 
-def operator_name(node) -> str:
-    """How errors name an operator: its keyword (`min`, `join`, `input`...)."""
-    return node.reducer if isinstance(node, ReduceNode) else NODE_KINDS[type(node)]
+_DIFF = itemgetter(2)
 
 
 def enter_time(t):
@@ -107,10 +112,7 @@ class Operator:
             return []
         if entry[0]:
             return entry[1]
-        return consolidate(_rows(entry), self.overflowed)
-
-    def overflowed(self, k, v, d) -> None:
-        self.dataflow.record_error(operator_name(self.node), self.node.loc, OVERFLOW)
+        return consolidate(_rows(entry))
 
     def emit(self, t: tuple, rows, clean: bool = False) -> None:
         """Send ``rows`` at ``t`` downstream; ``clean``: they are consolidated."""
@@ -125,8 +127,9 @@ class Operator:
     def step(self, t: tuple) -> None:  # pass-through (input, import, var, enter, leave)
         self.emit(t, self.take(0, t), True)
 
-    def fail(self, what: str, error) -> None:
-        self.dataflow.record_error(what, self.node.loc, str(error))
+    def fail(self, what: str, error, k, v, t, d) -> None:
+        """The row ``(k, v)`` with diff ``d`` at ``t`` failed here."""
+        self.dataflow.record_error(what, self.node.loc, str(error), k, v, t, d)
 
 
 def _rows(entry: list) -> list:
@@ -146,7 +149,7 @@ class ConcatOp(Operator):
             entry = port.pop(t, None)
             if entry:
                 rows.extend(_rows(entry))
-        self.emit(t, consolidate(rows, self.overflowed), True)
+        self.emit(t, consolidate(rows), True)
 
 
 class LinearOp(Operator):
@@ -160,14 +163,15 @@ class LinearOp(Operator):
         # vals to one ((5) and 5 both become (5, i)).
         self.keeps_clean = all(isinstance(s, (N.FilterStep, N.InspectStep)) for s in node.steps)
 
-    def _fail(self, index: int, error: TermError) -> None:
+    def _fail(self, index: int, error: TermError, k, v, d) -> None:
         step = self.steps[index]
-        self.dataflow.record_error(step.op, step.loc, str(error))
+        self.dataflow.record_error(step.op, step.loc, str(error), k, v, self._time, d)
 
     def step(self, t):
         rows = self.take(0, t)
         if rows:
             it = t[-1] if self.iterative else 0
+            self._time = t
             self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events), self.keeps_clean)
 
 
@@ -183,7 +187,7 @@ class EnterAtOp(Operator):
             try:
                 delay = 256 * bit_length_u64(self.delay(k, v))
             except TermError as e:
-                self.fail("enter_at", e)
+                self.fail("enter_at", e, k, v, t, d)
                 continue
             s = t if delay <= it else t[:-1] + (delay,)
             by_time.setdefault(s, []).append((k, v, d))
@@ -240,7 +244,26 @@ class ArrangeOp(Operator):
         mesh = dataflow.exchange
         self.check = (mesh.index, mesh.peers) if CHECK_OWNERS and mesh is not None else None
 
+    def take(self, port: int, t: tuple) -> list:
+        """This time's rows, consolidated, with multiplicities checked
+        against i64 (SPEC A1): here every row of a key is on its owner, so
+        the check finds the same overflows for any number of workers."""
+        entry = self.ports[port].pop(t, None)
+        if entry is None:
+            return []
+        if not entry[0]:
+            return consolidate(_rows(entry), self.overflowed)
+        rows = entry[1]
+        diffs = list(map(_DIFF, rows))
+        if max(diffs) <= INT_MAX and min(diffs) >= INT_MIN:
+            return rows
+        return consolidate(rows, self.overflowed)
+
+    def overflowed(self, k, v, d) -> None:
+        self.fail("arrange", OVERFLOW, k, v, self._time, d)
+
     def step(self, t):
+        self._time = t
         rows = self.take(0, t)
         if rows:
             if self.check:
@@ -268,12 +291,12 @@ class JoinOp(Operator):
 
         def produce(k, a, b, s, d):
             if not INT_MIN <= d <= INT_MAX:
-                self.fail("join", OVERFLOW)
+                self.fail("join", OVERFLOW, k, (a, b), s, d)
                 return
             try:
                 key, val = proj(k, a, b)
             except TermError as e:
-                self.fail("join", e)
+                self.fail("join", e, k, (a, b), s, d)
                 return
             out.setdefault(s, []).append((key, val, d))
 
@@ -289,7 +312,7 @@ class JoinOp(Operator):
                 if s != t:
                     produce(k, a, b, time_join(t, s), d1 * d2)
         for s, rows in out.items():
-            self.emit(s, consolidate(rows, self.overflowed), True)
+            self.emit(s, consolidate(rows), True)
 
 
 def _reduce_min(acc: dict):
@@ -374,7 +397,7 @@ class ReduceOp(Operator):
             try:
                 want = self.reducer(acc) if acc else {}
             except TermError as e:  # the key keeps no output: as if its input were empty
-                self.fail(name, e)
+                self.fail(name, e, k, None, t, 1)
                 want = {}
             have = out_trace.accumulate(k, t)
             for v, d in want.items():

@@ -1,7 +1,8 @@
 """msgpack codec for values, term trees and the IR (no pickle anywhere).
 
 * Int -> msgpack int; Tuple -> array (decoded back to ``tuple``);
-  List -> ext 1; Variant -> ext 2 (payload: ``[tag, value]``);
+  List -> ext 1; Variant -> ext 2 (payload: ``[tag, value]``); an int beyond
+  64 bits (only a diff on its way to an overflow report) -> ext 4, decimal;
 * a dataclass node (IR, term, projection) -> ext 3 with ``[class name,
   field values...]``, decoded through a registry of known classes only.
 
@@ -20,7 +21,7 @@ from ..lang import ast as A
 from ..terms import ast as T
 from ..values import List, Variant
 
-_LIST, _VARIANT, _NODE = 1, 2, 3
+_LIST, _VARIANT, _NODE, _BIG_INT = 1, 2, 3, 4
 
 _CLASSES = {}
 for _module in (N, T):
@@ -37,6 +38,11 @@ def _default(obj):
     t = type(obj)
     if t is tuple:  # strict_types sends tuples here, so that List/Variant stay distinct
         return list(obj)
+    if t is int:
+        # Beyond msgpack's 64 bits. Values are always i64, but a diff can grow
+        # past it on its way to the arrangement that reports the overflow
+        # (SPEC A1), and may cross workers before it gets there.
+        return msgpack.ExtType(_BIG_INT, str(obj).encode())
     if t is List:
         return msgpack.ExtType(_LIST, packb(tuple(obj)))
     if t is Variant:
@@ -53,6 +59,8 @@ def _ext_hook(code: int, data: bytes):
     if code == _VARIANT:
         tag, payload = unpackb(data)
         return Variant(tag, payload)
+    if code == _BIG_INT:
+        return int(data)
     if code == _NODE:
         name, *values = unpackb(data)
         cls = _CLASSES.get(name)
