@@ -1,3 +1,28 @@
-"""ddir: a live, multi-worker differential-dataflow server for DDIR programs."""
+"""ddir: a live, multi-worker differential-dataflow server for DDIR programs.
+
+``ddir.Server`` is the Python API (SPEC C6); bad input raises a
+``ddir.DdirError`` subclass (:mod:`ddir.errors`); values are ``int``,
+``tuple``, ``ddir.List`` and ``ddir.Variant``.
+"""
 
 __version__ = "0.1.0"
+
+from .errors import (CommandError, DataFileError, DdirError, DropRefused, InstallFailed,  # noqa: E402
+                     InvalidProgram, InvalidSource, NameTaken, ServerError, ServerStopped,
+                     UnknownName, UpdateRefused)
+from .values import List, Variant  # noqa: E402
+
+__all__ = [
+    "Server", "Result", "TickResult", "Event", "List", "Variant", "DdirError", "CommandError",
+    "InvalidProgram", "ServerError", "UnknownName", "NameTaken", "InvalidSource", "DropRefused",
+    "UpdateRefused", "InstallFailed", "DataFileError", "ServerStopped", "__version__",
+]
+
+_API = ("Server", "Result", "TickResult", "Event")
+
+
+def __getattr__(name):  # the server loads on first use, so `ddir check` starts fast
+    if name in _API:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'ddir' has no attribute {name!r}")

@@ -6,8 +6,10 @@ completion and hands each line to the :class:`Session`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.buffer import CompletionState
@@ -34,6 +36,8 @@ class DdirCompleter(Completer):
     def __init__(self, session: Session):
         self.session = session
         self.paths = PathCompleter(file_filter=lambda p: os.path.isdir(p) or p.endswith((".ddp", ".ddir")))
+        self.data_paths = PathCompleter(file_filter=lambda p: os.path.isdir(p) or p.lower().endswith(
+            (".parquet", ".arrow", ".feather", ".ipc", ".csv")))
 
     def get_completions(self, document: Document, complete_event):
         text = document.text_before_cursor
@@ -50,18 +54,20 @@ class DdirCompleter(Completer):
         cmd = before[0]
         position = len(before)
         candidates: list = []
-        if cmd == "install" and position == 2:
+        if (cmd == "install" and position == 2) or (cmd in ("load", "save") and position == {
+                "load": 3, "save": 2}[cmd]):
             sub = Document(current, len(current))
-            yield from self.paths.get_completions(sub, complete_event)
+            paths = self.paths if cmd == "install" else self.data_paths
+            yield from paths.get_completions(sub, complete_event)
             return
-        if cmd in ("feed", "drop") and position == 1:
+        if cmd in ("feed", "drop", "load") and position == 1:
             candidates = [p.name for p in server.programs.values()
                           if cmd == "drop" or p.origin == "program"]
-        elif cmd == "peek" and position == 1:
+        elif cmd in ("peek", "save") and position == 1:
             candidates = sorted(server.traces)
         elif cmd == "help" and position == 1:
             candidates = list(COMMANDS)
-        if cmd in OPTION_KEYS and position >= (3 if cmd == "feed" else 1):
+        if cmd in OPTION_KEYS and position >= {"feed": 3, "load": 4}.get(cmd, 1):
             candidates += [k + "=" for k in OPTION_KEYS[cmd]]
         yield from self._words(current, candidates)
 
@@ -147,11 +153,58 @@ def make_prompt_session(session: Session, **kwargs) -> PromptSession:
                          enable_history_search=False, key_bindings=_tab_bindings(), **kwargs)
 
 
+def progress_bar(after: float = 1.0, **bar_options):
+    """A ``progress`` for the server (:attr:`ddir.server.registry.Server.progress`):
+    a load or save that is still running after ``after`` seconds shows a
+    prompt_toolkit progress bar (rows done of rows in the file) until it ends."""
+    @contextlib.contextmanager
+    def progress(label: str, total):
+        from prompt_toolkit.shortcuts import ProgressBar
+        lock = threading.Lock()
+        state = {"done": 0, "total": total, "bar": None, "counter": None, "over": False}
+
+        def show() -> None:
+            with lock:
+                if state["over"]:
+                    return
+                bar = ProgressBar(**bar_options)
+                bar.__enter__()
+                counter = bar(label=label + ": ", total=state["total"])
+                counter.items_completed = state["done"]
+                state["bar"], state["counter"] = bar, counter
+
+        timer = threading.Timer(after, show)
+        timer.daemon = True
+        timer.start()
+
+        def update(done: int, total=None) -> None:
+            with lock:
+                state["done"] = done
+                if total is not None:
+                    state["total"] = total
+                counter = state["counter"]
+                if counter is not None:
+                    counter.total = state["total"]
+                    counter.items_completed = done
+                    state["bar"].invalidate()
+        try:
+            yield update
+        finally:
+            timer.cancel()
+            with lock:
+                state["over"] = True
+                bar = state["bar"]
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    return progress
+
+
 def run_prompt(session: Session, prompt_session: PromptSession | None = None) -> None:
     """Read lines until exit / Ctrl-D; Ctrl-C clears the line."""
     # Whoever built the Session, at the prompt `peek` pages (50 rows and how
     # to see the rest, SPEC B); scripts and --json never reach here.
     session.interactive = True
+    session.server.progress = progress_bar()
     prompt = prompt_session or make_prompt_session(session)
     while True:
         try:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..errors import CommandError, InvalidProgram
 from ..ir.lower import lower
 from ..lang.errors import ProgramError
 from ..lang.parser import parse_program
@@ -20,8 +21,7 @@ from ..lang.value_token import ValueTokenError, parse_value_token
 from ..values import INT_MAX, INT_MIN
 
 
-class CommandError(Exception):
-    """A line that is not a valid command; nothing is executed."""
+__all__ = ["CommandError", "InvalidProgram"]  # re-exported: defined in ddir.errors
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,24 @@ class Feed:
     val: Any
     time: Optional[int]
     diff: int
+
+
+@dataclass(frozen=True)
+class Load:
+    program: str
+    input: int
+    path: str             # as written (messages), resolved like install's
+    resolved: str         # where to read it
+    key: Optional[tuple]  # column names, None: every column not in val/diff
+    val: Optional[tuple]  # column names, None: unit
+    diff: Optional[str]   # a column name, None: +1 each
+    time: Optional[int]
+
+
+@dataclass(frozen=True)
+class Save:
+    trace: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -82,12 +100,17 @@ HELP = {
     "tick": ("tick", "close the current epoch, run every program to quiescence, print inspect events"),
     "drop": ("drop <name>", "remove a program (refused while a trace it publishes has importers)"),
     "peek": ("peek <trace> [key] [limit=<n>] [offset=<n>]", "print a trace's consolidated contents"),
+    "load": ("load <prog> <in#> <file> [key=<cols>] [val=<cols>] [diff=<col>] [time=<t>]",
+             "stage one update per row of a .parquet/.arrow/.feather/.ipc/.csv file"),
+    "save": ("save <trace> <file>", "write a trace's consolidated contents to a "
+             ".parquet/.arrow/.feather/.ipc/.csv file"),
     "list": ("list", "epoch, traces with importer counts, programs"),
     "help": ("help [command]", "the command table, or one command"),
     "exit": ("exit", "stop (also `quit`)"),
 }
 COMMANDS = tuple(HELP) + ("quit",)
-OPTION_KEYS = {"feed": ("val", "time", "diff"), "peek": ("limit", "offset")}
+OPTION_KEYS = {"feed": ("val", "time", "diff"), "peek": ("limit", "offset"),
+               "load": ("key", "val", "diff", "time")}
 
 
 def is_skipped(line: str) -> bool:
@@ -164,8 +187,23 @@ def load_program(path: str, script_dir: str | None = None):
             source = f.read()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise CommandError(f'cannot read program file "{path}": {reason}') from None
-    return lower(parse_program(source, path))
+        raise InvalidProgram(f'cannot read program file "{path}": {reason}') from None
+    return program_from_source(source, path)
+
+
+def program_from_source(source: str, path: str, syntax: str | None = None):
+    """Parse, lower and validate program text; ``path`` labels errors and
+    its extension chooses `.ddp` or `.ddir` unless ``syntax`` says
+    (``ProgramError`` on failure)."""
+    return lower(parse_program(source, path, syntax))
+
+
+def _columns(text: str, what: str) -> tuple:
+    """``a,b`` -> ("a", "b"); an empty ``key=`` is no column (a unit key)."""
+    names = tuple(text.split(",")) if text else ()
+    if any(not n for n in names):
+        raise CommandError(f"{what} needs column names separated by single commas, got `{text}`")
+    return names
 
 
 def parse_command(line: str, script_dir: str | None = None):
@@ -183,7 +221,7 @@ def parse_command(line: str, script_dir: str | None = None):
         try:
             program = load_program(path, script_dir)
         except ProgramError as e:
-            raise CommandError(str(e)) from None
+            raise InvalidProgram(str(e)) from None
         return Install(name, path, program)
     if cmd == "feed":
         _arity(cmd, positional, 3, 3)
@@ -192,6 +230,19 @@ def parse_command(line: str, script_dir: str | None = None):
                     _value(options.get("val", "")),
                     _int(options["time"], "time=", 0) if "time" in options else None,
                     _int(options.get("diff", "1"), "diff="))
+    if cmd == "load":
+        _arity(cmd, positional, 3, 3)
+        prog, n, path = positional
+        diff = options.get("diff")
+        if diff is not None and not diff:
+            raise CommandError("diff= needs a column name")
+        return Load(prog, _int(n, "the input number", 0), path, resolve_path(path, script_dir),
+                    _columns(options["key"], "key=") if "key" in options else None,
+                    _columns(options["val"], "val=") if "val" in options else None, diff,
+                    _int(options["time"], "time=", 0) if "time" in options else None)
+    if cmd == "save":
+        _arity(cmd, positional, 2, 2)
+        return Save(*positional)
     if cmd == "peek":
         _arity(cmd, positional, 1, 2)
         has_key = len(positional) == 2

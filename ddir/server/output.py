@@ -46,6 +46,10 @@ def render_text(record: dict) -> str:
             exports = "[" + ", ".join(f'"{e}"' for e in p["exports"]) + "]"
             lines.append(f"  {p['name']}{tag} (inputs: {inputs}, imports: {imports}, exports: {exports})")
         return "\n".join(lines)
+    if kind == "loaded":
+        return f'loaded {record["rows"]} rows into "{record["program"]}" input {record["input"]}'
+    if kind == "saved":
+        return f'saved {record["rows"]} rows of "{record["trace"]}" to {record["file"]}'
     if kind == "help":
         width = max(len(c["usage"]) for c in record["commands"])
         return "\n".join(f"  {c['usage']:<{width}}  {c['summary']}" for c in record["commands"])

@@ -12,17 +12,23 @@ stored, so they cannot drift from the truth.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from . import commands as C
 from .cluster import LocalCluster
 from .generated import Recipe, RecipeError, parse_recipe
 from ..engine.exchange import split_by_owner
+from ..errors import (DdirError, DropRefused, InstallFailed, InvalidSource, NameTaken,
+                      ServerError, UnknownName, UpdateRefused)
 from ..values import INT_MAX, INT_MIN, order_key
 
+__all__ = ["Server", "ServerError", "Installed"]
 
-class ServerError(Exception):
-    """A refused command: one message, state unchanged."""
+
+@contextlib.contextmanager
+def no_progress(label: str, total):
+    yield lambda done, total=None: None
 
 
 @dataclass
@@ -46,6 +52,9 @@ class Server:
     traces: dict = field(default_factory=dict)     # trace name -> program name
     max_rounds: int | None = None
     cluster: object = field(default_factory=LocalCluster)
+    # progress(label, total) -> a context manager yielding update(done, total=None):
+    # how a long load or save shows that it is running (the prompt's progress bar)
+    progress: object = no_progress
     _seq: int = 0
 
     # ------------------------------------------------------------ queries
@@ -57,14 +66,24 @@ class Server:
 
     def execute(self, cmd) -> list:
         """Records for one command; a refused command gives one error record."""
+        try:
+            return self.run(cmd)
+        except DdirError as e:
+            return [{"kind": "error", "message": str(e)}]
+
+    def run(self, cmd) -> list:
+        """Records for one command; a refused command raises a
+        :class:`ddir.errors.DdirError` and changes nothing (the one code path
+        every client uses: the CLI, the prompt, scripts, :class:`ddir.Server`)."""
         handler = {
             C.Install: self.install, C.Feed: self.feed, C.Tick: self.tick, C.Drop: self.drop,
             C.Peek: self.peek, C.ListCmd: self.list, C.Help: self.help,
+            C.Load: self.load, C.Save: self.save,
         }[type(cmd)]
         try:
             return handler(cmd)
-        except (ServerError, RecipeError) as e:
-            return [{"kind": "error", "message": str(e)}]
+        except RecipeError as e:
+            raise InvalidSource(str(e)) from None
 
     # ------------------------------------------------------------ install / drop
 
@@ -74,25 +93,25 @@ class Server:
     def install(self, cmd: C.Install) -> list:
         program = cmd.program
         if self._taken(cmd.name):
-            raise ServerError(f'a program named "{cmd.name}" is already installed')
+            raise NameTaken(f'a program named "{cmd.name}" is already installed')
         if parse_recipe(cmd.name) is not None:
-            raise ServerError(f'"{cmd.name}" names a generated source; choose another program name')
+            raise NameTaken(f'"{cmd.name}" names a generated source; choose another program name')
         for name, _ in program.exports:
             if name in self.traces:
-                raise ServerError(f'trace "{name}" is already published by "{self.traces[name]}"')
+                raise NameTaken(f'trace "{name}" is already published by "{self.traces[name]}"')
             if parse_recipe(name) is not None:
-                raise ServerError(f'export "{name}" would shadow a generated source')
+                raise NameTaken(f'export "{name}" would shadow a generated source')
         new_sources = []
         for trace in program.imports:
             if trace in self.traces:
                 continue
             recipe = parse_recipe(trace)
             if recipe is None:
-                raise ServerError(f'{cmd.path}: imports unknown trace "{trace}"')
+                raise UnknownName(f'{cmd.path}: imports unknown trace "{trace}"')
             if recipe.name in self.traces:
                 continue
             if self._taken(recipe.name):
-                raise ServerError(f'generated source "{recipe.name}" clashes with a program of that name')
+                raise NameTaken(f'generated source "{recipe.name}" clashes with a program of that name')
             new_sources.append(recipe)
         for recipe in dict.fromkeys(new_sources):
             self._install_source(recipe)
@@ -103,7 +122,7 @@ class Server:
         failed = sorted(r["failed"] for r in replies if "failed" in r)
         if failed:  # a scope hit the iteration bound while catching up: undo everywhere
             self.cluster.broadcast(("drop", cmd.name))
-            raise ServerError(f'install "{cmd.name}": {failed[0]}')
+            raise InstallFailed(f'install "{cmd.name}": {failed[0]}')
         self._add(Installed(cmd.name, cmd.path, program.file, inputs=program.inputs,
                             imports=tuple(sorted({a for _, a in aliases})),
                             exports=tuple(n for n, _ in program.exports)))
@@ -136,12 +155,12 @@ class Server:
     def drop(self, cmd: C.Drop) -> list:
         entry = self.programs.get(self.canonical(cmd.name))
         if entry is None:
-            raise ServerError(f'no program named "{cmd.name}"')
+            raise UnknownName(f'no program named "{cmd.name}"')
         for trace in entry.exports:
             users = self.importers(trace)
             if users:
                 names = ", ".join(f'"{u}"' for u in users)
-                raise ServerError(f'cannot drop "{entry.name}": trace "{trace}" is imported by {names}'
+                raise DropRefused(f'cannot drop "{entry.name}": trace "{trace}" is imported by {names}'
                                   f" (drop {'them' if len(users) > 1 else 'it'} first)")
         self.cluster.broadcast(("drop", entry.name))
         del self.programs[entry.name]
@@ -153,7 +172,7 @@ class Server:
 
     def feed(self, cmd: C.Feed) -> list:
         if cmd.diff == 0:
-            raise ServerError("diff=0 changes nothing")
+            raise UpdateRefused("diff=0 changes nothing")
         self.feed_rows(cmd.program, cmd.input, [(cmd.key, cmd.val, cmd.diff)], cmd.time)
         return []
 
@@ -161,23 +180,77 @@ class Server:
         """Stage ``[(key, val, diff)]`` for input ``n`` of ``program`` at
         ``time`` (default: the current epoch), each row on the worker owning
         its key: one message per worker however many rows."""
-        entry = self.programs.get(program)
-        if entry is None:
-            raise ServerError(f'no program named "{program}"')
-        if entry.origin != "program":
-            raise ServerError(f'"{program}" is a generated source and cannot be fed')
-        if entry.failed:
-            raise ServerError(f'"{program}" has failed and cannot be fed ({entry.failed}); '
-                              "drop it and install it again")
-        if n not in entry.inputs:
-            reads = ", ".join(str(i) for i in entry.inputs) or "none"
-            raise ServerError(f'"{program}" has no input {n} (it reads: {reads})')
-        time = self.epoch if time is None else time
-        if time < self.epoch:
-            raise ServerError(f"time={time} is in the closed past (the current epoch is {self.epoch})")
+        time = self.check_target(program, n, time)
         for owner, batch in enumerate(split_by_owner(rows, self.cluster.shards)):
             if batch:
                 self.cluster.send(owner, ("stage", program, n, time, batch))
+
+    def check_target(self, program: str, n: int, time: int | None) -> int:
+        """Refuse a feed/load to ``program`` input ``n`` at ``time`` that
+        cannot be staged; the time to stage at."""
+        entry = self.programs.get(program)
+        if entry is None:
+            raise UnknownName(f'no program named "{program}"')
+        if entry.origin != "program":
+            raise UpdateRefused(f'"{program}" is a generated source and cannot be fed')
+        if entry.failed:
+            raise UpdateRefused(f'"{program}" has failed and cannot be fed ({entry.failed}); '
+                                "drop it and install it again")
+        if n not in entry.inputs:
+            reads = ", ".join(str(i) for i in entry.inputs) or "none"
+            raise UnknownName(f'"{program}" has no input {n} (it reads: {reads})')
+        time = self.epoch if time is None else time
+        if time < self.epoch:
+            raise UpdateRefused(f"time={time} is in the closed past (the current epoch is {self.epoch})")
+        return time
+
+    def stage_batch(self, program: str, n: int, time: int, batch, update=None) -> None:
+        """Stage a validated batch (:class:`bulk.IntColumns` or a list of rows)
+        on the owners of its keys, in messages of at most ``bulk.CHUNK`` rows;
+        ``update(done)`` after each. Nothing here can refuse: check first."""
+        from . import bulk  # numpy and pyarrow load only when bulk data is used
+        shards = self.cluster.shards
+        done = 0
+        if isinstance(batch, bulk.IntColumns):
+            for owner, part in enumerate(bulk.split_columns(batch, shards)):
+                for start in range(0, part.count, bulk.CHUNK):
+                    piece = part.slice(start, start + bulk.CHUNK)
+                    self.cluster.send(owner, ("stage_columns", program, n, time) + piece.message())
+                    done += piece.count
+                    if update:
+                        update(done)
+            return
+        for start in range(0, len(batch), bulk.CHUNK):
+            piece = batch[start:start + bulk.CHUNK]
+            for owner, rows in enumerate(split_by_owner(piece, shards)):
+                if rows:
+                    self.cluster.send(owner, ("stage", program, n, time, rows))
+            done += len(piece)
+            if update:
+                update(done)
+
+    def load(self, cmd: C.Load) -> list:
+        from . import bulk
+        time = self.check_target(cmd.program, cmd.input, cmd.time)
+        with self.progress(f"load {cmd.path}", None) as update:
+            table = bulk.read_table(cmd.resolved, cmd.path)
+            batch = bulk.table_to_batch(table, cmd.path, cmd.resolved, cmd.key, cmd.val, cmd.diff)
+            del table
+            count = batch.count if isinstance(batch, bulk.IntColumns) else len(batch)
+            update(0, count)
+            self.stage_batch(cmd.program, cmd.input, time, batch, update)
+        return [{"kind": "loaded", "program": cmd.program, "input": cmd.input, "rows": count}]
+
+    def save(self, cmd: C.Save) -> list:
+        from . import bulk
+        if self.canonical(cmd.trace) not in self.traces:
+            raise UnknownName(f'unknown trace "{cmd.trace}"')
+        bulk.file_format(cmd.path, "save")
+        name, rows, records = self.contents(cmd.trace)
+        with self.progress(f"save {cmd.path}", len(rows)) as update:
+            bulk.write_table(bulk.rows_to_table(rows), cmd.path)
+            update(len(rows))
+        return records + [{"kind": "saved", "trace": name, "file": cmd.path, "rows": len(rows)}]
 
     def tick(self, cmd: C.Tick) -> list:
         closing = self.epoch
@@ -225,26 +298,36 @@ class Server:
 
     def _collect(self, replies) -> list:
         """Inspect events (consolidated over workers, sorted), then term errors
-        (counts summed over workers, the least message, by program and
-        location): the same records for any number of workers."""
+        (failed rows consolidated over workers and counted, the least message,
+        by program and location): the same records for any number of workers."""
         totals: dict = {}
         errors: dict = {}
         for reply in replies:
             for label, k, v, t, d in reply["events"]:
                 key = (label, t, k, v)
                 totals[key] = totals.get(key, 0) + d
-            for name, operator, loc, count, message in reply["errors"]:
-                seen = errors.get((name, loc, operator))
-                errors[(name, loc, operator)] = (count, message) if seen is None else \
-                    (seen[0] + count, min(seen[1], message))
+            for name, operator, loc, rows in reply["errors"]:
+                failed = errors.setdefault((name, loc, operator), {})
+                for k, v, t, d, message in rows:
+                    entry = failed.get((k, v, t))
+                    if entry is None:
+                        failed[(k, v, t)] = [d, message]
+                    else:
+                        entry[0] += d
         ordered = sorted((item for item in totals.items() if item[1]),
                          key=lambda item: (item[0][0], item[0][1], order_key(item[0][2]),
                                            order_key(item[0][3])))
         records = [{"kind": "inspect", "label": label, "key": k, "val": v, "time": t, "diff": d}
                    for (label, t, k, v), d in ordered]
         rank = {name: i for i, name in enumerate(self.programs)}
-        for (name, loc, operator), (count, message) in sorted(
+        for (name, loc, operator), failed in sorted(
                 errors.items(), key=lambda i: (rank.get(i[0][0], -1), i[0][1], i[0][2])):
+            # the rows whose failed diffs did not cancel over all workers: the
+            # same rows, so the same count and least message, for any N
+            messages = [message for d, message in failed.values() if d]
+            if not messages:
+                continue
+            count, message = len(messages), min(messages)
             file = self.programs[name].file if name in self.programs else ""
             records.append({"kind": "error", "message":
                             f"{name}: {operator} at {file}:{loc[0]}:{loc[1]}: {message} "
@@ -253,24 +336,34 @@ class Server:
 
     # ------------------------------------------------------------ reading
 
-    def peek(self, cmd: C.Peek) -> list:
-        name = self.canonical(cmd.trace)
+    def contents(self, trace: str, key=None, has_key: bool = False) -> tuple:
+        """(canonical name, consolidated rows unsorted, error records) of a
+        trace as of the closed past, merged over workers."""
+        name = self.canonical(trace)
         if name not in self.traces:
-            raise ServerError(f'unknown trace "{cmd.trace}"')
-        contents: dict = {}
-        for reply in self.cluster.broadcast(("peek", name, cmd.key, cmd.has_key)):
-            for k, v, d in reply["rows"]:
-                contents[(k, v)] = contents.get((k, v), 0) + d
-        rows = sorted(((k, v, d) for (k, v), d in contents.items() if d),
-                      key=lambda r: (order_key(r[0]), order_key(r[1])))
+            raise UnknownName(f'unknown trace "{trace}"')
+        replies = self.cluster.broadcast(("peek", name, key, has_key))
+        if len(replies) == 1:  # one worker: already consolidated
+            rows = [r for r in replies[0]["rows"] if r[2]]
+        else:
+            merged: dict = {}
+            for reply in replies:
+                for k, v, d in reply["rows"]:
+                    merged[(k, v)] = merged.get((k, v), 0) + d
+            rows = [(k, v, d) for (k, v), d in merged.items() if d]
         records = []
-        overflowed = [r for r in rows if not INT_MIN <= r[2] <= INT_MAX]
+        overflowed = sum(1 for r in rows if not INT_MIN <= r[2] <= INT_MAX)
         if overflowed:  # accumulated over epochs past i64 (SPEC A1): not shown
             rows = [r for r in rows if INT_MIN <= r[2] <= INT_MAX]
             records.append({"kind": "error", "message":
                             f'trace "{name}": multiplicity overflow: the net diff of '
-                            f"{len(overflowed)} row{'s' if len(overflowed) != 1 else ''} "
+                            f"{overflowed} row{'s' if overflowed != 1 else ''} "
                             "left the signed 64-bit range (not shown)"})
+        return name, rows, records
+
+    def peek(self, cmd: C.Peek) -> list:
+        name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key)
+        rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
         end = None if cmd.limit is None else cmd.offset + cmd.limit
         return records + [{"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,
                  "has_key": cmd.has_key, "rows": rows[cmd.offset:end], "total": len(rows),

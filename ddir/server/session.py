@@ -1,8 +1,11 @@
 """The intake loop: lines in, records out.
 
-A :class:`Session` turns each command line into a typed command, executes
-it on the server and writes the rendered records. Script errors carry
-``file:line``; with ``strict`` the first error stops the session.
+A :class:`Session` is a client of the Python API (:class:`ddir.api.Server`):
+it turns each command line into a typed command, has the API execute it (the
+one code path of every command) and writes the rendered records; a refused
+command comes back as a :class:`ddir.DdirError` and is printed as one error
+record. Script errors carry ``file:line``; with ``strict`` the first error
+stops the session.
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ import threading
 from . import commands as C
 from .output import error_record, render_json, render_text
 from .registry import Server
+from ..errors import DdirError, ServerStopped
 
 
 class Session:
     def __init__(self, out=None, json_mode: bool = False, strict: bool = False,
-                 server: Server | None = None, interactive: bool = False):
-        self.server = server or Server()
+                 server: Server | None = None, interactive: bool = False, client=None):
+        from ..api import Server as Client
+        self.client = client if client is not None else Client.attach(server or Server())
         self.out = out or sys.stdout
         self.json_mode = json_mode
         self.strict = strict
         self.interactive = interactive
         self.failed = False    # an error was reported
         self.finished = False  # exit/quit was executed
+
+    @property
+    def server(self) -> Server:
+        """The server state behind the API (names for completion, the epoch)."""
+        return self.client.core
 
     def emit(self, records) -> None:
         for record in records:
@@ -48,7 +58,12 @@ class Session:
             return False
         if isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None:
             cmd = C.Peek(cmd.trace, cmd.key, cmd.has_key, 50, cmd.offset)
-        records = _uninterruptible(lambda: self.server.execute(cmd))
+        try:
+            records = _uninterruptible(lambda: self.client.execute(cmd))
+        except ServerStopped:
+            raise  # a worker died: the server cannot go on (the CLI exits)
+        except DdirError as e:
+            records = [{"kind": "error", "message": str(e)}]
         if file is not None:
             records = [error_record(r["message"], file, lineno) if r["kind"] == "error" else r
                        for r in records]

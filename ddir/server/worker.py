@@ -152,8 +152,8 @@ class Worker:
         for name in names:
             dataflow = self.dataflows[name]
             events.extend(dataflow.take_events())
-            for (operator, loc), (count, message) in dataflow.take_errors().items():
-                errors.append((name, operator, loc, count, message))
+            for (operator, loc), rows in dataflow.take_errors().items():
+                errors.append((name, operator, loc, rows))
         return {"events": events, "errors": errors}
 
     # ------------------------------------------------------------ reading

@@ -1,0 +1,403 @@
+"""The Python API (SPEC C6): :class:`Server`.
+
+::
+
+    import ddir
+    with ddir.Server(workers=2) as s:
+        s.install("reach", "programs/reach.ddp")      # or source="..."
+        s.feed("reach", 0, (1, 2))
+        s.load("reach", 0, "edges.parquet")
+        result = s.tick()                              # .epoch .events .errors
+        s.peek("result")                               # [(key, val, diff), ...]
+        s.peek_arrow("result")                         # a pyarrow.Table
+
+Every command runs through :meth:`Server.execute` (typed command -> output
+records, or a :class:`ddir.DdirError`); the CLI, the prompt and scripts are
+clients of that same method and only render its records. Values are plain
+Python: ``int``, ``tuple``, :class:`ddir.List`, :class:`ddir.Variant`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+
+from . import errors as E
+from .server import commands as C
+from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
+from .server.registry import Server as _Core
+from .values import INT_MAX, INT_MIN, List, Variant
+
+MAX_VALUE_DEPTH = 100  # as on the command line (ddir.lang.value_token.MAX_VALUE_DEPTH)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One inspect event: ``[label] key ; val  @time  diff``."""
+    label: str
+    key: object
+    val: object
+    time: tuple
+    diff: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a tick (or an install's catch-up) reported: the epoch after it,
+    the inspect events (sorted as printed) and the error messages (term
+    errors, programs that failed), each exactly as the CLI prints it."""
+    epoch: int
+    events: tuple
+    errors: tuple
+
+
+TickResult = Result
+
+
+class Server:
+    """A running ddir server; ``with`` it (or call :meth:`close`) to stop its
+    worker processes."""
+
+    def __init__(self, workers: int = 1, *, max_rounds: int | None = None, on_death=None):
+        if type(workers) is not int or not 1 <= workers <= 64:
+            raise E.CommandError(f"workers needs a number from 1 to 64, got {workers!r}")
+        if max_rounds is not None and (type(max_rounds) is not int or max_rounds < 1):
+            raise E.CommandError(f"max_rounds needs a positive number, got {max_rounds!r}")
+        cluster = LocalCluster() if workers == 1 else ProcessCluster(workers, on_death=on_death)
+        self._init(_Core(max_rounds=max_rounds, cluster=cluster), owns=True)
+
+    @classmethod
+    def attach(cls, core: _Core) -> "Server":
+        """A client of an existing server state (whoever made it closes it)."""
+        self = cls.__new__(cls)
+        self._init(core, owns=False)
+        return self
+
+    def _init(self, core: _Core, owns: bool) -> None:
+        self.core = core
+        self._closed = False
+        self._finalizer = weakref.finalize(self, core.cluster.close) if owns else None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop every worker process (idempotent)."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def workers(self) -> int:
+        return self.core.cluster.shards
+
+    # ------------------------------------------------------------ the one code path
+
+    def execute(self, cmd) -> list:
+        """Run a typed command (:mod:`ddir.server.commands`): its output
+        records, or a :class:`ddir.DdirError` with nothing changed."""
+        if self._closed:
+            raise E.ServerStopped("the server is closed")
+        if self.core.cluster is not None and getattr(self.core.cluster, "dead", None):
+            raise E.ServerStopped(self.core.cluster.dead)
+        try:
+            return self.core.run(cmd)
+        except WorkerDied as e:
+            self.close()
+            raise E.ServerStopped(str(e)) from None
+
+    def command(self, line: str, script_dir: str | None = None) -> list:
+        """One command line, as typed at the prompt: its output records."""
+        cmd = C.parse_command(line, script_dir)
+        if cmd is None or isinstance(cmd, C.Exit):
+            return []
+        return self._call(cmd)
+
+    def _call(self, cmd) -> list:
+        return _deferring_interrupts(lambda: self.execute(cmd))
+
+    # ------------------------------------------------------------ commands
+
+    def install(self, name: str, path: str | None = None, *, source: str | None = None,
+                syntax: str | None = None) -> Result:
+        """Install a program from ``path`` or from ``source`` text (``path``,
+        if given too, labels errors and chooses `.ddp`/`.ddir`; without it
+        the source is `.ddp` unless ``syntax="ddir"``)."""
+        _name(name, "a program name")
+        if source is None:
+            if path is None:
+                raise E.CommandError("install needs a file or source=")
+            try:
+                program = C.load_program(str(path))
+            except C.ProgramError as e:
+                raise E.InvalidProgram(str(e)) from None
+        else:
+            label = str(path) if path is not None else "<source>"
+            try:
+                program = C.program_from_source(source, label,
+                                                syntax or (None if path is not None else "ddp"))
+            except C.ProgramError as e:
+                raise E.InvalidProgram(str(e)) from None
+        return self._result(self._call(C.Install(name, str(path or "<source>"), program)))
+
+    def feed(self, program: str, input: int, key, val=(), *, time: int | None = None,
+             diff: int = 1) -> None:
+        """Stage one update (``feed <prog> <in#> <key> val= time= diff=``)."""
+        _name(program, "a program name")
+        cmd = C.Feed(program, _integer(input, "the input number", 0), _value(key, "key"),
+                     _value(val, "val"), None if time is None else _integer(time, "time=", 0),
+                     _integer(diff, "diff="))
+        self._call(cmd)
+
+    def feed_many(self, program: str, input: int, rows=None, *, keys=None,
+                  time: int | None = None) -> int:
+        """Stage many updates at once, all or nothing: ``rows`` of
+        ``(key, val, diff)``, or ``keys`` (val unit, diff +1 each). Returns
+        how many. Rows whose keys and vals are Tuples of Ints go to their
+        workers as int64 columns, like a load."""
+        _name(program, "a program name")
+        if (rows is None) == (keys is None):
+            raise E.CommandError("feed_many needs rows= (key, val, diff) or keys=, not both")
+        n = _integer(input, "the input number", 0)
+        when = None if time is None else _integer(time, "time=", 0)
+        if keys is not None:
+            batch = [(k, (), 1) for k in keys]
+        else:
+            batch = []
+            for i, row in enumerate(rows):
+                if type(row) not in (tuple, list) or len(row) != 3:
+                    raise E.CommandError(f"row {i + 1}: expected (key, val, diff), got {_show(row)}")
+                batch.append(tuple(row))
+        columns = _int_columns(batch)
+        if columns is None:
+            for i, (k, v, d) in enumerate(batch):
+                _value(k, f"row {i + 1}: key")
+                _value(v, f"row {i + 1}: val")
+                _integer(d, f"row {i + 1}: diff=")
+                if d == 0:
+                    raise E.UpdateRefused(f"row {i + 1}: diff=0 changes nothing")
+        elif columns.diffs is not None and not columns.diffs.all():
+            i = int((columns.diffs == 0).nonzero()[0][0])
+            raise E.UpdateRefused(f"row {i + 1}: diff=0 changes nothing")
+
+        def stage():
+            if self._closed:
+                raise E.ServerStopped("the server is closed")
+            at = self.core.check_target(program, n, when)
+            try:
+                self.core.stage_batch(program, n, at, columns if columns is not None else batch)
+            except WorkerDied as e:
+                self.close()
+                raise E.ServerStopped(str(e)) from None
+        _deferring_interrupts(stage)
+        return len(batch)
+
+    def load(self, program: str, input: int, path: str, *, key=None, val=None, diff=None,
+             time: int | None = None) -> int:
+        """``load``: stage one update per row of a Parquet / Arrow IPC / CSV
+        file; ``key``/``val`` are column names (a list or ``"a,b"``),
+        ``diff`` one column. Returns the number of rows."""
+        _name(program, "a program name")
+        cmd = C.Load(program, _integer(input, "the input number", 0), str(path), str(path),
+                     _cols(key, "key="), _cols(val, "val="),
+                     None if diff is None else str(diff),
+                     None if time is None else _integer(time, "time=", 0))
+        (record,) = [r for r in self._call(cmd) if r["kind"] == "loaded"]
+        return record["rows"]
+
+    def save(self, trace: str, path: str) -> int:
+        """``save``: write a trace's consolidated contents; the number of rows."""
+        _name(trace, "a trace name")
+        records = self._call(C.Save(trace, str(path)))
+        _warn(records)
+        return next(r["rows"] for r in records if r["kind"] == "saved")
+
+    def tick(self) -> Result:
+        """Close the epoch and run every program: the epoch after it, the
+        inspect events, the error messages."""
+        return self._result(self._call(C.Tick()))
+
+    def drop(self, name: str) -> None:
+        _name(name, "a program name")
+        self._call(C.Drop(name))
+
+    def peek(self, trace: str, key=None, *, limit: int | None = None, offset: int = 0) -> list:
+        """The trace's consolidated contents as of the closed past, sorted:
+        ``[(key, val, diff), ...]`` (with ``key``, only that key's rows)."""
+        _name(trace, "a trace name")
+        cmd = C.Peek(trace, None if key is None else _value(key, "key"), key is not None,
+                     None if limit is None else _integer(limit, "limit=", 0),
+                     _integer(offset, "offset=", 0))
+        records = self._call(cmd)
+        _warn(records)
+        return [tuple(r) for r in records[-1]["rows"]]
+
+    def peek_arrow(self, trace: str):
+        """The trace's contents as a ``pyarrow.Table`` with save's columns."""
+        _name(trace, "a trace name")
+        if self._closed:
+            raise E.ServerStopped("the server is closed")
+
+        def read():
+            try:
+                _, rows, records = self.core.contents(trace)
+            except WorkerDied as e:
+                self.close()
+                raise E.ServerStopped(str(e)) from None
+            _warn(records)
+            from .server import bulk
+            return bulk.rows_to_table(rows)
+        return _deferring_interrupts(read)
+
+    def list(self) -> dict:
+        """``{"epoch": e, "traces": [{name, importers}], "programs": [{name,
+        origin, inputs, imports, exports[, failed]}]}``, as `--json` prints it."""
+        (record,) = self._call(C.ListCmd())
+        return {k: v for k, v in record.items() if k != "kind"}
+
+    def help(self, command: str | None = None) -> list:
+        """``[{name, usage, summary}]`` for every command, or one."""
+        if command is not None and command not in C.COMMANDS:
+            raise E.CommandError(f"no command `{command}` (try `help`)")
+        (record,) = self._call(C.Help(command))
+        return record["commands"]
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def epoch(self) -> int:
+        return self.core.epoch
+
+    @property
+    def programs(self) -> list:
+        return list(self.core.programs)
+
+    @property
+    def traces(self) -> list:
+        return sorted(self.core.traces)
+
+    def _result(self, records) -> Result:
+        return Result(self.core.epoch,
+                      tuple(Event(r["label"], r["key"], r["val"], tuple(r["time"]), r["diff"])
+                            for r in records if r["kind"] == "inspect"),
+                      tuple(r["message"] for r in records if r["kind"] == "error"))
+
+
+# ============================================================ argument checks
+
+
+def _name(name, what: str) -> None:
+    if type(name) is not str or not name or any(c.isspace() for c in name):
+        raise E.CommandError(f"{what} must be a non-empty string without blanks, got {_show(name)}")
+
+
+def _integer(n, what: str, minimum: int | None = None) -> int:
+    """An int as the command line would take it, with the CLI's messages."""
+    if type(n) is not int:
+        raise E.CommandError(f"{what} must be an integer, got `{_show(n)}`")
+    return C._int(str(n), what, minimum)
+
+
+def _cols(cols, what: str):
+    if cols is None:
+        return None
+    if isinstance(cols, str):
+        return C._columns(cols, what)
+    cols = tuple(cols)
+    if not all(type(c) is str and c for c in cols):
+        raise E.CommandError(f"{what} needs column names, got {_show(cols)}")
+    return cols
+
+
+def _show(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
+
+
+def _value(v, what: str):
+    """``v`` if it is a ddir value (int in i64, tuple, List, Variant with a
+    non-negative tag), nested at most as deep as the command line allows."""
+    stack = [(v, 1)]
+    while stack:
+        x, depth = stack.pop()
+        t = type(x)
+        if t is int:
+            if not INT_MIN <= x <= INT_MAX:
+                raise E.CommandError(f"{what}: {_show(x)} does not fit in a signed 64-bit integer")
+            continue
+        if depth > MAX_VALUE_DEPTH:
+            raise E.CommandError(f"{what}: nested more than {MAX_VALUE_DEPTH} levels deep")
+        if t is tuple or t is List:
+            stack.extend((y, depth + 1) for y in x)
+        elif t is Variant:
+            tag = x[0]
+            if type(tag) is not int or not 0 <= tag <= INT_MAX:
+                raise E.CommandError(f"{what}: a Variant tag must be a non-negative Int, got "
+                                     f"{_show(tag)}")
+            stack.append((x[1], depth + 1))
+        else:
+            raise E.CommandError(f"{what}: {_show(x)} is not a value (values are int, tuple, "
+                                 "ddir.List and ddir.Variant)")
+    return v
+
+
+def _int_columns(batch: list):
+    """``bulk.IntColumns`` when every key is a Tuple of n Ints, every val a
+    Tuple of m Ints and every diff an int, all within i64; else None."""
+    if not batch:
+        return None
+    import numpy as np
+    from .server import bulk
+    with bulk.no_gc():
+        keys, vals, diffs = (list(c) for c in zip(*batch))
+    n = bulk._arity(keys)
+    m = bulk._arity(vals) if n is not None else None
+    if m is None or set(map(type, diffs)) != {int}:
+        return None
+    count = len(batch)
+    try:
+        key_matrix = bulk._int_matrix(keys, count, n)
+        val_matrix = bulk._int_matrix(vals, count, m)
+        diff_array = np.fromiter(diffs, dtype=np.int64, count=count)
+    except OverflowError:  # some Int out of range: the row-by-row check names it
+        return None
+    return bulk.IntColumns([key_matrix[:, i].copy() for i in range(n)],
+                           [val_matrix[:, i].copy() for i in range(m)],
+                           None if (diff_array == 1).all() else diff_array, count)
+
+
+def _warn(records) -> None:
+    for r in records:
+        if r["kind"] == "error":
+            warnings.warn(r["message"], RuntimeWarning, stacklevel=3)
+
+
+def _deferring_interrupts(run):
+    """Ctrl-C during a command waits until it has finished (never half a
+    tick, never half a load), then raises ``KeyboardInterrupt``."""
+    if threading.current_thread() is not threading.main_thread():
+        return run()
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    except ValueError:
+        return run()
+    try:
+        result = run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+    return result

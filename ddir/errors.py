@@ -1,0 +1,74 @@
+"""The errors of bad input (SPEC Part B "Errors", C6).
+
+Every refused command raises one of these; ``str(error)`` is exactly the
+message the command line prints after ``error: `` (the CLI adds ``file:line:``
+in scripts), and the server is as it was before the command. One subclass per
+kind, so a Python caller can catch what it expects::
+
+    DdirError
+    +-- CommandError         a malformed command: unknown command, arity, option, number, value
+    |   +-- InvalidProgram   install: unreadable file, parse / lowering / validation error
+    +-- ServerError          refused by the server's state
+    |   +-- UnknownName      no such program, trace, input or imported trace
+    |   +-- NameTaken        a program / trace / generated-source name already in use
+    |   +-- InvalidSource    a malformed generated-source name (`iota:x`)
+    |   +-- DropRefused      drop while a trace is imported
+    |   +-- UpdateRefused    feed/load: time in the past, diff=0, a failed or generated program
+    |   +-- InstallFailed    install: the catch-up hit the iteration bound
+    +-- DataFileError        load / save: a missing, unreadable or malformed file, a bad column
+    +-- ServerStopped        a worker died or the server was closed: nothing more can run
+"""
+
+from __future__ import annotations
+
+
+class DdirError(Exception):
+    """Bad input: one message (``str(e)``, also ``e.message``); nothing changed."""
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class CommandError(DdirError):
+    """A line (or API call) that is not a valid command; nothing is executed."""
+
+
+class InvalidProgram(CommandError):
+    """A program that cannot be read, parsed, lowered or validated."""
+
+
+class ServerError(DdirError):
+    """A well-formed command the server's state refuses."""
+
+
+class UnknownName(ServerError):
+    pass
+
+
+class NameTaken(ServerError):
+    pass
+
+
+class InvalidSource(ServerError):
+    pass
+
+
+class DropRefused(ServerError):
+    pass
+
+
+class UpdateRefused(ServerError):
+    pass
+
+
+class InstallFailed(ServerError):
+    pass
+
+
+class DataFileError(DdirError):
+    """load/save: the file, its format or one of its columns."""
+
+
+class ServerStopped(DdirError):
+    """The server cannot go on (a worker died) or was closed."""

@@ -1,0 +1,490 @@
+"""Bulk data in and out through pyarrow (SPEC C1): `load`, `save`, `peek_arrow`.
+
+Reading a file gives a :class:`Batch` of updates, validated as a whole
+before anything is staged (a load is all-or-nothing):
+
+* :class:`IntColumns` when every key and val field comes from an integer
+  column: int64 numpy arrays, never a Python object per row on the intake.
+  Owners are computed column-wise (:func:`owners_of`: the CRC-32 of the
+  msgpack bytes of each key tuple, exactly :func:`ddir.engine.exchange.shard_of`,
+  evaluated for a million keys at once), the columns are split by owner and
+  sent as raw int64 bytes; each worker builds its own rows
+  (``stage_columns``, :mod:`ddir.server.worker`).
+* a list of ``(key, val, diff)`` rows otherwise (string columns hold any value).
+
+Writing turns consolidated, sorted rows into a table with save's columns
+(``key_0.. val_0.. diff`` int64 when every key/val is a Tuple of Ints of one
+arity, else strings ``key``, ``val`` in the printed form plus ``diff``) and
+writes it atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import DataFileError
+from ..lang.value_token import ValueTokenError, parse_value_token
+from ..values import INT_MAX, INT_MIN, format_value, order_key
+
+FORMATS = {".parquet": "parquet", ".arrow": "ipc", ".feather": "ipc", ".ipc": "ipc", ".csv": "csv"}
+ACCEPTED = ", ".join(FORMATS)
+CHUNK = 1 << 16          # rows per stage message (progress and memory stay bounded)
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
+def file_format(path: str, verb: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    fmt = FORMATS.get(ext)
+    if fmt is None:
+        what = f"extension `{ext}`" if ext else "no extension"
+        raise DataFileError(f'{verb} "{path}": {what}; use one of {ACCEPTED}')
+    return fmt
+
+
+# ============================================================ batches
+
+
+@dataclass
+class IntColumns:
+    """Updates whose key and val are Tuples of Ints: one int64 array per
+    field (``keys``: n arrays, ``vals``: m arrays), ``diffs`` (None: +1)."""
+    keys: list
+    vals: list
+    diffs: np.ndarray | None
+    count: int
+
+    def take(self, index) -> "IntColumns":
+        return IntColumns([c[index] for c in self.keys], [c[index] for c in self.vals],
+                          None if self.diffs is None else self.diffs[index], len(index))
+
+    def slice(self, start: int, stop: int) -> "IntColumns":
+        return IntColumns([c[start:stop] for c in self.keys], [c[start:stop] for c in self.vals],
+                          None if self.diffs is None else self.diffs[start:stop],
+                          max(0, min(stop, self.count) - start))
+
+    def message(self) -> tuple:
+        """The payload of a ``stage_columns`` worker message."""
+        return ([c.astype("<i8", copy=False).tobytes() for c in self.keys],
+                [c.astype("<i8", copy=False).tobytes() for c in self.vals],
+                None if self.diffs is None else self.diffs.astype("<i8", copy=False).tobytes(),
+                self.count)
+
+
+@contextlib.contextmanager
+def no_gc():
+    """Build millions of tuples without the cyclic GC rescanning the heap
+    after every 700 of them (none of them can be part of a cycle)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def rows_from_message(keys: list, vals: list, diffs, count: int) -> list:
+    """A worker's ``stage_columns`` payload -> ``[(key, val, diff)]``."""
+    def tuples(columns):
+        if not columns:
+            return itertools.repeat((), count)
+        return zip(*(np.frombuffer(c, dtype="<i8").tolist() for c in columns))
+    ds = itertools.repeat(1, count) if diffs is None else np.frombuffer(diffs, dtype="<i8").tolist()
+    with no_gc():
+        return list(zip(tuples(keys), tuples(vals), ds))
+
+
+def split_columns(batch: IntColumns, shards: int) -> list:
+    """``[IntColumns]`` per owner (rows keep their order within an owner)."""
+    if shards == 1:
+        return [batch]
+    owners = owners_of(batch.keys, batch.count, shards)
+    order = np.argsort(owners, kind="stable")
+    bounds = np.searchsorted(owners[order], np.arange(shards + 1))
+    return [batch.take(order[bounds[w]:bounds[w + 1]]) for w in range(shards)]
+
+
+# ------------------------------------------------------------ owners, column-wise
+
+def _crc_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _msgpack_int_bytes(col: np.ndarray) -> tuple:
+    """msgpack's encoding of each int64 (positive: fixint / uint8..64, negative:
+    negative fixint / int8..64, the shortest): a (N, 9) uint8 matrix and the
+    length used in each row."""
+    n = len(col)
+    be = col.astype(">i8").view(np.uint8).reshape(n, 8)
+    out = np.zeros((n, 9), dtype=np.uint8)
+    length = np.ones(n, dtype=np.int64)
+    fix = (col >= -32) & (col <= 127)
+    out[:, 0] = be[:, 7]  # fixints are their own low byte
+    pos, neg = col >= 0, col < 0
+    for size, (lo_pos, hi_pos, lo_neg, hi_neg), (tag_pos, tag_neg) in (
+            (1, (128, 255, -128, -33), (0xCC, 0xD0)),
+            (2, (256, 65535, -32768, -129), (0xCD, 0xD1)),
+            (4, (65536, 2 ** 32 - 1, -2 ** 31, -32769), (0xCE, 0xD2)),
+            (8, (2 ** 32, INT_MAX, INT_MIN, -2 ** 31 - 1), (0xCF, 0xD3))):
+        for tag, lo, hi, sign in ((tag_pos, lo_pos, hi_pos, pos), (tag_neg, lo_neg, hi_neg, neg)):
+            rows = np.nonzero(sign & (col >= lo) & (col <= hi) & ~fix)[0]
+            if len(rows):
+                out[rows, 0] = tag
+                out[rows, 1:1 + size] = be[rows, 8 - size:]
+                length[rows] = 1 + size
+    return out, length
+
+
+def _crc_update(crc: np.ndarray, data: np.ndarray, length: np.ndarray | None) -> np.ndarray:
+    for j in range(data.shape[1]):
+        new = _CRC_TABLE[(crc ^ data[:, j]) & 0xFF] ^ (crc >> 8)
+        crc = new if length is None else np.where(j < length, new, crc)
+    return crc
+
+
+def owners_of(keys: list, count: int, shards: int) -> np.ndarray:
+    """The owner of each key ``tuple(keys[0][i], keys[1][i], ...)``:
+    ``crc32(packb(key)) % shards`` for every row at once."""
+    n = len(keys)
+    if n >= 16:  # not a fixarray: no vectorised encoding; rare enough to do row by row
+        from ..engine.exchange import shard_of
+        return np.fromiter((shard_of(tuple(int(c[i]) for c in keys), shards)
+                            for i in range(count)), dtype=np.int64, count=count)
+    crc = np.full(count, 0xFFFFFFFF, dtype=np.uint32)
+    crc = _crc_update(crc, np.full((count, 1), 0x90 | n, dtype=np.uint8), None)
+    for col in keys:
+        data, length = _msgpack_int_bytes(col)
+        crc = _crc_update(crc, data, length)
+    return ((crc ^ np.uint32(0xFFFFFFFF)).astype(np.int64)) % shards
+
+
+# ============================================================ reading
+
+
+def read_table(path: str, shown: str) -> pa.Table:
+    fmt = file_format(shown, "load")
+    if not os.path.isfile(path):
+        reason = "is a directory" if os.path.isdir(path) else "no such file"
+        raise DataFileError(f'load "{shown}": {reason}')
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            return pq.read_table(path)
+        if fmt == "ipc":
+            import pyarrow.feather as feather
+            return feather.read_table(path)
+        import pyarrow.csv as csv
+        return csv.read_csv(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataFileError(f'load "{shown}": cannot read it as {fmt}: {_first_line(e)}') from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class _Bad(Exception):
+    def __init__(self, row: int, problem: str):
+        self.row, self.problem = row, problem
+
+
+def _is_int_type(t) -> bool:
+    return pa.types.is_integer(t)
+
+
+def _is_str_type(t) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _first(mask) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def _int_column(col: pa.Array) -> np.ndarray:
+    if col.null_count:
+        raise _Bad(_first(pc.is_null(col)), "a null, not an Int")
+    if col.type == pa.uint64() and len(col):
+        over = pc.greater(col, pa.scalar(INT_MAX, pa.uint64()))
+        if pc.any(over).as_py():
+            i = _first(over)
+            raise _Bad(i, f"{col[i].as_py()} does not fit in a signed 64-bit integer")
+    return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def parse_cell(text: str):
+    """A string cell: the printed form (`5` is the Int 5, `(1, 2)` a Tuple), else
+    the command-line value syntax (`1,2`, `_`, `tuple(1,2)`)."""
+    text = text.strip()
+    if _INT_TEXT.fullmatch(text):
+        n = int(text)
+        if not INT_MIN <= n <= INT_MAX:
+            raise ValueTokenError(f"{text if len(text) <= 40 else text[:18] + '...'} "
+                                  "does not fit in a signed 64-bit integer")
+        return n
+    return parse_value_token(text)
+
+
+def _str_column(col: pa.Array) -> list:
+    """Each distinct string parsed once; a Python list of values."""
+    if col.null_count:
+        raise _Bad(_first(pc.is_null(col)), "a null, not a value")
+    encoded = col.dictionary_encode()
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    parsed, bad = [], {}
+    for i, text in enumerate(encoded.dictionary.to_pylist()):
+        try:
+            parsed.append(parse_cell(text))
+        except ValueTokenError as e:
+            parsed.append(None)
+            bad[i] = str(e)
+    if bad:
+        rows = np.nonzero(np.isin(indices, np.fromiter(bad, dtype=indices.dtype)))[0]
+        row = int(rows[0])
+        raise _Bad(row, bad[int(indices[row])])
+    values = np.empty(len(parsed), dtype=object)
+    values[:] = parsed
+    return values[indices].tolist()
+
+
+def _problem_of_type(col: pa.Array, name: str) -> _Bad:
+    t = col.type
+    if col.null_count == len(col) and len(col):
+        return _Bad(0, "a null, not a value")
+    i = _first(pc.is_valid(col)) if len(col) else 0
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return _Bad(i, f"{col[i].as_py()} is a float ({t}), not an Int")
+    return _Bad(i, f"a {t} column; only integer and string columns can be loaded")
+
+
+def _csv_number_problem(path: str, name: str, fallback: _Bad) -> _Bad:
+    """A CSV column pyarrow read as float: the first cell that is not an
+    integer that fits in i64 (pyarrow reads a too-large integer as float)."""
+    try:
+        import pyarrow.csv as csv
+        text = csv.read_csv(path, convert_options=csv.ConvertOptions(
+            column_types={name: pa.string()}, include_columns=[name])).column(name)
+    except (pa.ArrowException, OSError):
+        return fallback
+    for i, cell in enumerate(text.to_pylist()):
+        if cell is None:
+            return _Bad(i, "a null, not an Int")
+        if not _INT_TEXT.fullmatch(cell.strip()):
+            return _Bad(i, f"{cell.strip()} is a float, not an Int")
+        if not INT_MIN <= int(cell) <= INT_MAX:
+            return _Bad(i, f"{cell.strip()} does not fit in a signed 64-bit integer")
+    return fallback
+
+
+def table_to_batch(table: pa.Table, shown: str, path: str, key=None, val=None, diff=None):
+    """Validate and convert a whole table: an :class:`IntColumns` or a list of
+    rows. One :class:`DataFileError` for the first problem; nothing else
+    happens (the caller stages only what this returns)."""
+    names = table.column_names
+
+    def check(cols, what):
+        for c in cols:
+            if c not in names:
+                raise DataFileError(f'load "{shown}": {what} names no column "{c}" '
+                                    f"(columns: {', '.join(names) or 'none'})")
+    if diff is not None:
+        check([diff], "diff=")
+    if val is not None:
+        check(val, "val=")
+    if key is not None:
+        check(key, "key=")
+    if key is None and val is None and diff is None:
+        key, val, diff = _saved_layout(table)
+    val = tuple(val or ())
+    if key is None:
+        key = tuple(c for c in names if c not in val and c != diff)
+    count = table.num_rows
+
+    columns: dict = {}
+
+    def column(name):
+        if name not in columns:
+            col = table.column(name).combine_chunks()
+            try:
+                if _is_int_type(col.type):
+                    columns[name] = ("int", _int_column(col))
+                elif _is_str_type(col.type):
+                    columns[name] = ("str", _str_column(col))
+                elif pa.types.is_dictionary(col.type) and _is_str_type(col.type.value_type):
+                    columns[name] = ("str", _str_column(col.cast(col.type.value_type)))
+                else:
+                    bad = _problem_of_type(col, name)
+                    if path.lower().endswith(".csv") and pa.types.is_floating(col.type):
+                        bad = _csv_number_problem(path, name, bad)
+                    raise bad
+            except _Bad as bad:
+                raise DataFileError(f'load "{shown}": column "{name}", row {bad.row + 1}: '
+                                    f"{bad.problem}") from None
+        return columns[name]
+
+    diffs = None
+    if diff is not None:
+        kind, d = column(diff)
+        if kind != "int":
+            raise DataFileError(f'load "{shown}": diff column "{diff}" must hold integers')
+        zero = np.nonzero(d == 0)[0]
+        if len(zero):
+            raise DataFileError(f'load "{shown}": column "{diff}", row {int(zero[0]) + 1}: '
+                                "diff 0 changes nothing")
+        diffs = d
+    key_cols = [column(c) for c in key]
+    val_cols = [column(c) for c in val]
+    if all(kind == "int" for kind, _ in key_cols + val_cols):
+        return IntColumns([c for _, c in key_cols], [c for _, c in val_cols], diffs, count)
+    with no_gc():
+        keys = _values(key_cols, count)
+        vals = _values(val_cols, count)
+        ds = [1] * count if diffs is None else diffs.tolist()
+        return list(zip(keys, vals, ds))
+
+
+def _values(cols: list, count: int) -> list:
+    """One column of string cells is its values; otherwise a Tuple of the
+    columns' values (an int column gives Ints) per row."""
+    if not cols:
+        return [()] * count
+    if len(cols) == 1 and cols[0][0] == "str":
+        return cols[0][1]
+    return list(zip(*(c.tolist() if kind == "int" else c for kind, c in cols)))
+
+
+def _saved_layout(table: pa.Table):
+    """A file that `save` wrote, read back as it was written: (key, val, diff)
+    column names, or ``(None, None, None)`` for the default layout."""
+    names = table.column_names
+    if names == ["key", "val", "diff"]:
+        return ("key",), ("val",), "diff"
+    if names and names[-1] == "diff":
+        n = sum(1 for c in names if c.startswith("key_"))
+        m = len(names) - 1 - n
+        if names[:-1] == [f"key_{i}" for i in range(n)] + [f"val_{i}" for i in range(m)]:
+            return tuple(names[:n]), tuple(names[n:-1]), "diff"
+    return None, None, None
+
+
+# ============================================================ writing
+
+
+def rows_to_table(rows: list) -> pa.Table:
+    """Consolidated rows ``[(key, val, diff)]`` -> save's columns, sorted as
+    peek sorts them (by key, then val, in Value order)."""
+    count = len(rows)
+    keys, vals, diffs = (list(c) for c in zip(*rows)) if rows else ([], [], [])
+    shape = _int_shape(keys, vals)
+    if shape is not None:
+        n, m = shape
+        diffs = np.fromiter(diffs, dtype=np.int64, count=count)
+        keys = _int_matrix(keys, count, n)
+        vals = _int_matrix(vals, count, m)
+        # Tuples of Ints of one arity: Value order is lexicographic on the fields
+        order = np.lexsort([vals[:, j] for j in reversed(range(m))]
+                           + [keys[:, j] for j in reversed(range(n))]) if n + m else None
+        take = (lambda a: a[order]) if order is not None else (lambda a: a)
+        data = {f"key_{i}": take(keys[:, i]) for i in range(n)}
+        data.update({f"val_{i}": take(vals[:, i]) for i in range(m)})
+        data["diff"] = take(diffs)
+        return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
+    rows = sorted(rows, key=lambda r: (order_key(r[0]), order_key(r[1])))
+    return pa.table({"key": pa.array([format_value(k) for k, _, _ in rows], type=pa.string()),
+                     "val": pa.array([format_value(v) for _, v, _ in rows], type=pa.string()),
+                     "diff": pa.array([d for _, _, d in rows], type=pa.int64())})
+
+
+def _int_matrix(values: list, count: int, width: int) -> np.ndarray:
+    if width == 0:
+        return np.zeros((count, 0), dtype=np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(values), dtype=np.int64, count=count * width)
+    return flat.reshape(count, width)
+
+
+def _arity(values: list):
+    """n when every value is a Tuple of n Ints, else None (C-level loops
+    only: ``map`` over types and lengths)."""
+    if set(map(type, values)) != {tuple}:
+        return None
+    lengths = set(map(len, values))
+    if len(lengths) != 1:
+        return None
+    if lengths != {0} and set(map(type, itertools.chain.from_iterable(values))) != {int}:
+        return None
+    return lengths.pop()
+
+
+def _int_shape(keys: list, vals: list):
+    """(n, m) when every key is a Tuple of n Ints and every val a Tuple of m
+    Ints, else None. No rows: None (string columns). Ints are in i64 and
+    diffs too (the server refuses anything else), so no range check here."""
+    if not keys:
+        return None
+    n = _arity(keys)
+    m = _arity(vals) if n is not None else None
+    return None if m is None else (n, m)
+
+
+def write_table(table: pa.Table, path: str) -> None:
+    """Write ``table`` to ``path`` in the format its extension names,
+    atomically: into a temporary sibling file, then renamed into place."""
+    fmt = file_format(path, "save")
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise DataFileError(f'save "{path}": cannot write there: {e.strerror or e}') from None
+    os.close(fd)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+            pq.write_table(table, tmp)
+        elif fmt == "ipc":
+            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        else:
+            import pyarrow.csv as csv
+            csv.write_csv(table, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except (pa.ArrowException, OSError) as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        raise DataFileError(f'save "{path}": cannot write it: {reason}') from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

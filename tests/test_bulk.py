@@ -1,0 +1,314 @@
+"""load / save (SPEC C1): round trips for every format, bad files, worker counts."""
+import io
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+
+import ddir
+from ddir import List, Variant
+from ddir.engine.exchange import shard_of
+from ddir.server import bulk
+from ddir.server.session import Session
+from conftest import ROOT
+
+FORMATS = [".parquet", ".arrow", ".feather", ".ipc", ".csv"]
+EXPORT = 'export "out" = input 0;\n'
+
+
+def write(table: pa.Table, path) -> str:
+    path = str(path)
+    ext = os.path.splitext(path)[1]
+    if ext == ".parquet":
+        pq.write_table(table, path)
+    elif ext == ".csv":
+        pacsv.write_csv(table, path)
+    else:
+        feather.write_feather(table, path)
+    return path
+
+
+def read(path) -> pa.Table:
+    return bulk.read_table(str(path), str(path))
+
+
+def fresh(workers=1):
+    s = ddir.Server(workers=workers)
+    s.install("p", source=EXPORT)
+    return s
+
+
+def run_cli(args, cwd):
+    r = subprocess.run([sys.executable, "-m", "ddir", *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_int_tuple_trace_round_trip(tmp_path, ext):
+    rows = [((i, -i, 2 ** 62 - i), (i % 3,), 1 + i % 2) for i in range(300)]
+    with fresh() as s:
+        s.feed_many("p", 0, rows=rows)
+        s.tick()
+        expected = s.peek("out")
+        path = str(tmp_path / f"t{ext}")
+        assert s.save("out", path) == len(expected)
+        table = read(path)
+        assert table.column_names == ["key_0", "key_1", "key_2", "val_0", "diff"]
+        assert all(t == pa.int64() for t in table.schema.types)
+        assert table.to_pydict()["key_0"] == [k[0] for k, _, _ in expected]  # sorted as peek
+        s.install("q", source='export "back" = input 0;\n')
+        assert s.load("q", 0, path) == len(expected)
+        s.tick()
+        assert s.peek("back") == expected
+        assert s.peek_arrow("out").equals(table)
+        assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []  # no temp file left
+
+
+VALUES = [5, -3, (), (1,), (1, List([2, 3])), List([]), List([Variant(0, ())]), Variant(1, 5),
+          Variant(2, (1, 2)), Variant(3, List([7])), (Variant(1, Variant(0, ())), -2 ** 63)]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_list_and_variant_trace_round_trip_through_string_columns(tmp_path, ext):
+    rows = [(k, v, d) for i, (k, v) in enumerate(zip(VALUES, reversed(VALUES)))
+            for d in [1 + i]]
+    with fresh() as s:
+        s.feed_many("p", 0, rows=rows)
+        s.tick()
+        expected = s.peek("out")
+        path = str(tmp_path / f"t{ext}")
+        s.save("out", path)
+        table = read(path)
+        assert table.column_names == ["key", "val", "diff"]
+        assert table.column("key").to_pylist() == [ddir.values.format_value(k) for k, _, _ in expected]
+        s.install("q", source='export "back" = input 0;\n')
+        s.load("q", 0, path)
+        s.tick()
+        assert s.peek("back") == expected
+        # saving again writes the same bytes' worth of rows, replacing the file
+        assert s.save("back", path) == len(expected)
+        assert read(path).equals(table)
+
+
+def test_column_selection_time_and_diff(tmp_path):
+    path = write(pa.table({"a": [1, 2, 3], "b": [10, 20, 30],
+                           "c": pa.array([7, 8, 9], pa.int32()), "n": [1, -1, 3]}),
+                 tmp_path / "sel.parquet")
+    with fresh() as s:
+        assert s.load("p", 0, path, key="c,a", val=["b"], diff="n", time=1) == 3
+        s.tick()
+        assert s.peek("out") == []  # staged at time 1
+        s.tick()
+        assert s.peek("out") == [((7, 1), (10,), 1), ((8, 2), (20,), -1), ((9, 3), (30,), 3)]
+        s.install("q", source='export "q" = input 0;\n')
+        s.load("q", 0, path, val="b,n")  # default key: every column not in val/diff, in order
+        s.install("r", source='export "r" = input 0;\n')
+        s.load("r", 0, path, key="", val="a")  # no key columns: the unit key
+        s.tick()
+        assert s.peek("q")[0] == ((1, 7), (10, 1), 1)
+        assert s.peek("r") == [((), (1,), 1), ((), (2,), 1), ((), (3,), 1)]
+
+
+def test_string_cells_use_the_command_line_value_syntax(tmp_path):
+    path = write(pa.table({"k": ["1,2", "_", "tuple(1,2+3)", "(4, 5)", "7", " [1] "],
+                           "v": [1, 2, 3, 4, 5, 6]}), tmp_path / "s.parquet")
+    with fresh() as s:
+        s.load("p", 0, path, val="v")
+        s.tick()
+        assert s.peek("out") == [(7, (5,), 1), ((), (2,), 1), ((1, 2), (1,), 1),
+                                 ((1, 5), (3,), 1), ((4, 5), (4,), 1), (List([1]), (6,), 1)]
+    # a key of an int column and a string column: a Tuple of both values
+    path = write(pa.table({"i": [1], "s": ["[2]"]}), tmp_path / "m.parquet")
+    with fresh() as s:
+        s.load("p", 0, path)
+        s.tick()
+        assert s.peek("out") == [((1, List([2])), (), 1)]
+
+
+def csv_file(tmp_path, text, name="bad.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_FILES = [
+    # (how to make the file, load options, what the one error says)
+    (lambda d: str(d / "missing.parquet"), {}, 'missing.parquet": no such file'),
+    (lambda d: csv_file(d, "a\n1\n", "data.txt"), {}, "extension `.txt`; use one of .parquet"),
+    (lambda d: csv_file(d, "a\n1\n", "noext"), {}, "no extension; use one of"),
+    (lambda d: write(pa.table({"a": [1, 2], "f": [1.0, 2.5]}), d / "f.parquet"), {},
+     'column "f", row 1: 1.0 is a float (double), not an Int'),
+    (lambda d: csv_file(d, "a,f\n1,2\n2,2.5\n"), {}, 'column "f", row 2: 2.5 is a float'),
+    (lambda d: write(pa.table({"a": [1, None, 3]}), d / "n.arrow"), {},
+     'column "a", row 2: a null, not an Int'),
+    (lambda d: csv_file(d, "a,b\n1,2\n2,\n"), {}, 'column "b", row 2: a null, not an Int'),
+    (lambda d: write(pa.table({"s": ["(1)", None]}), d / "ns.parquet"), {},
+     'column "s", row 2: a null, not a value'),
+    (lambda d: write(pa.table({"u": pa.array([1, 2 ** 63], pa.uint64())}), d / "u.parquet"), {},
+     'column "u", row 2: 9223372036854775808 does not fit in a signed 64-bit integer'),
+    (lambda d: csv_file(d, "a\n5\n99999999999999999999\n"), {},
+     'column "a", row 2: 99999999999999999999 does not fit in a signed 64-bit integer'),
+    (lambda d: write(pa.table({"s": ["(1, 2)", "(1,", "[x]"]}), d / "s.feather"), {},
+     'column "s", row 2: bad value `(1,`'),
+    (lambda d: write(pa.table({"s": ["99999999999999999999"]}), d / "big.parquet"), {},
+     'column "s", row 1: 99999999999999999999 does not fit'),
+    (lambda d: write(pa.table({"a": [1], "b": [2]}), d / "k.parquet"), {"key": "a,zz"},
+     'key= names no column "zz" (columns: a, b)'),
+    (lambda d: write(pa.table({"a": [1], "b": [2]}), d / "v.parquet"), {"val": "nope"},
+     'val= names no column "nope"'),
+    (lambda d: write(pa.table({"a": [1, 2], "d": [1, 0]}), d / "d0.parquet"), {"diff": "d"},
+     'column "d", row 2: diff 0 changes nothing'),
+    (lambda d: write(pa.table({"a": [1], "d": ["1"]}), d / "ds.parquet"), {"diff": "d"},
+     'diff column "d" must hold integers'),
+    (lambda d: write(pa.table({"a": [True]}), d / "b.parquet"), {},
+     'column "a", row 1: a bool column; only integer and string columns can be loaded'),
+    (lambda d: csv_file(d, "this is not, a parquet file", "junk.parquet"), {},
+     "cannot read it as parquet"),
+]
+
+
+@pytest.mark.parametrize("make, options, message", BAD_FILES,
+                         ids=[m[:30] for _, _, m in BAD_FILES])
+def test_a_bad_file_is_one_error_and_stages_nothing(tmp_path, make, options, message):
+    path = make(tmp_path)
+    with fresh() as s:
+        s.feed("p", 0, (42,))
+        before = s.list()
+        with pytest.raises(ddir.DataFileError) as caught:
+            s.load("p", 0, path, **options)
+        assert message in str(caught.value) and f'load "{path}"' in str(caught.value)
+        line = f"load p 0 {path}" + "".join(f" {k}={v}" for k, v in options.items())
+        out = io.StringIO()
+        Session(out=out, client=s).run_line(line)
+        assert out.getvalue() == f"error: {caught.value}\n"
+        assert s.list() == before
+        s.tick()
+        assert s.peek("out") == [((42,), (), 1)]  # only what was fed: nothing of the file
+
+
+def test_a_save_that_fails_half_way_leaves_the_old_file(tmp_path, monkeypatch):
+    with fresh() as s:
+        s.feed("p", 0, (1,))
+        s.tick()
+        path = tmp_path / "keep.csv"
+        path.write_text("old\n")
+
+        def broken(table, where, **_):
+            with open(where, "w") as f:
+                f.write("half")
+            raise OSError(28, "No space left on device")
+        with monkeypatch.context() as m:
+            m.setattr(pacsv, "write_csv", broken)
+            with pytest.raises(ddir.DataFileError) as caught:
+                s.save("out", str(path))
+        assert str(caught.value) == f'save "{path}": cannot write it: No space left on device'
+        assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["keep.csv"]
+        with pytest.raises(ddir.DataFileError, match="cannot write there"):
+            s.save("out", str(tmp_path / "no" / "dir.csv"))
+        assert s.save("out", str(path)) == 1
+        assert path.read_text().splitlines() == ['"key_0","diff"', "1,1"]
+
+
+def test_owners_of_columns_match_shard_of():
+    rng = random.Random(7)
+    edges = [0, 127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1, -1, -32,
+             -33, -128, -129, -32768, -32769, -2 ** 31, -2 ** 31 - 1, -2 ** 63]
+    for n in range(5):
+        rows = [tuple(rng.choice(edges + [rng.randint(-2 ** 63, 2 ** 63 - 1),
+                                          rng.randint(-300, 300)]) for _ in range(n))
+                for _ in range(400)]
+        cols = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(n)]
+        for shards in (2, 3, 5):
+            assert bulk.owners_of(cols, len(rows), shards).tolist() == \
+                [shard_of(r, shards) for r in rows]
+
+
+def test_load_output_is_identical_for_1_and_3_workers(tmp_path):
+    rng = np.random.default_rng(3)
+    count = 20_000
+    write(pa.table({"src": rng.integers(-50, 5000, count), "dst": rng.integers(0, 2 ** 40, count),
+                    "w": rng.integers(1, 4, count)}), tmp_path / "edges.parquet")
+    write(pa.table({"k": [f"[{i}, {i % 3}]" for i in range(500)], "v": list(range(500))}),
+          tmp_path / "lists.csv")
+    (tmp_path / "prog.ddp").write_text('export "e" = input 0 | inspect(in);\n'
+                                       'export "l" = input 1;\n')
+    (tmp_path / "s.txt").write_text(
+        "install p prog.ddp\nload p 0 edges.parquet key=src val=dst diff=w\n"
+        "load p 1 lists.csv val=v time=1\nload p 0 nope.csv\ntick\ntick\n"
+        "peek e limit=5\npeek l limit=3 offset=10\nsave e out.parquet\nsave l out.csv\nlist\n")
+    outs = []
+    for workers in ("1", "3"):
+        text = run_cli(["-w", workers, "s.txt"], tmp_path)
+        json = run_cli(["--json", "-w", workers, "s.txt"], tmp_path)
+        outs.append((text, json, read(tmp_path / "out.parquet"), read(tmp_path / "out.csv")))
+    assert outs[0][:2] == outs[1][:2]
+    assert outs[0][2].equals(outs[1][2]) and outs[0][3].equals(outs[1][3])
+    text, json = outs[0][:2]
+    assert f'loaded {count} rows into "p" input 0' in text
+    assert 'loaded 500 rows into "p" input 1' in text and 'saved 500 rows of "l" to out.csv' in text
+    assert '"kind": "loaded", "program": "p", "input": 0, "rows": 20000}' in json
+    assert '{"kind": "saved", "trace": "l", "file": "out.csv", "rows": 500}' in json
+    assert 'error: s.txt:4: load "nope.csv": no such file' in text
+
+
+def test_load_and_save_paths_resolve_like_install(tmp_path):
+    """A script's load finds its file beside the script; save writes where it is told."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    write(pa.table({"a": [1, 2]}), sub / "d.arrow")
+    (sub / "s.txt").write_text(f"install p {ROOT}/programs/echo.ddp\nload p 0 d.arrow\ntick\n"
+                               "save echoed saved.ipc\n")
+    out = run_cli(["sub/s.txt"], tmp_path)
+    assert 'loaded 2 rows into "p" input 0' in out and "saved 2 rows" in out
+    assert read(tmp_path / "saved.ipc").to_pydict() == {"key_0": [1, 2], "diff": [1, 1]}
+
+
+def test_progress_bar_runs_after_its_delay(tmp_path):
+    from prompt_toolkit.output import DummyOutput
+    from prompt_toolkit.input import create_pipe_input
+    from ddir.repl import progress_bar
+    with create_pipe_input() as pipe:
+        progress = progress_bar(after=0.0, output=DummyOutput(), input=pipe)
+        with progress("load x.parquet", None) as update:
+            import time
+            time.sleep(0.2)
+            update(0, 10)
+            update(10)
+    with fresh() as s:  # the server calls it for loads and saves
+        seen = []
+        import contextlib
+
+        @contextlib.contextmanager
+        def record(label, total):
+            seen.append(label)
+            yield lambda done, total=None: seen.append(done)
+        s.core.progress = record
+        s.feed("p", 0, (1,))
+        s.tick()
+        s.save("out", str(tmp_path / "o.csv"))
+        s.load("p", 0, str(tmp_path / "o.csv"))
+        assert seen == ["save " + str(tmp_path / "o.csv"), 1,
+                        "load " + str(tmp_path / "o.csv"), 0, 1]
+
+
+@pytest.mark.slow
+def test_a_million_rows_load_and_save(tmp_path):
+    count = 1_000_000
+    a = np.arange(count, dtype=np.int64)
+    write(pa.table({"a": a, "b": a * 3}), tmp_path / "big.parquet")
+    with ddir.Server(workers=2) as s:
+        s.install("p", source=EXPORT)
+        assert s.load("p", 0, str(tmp_path / "big.parquet")) == count
+        s.tick()
+        assert s.save("out", str(tmp_path / "back.parquet")) == count
+    back = pq.read_table(tmp_path / "back.parquet")
+    assert back.column("key_0").to_numpy().tolist() == a.tolist()
