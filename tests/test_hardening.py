@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from conftest import ROOT
 
 
 def ddir_script(tmp_path, programs: dict, script: str, workers: int = 1, *flags,
