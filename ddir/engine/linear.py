@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from ..ir import nodes as N
 from ..lang.ast import Splice
+from .time import join as time_join, less_equal
 from ..terms import runtime as rt
+from ..values import INT_MAX, INT_MIN
+
+OVERFLOW = "multiplicity overflow: a diff left the signed 64-bit range"
 from ..terms.compile import CannotCompile, Codegen, build_function, compilable
 from ..terms.interp import evaluate
 
 
 def _fields(gen: Codegen, fields: tuple, rows: tuple) -> str:
+    if len(fields) == 1 and isinstance(fields[0], Splice) and fields[0].n < len(rows):
+        # `($1 ; ...)`: a Tuple row is itself the result, no new tuple
+        src = rows[fields[0].n]
+        return f"({src} if type({src}) is tuple else _fields({src}))"
     parts = []
     for f in fields:
         if isinstance(f, Splice):
@@ -32,17 +40,83 @@ def projection_source(gen: Codegen, proj, rows: tuple) -> tuple:
     return _fields(gen, proj.key, rows), _fields(gen, proj.val, rows)
 
 
-def compile_projection(proj):
-    """``f(k, a, b) -> (key, val)`` for a join's projection."""
-    if compilable(*proj_terms(proj)):
-        gen = Codegen()
-        key, val = projection_source(gen, proj, ("k", "a", "b"))
-        try:
-            return build_function("proj", f"def proj(k, a, b):\n    return {key}, {val}\n",
-                                  gen.consts)
-        except CannotCompile:
-            pass
-    return lambda k, a, b: project(proj, (k, a, b))
+def compile_join(proj, depth: int):
+    """``f(dl, dr, left, right, t, fail) -> {time: rows}``: the pairs a join
+    forms at ``t`` in a scope of ``depth``, in one generated function with
+    the projection and the time arithmetic inlined (a call per pair cost
+    more than the projection itself). ``dl`` meets every ``right`` entry
+    (this time's right rows included), ``dr`` the ``left`` entries of
+    earlier times: (L + dL)(R + dR) - LR, each pair evaluated once.
+    ``fail(error, key, (a, b), time, diff)`` gets each failing pair."""
+    if not compilable(*proj_terms(proj)):
+        return _interpret_join(proj, depth)
+    gen = Codegen()
+    key, val = projection_source(gen, proj, ("k", "a", "b"))
+
+    def loop(delta, hist_of, skip_now):
+        d_new, d_old, row = ("d1", "d2", "b") if delta == "dl" else ("d2", "d1", "a")
+        lines = [f"    for k, {'a' if delta == 'dl' else 'b'}, {d_new} in {delta}:",
+                 f"        hist = {hist_of}.get(k)",
+                 "        if hist is None:",
+                 "            continue",
+                 f"        for {row}, s, {d_old} in hist:"]
+        if skip_now:
+            lines += ["            if s == t:", "                continue"]
+        if depth == 0:  # at the root every entry is at or before t
+            lines += ["            st = t"]
+        elif depth == 1:
+            lines += ["            st = t if (s[0] <= t0 and s[1] <= t1) else "
+                      "(s[0] if s[0] > t0 else t0, s[1] if s[1] > t1 else t1)"]
+        else:
+            lines += ["            st = t if _time_le(s, t) else _time_join(s, t)"]
+        lines += ["            d = d1 * d2",
+                  "            if not -9223372036854775808 <= d <= 9223372036854775807:",
+                  "                fail(_OVERFLOW, k, (a, b), st, d)",
+                  "                continue",
+                  "            try:",
+                  f"                row = ({key}, {val}, d)",
+                  "            except TermError as e:",
+                  "                fail(e, k, (a, b), st, d)",
+                  "                continue",
+                  "            if st is t:",
+                  "                now(row)",
+                  "            else:",
+                  "                out.setdefault(st, []).append(row)"]
+        return lines
+
+    lines = ["def join(dl, dr, left, right, t, fail):",
+             "    cur = []",
+             "    now = cur.append",
+             "    out = {t: cur}"]
+    if depth == 1:
+        lines.append("    t0, t1 = t")
+    lines += loop("dl", "right", False) + loop("dr", "left", True) + ["    return out"]
+    try:
+        return build_function("join", "\n".join(lines) + "\n", gen.consts,
+                              {"_time_le": less_equal, "_time_join": time_join, "_OVERFLOW": OVERFLOW})
+    except CannotCompile:
+        return _interpret_join(proj, depth)
+
+
+def _interpret_join(proj, depth: int):
+    """:func:`compile_join` through the interpreter."""
+    def join(dl, dr, left, right, t, fail):
+        out: dict = {}
+        pairs = [(k, a, b, s, d1 * d2) for k, a, d1 in dl for b, s, d2 in right.get(k, ())]
+        pairs += [(k, a, b, s, d1 * d2) for k, b, d2 in dr for a, s, d1 in left.get(k, ()) if s != t]
+        for k, a, b, s, d in pairs:
+            st = t if less_equal(s, t) else time_join(s, t)
+            if not INT_MIN <= d <= INT_MAX:
+                fail(OVERFLOW, k, (a, b), st, d)
+                continue
+            try:
+                key, v = project(proj, (k, a, b))
+            except rt.TermError as e:
+                fail(e, k, (a, b), st, d)
+                continue
+            out.setdefault(st, []).append((key, v, d))
+        return out
+    return join
 
 
 def compile_chain(steps: tuple):

@@ -10,7 +10,7 @@ last coordinate; var feedback: +1 on the last coordinate).
 from __future__ import annotations
 
 from .exchange import CHECK_OWNERS, check_owners, split_by_owner
-from .linear import compile_chain, compile_projection
+from .linear import OVERFLOW, compile_chain, compile_join
 from .time import join as time_join, less_equal
 from .trace import Trace
 from ..terms.runtime import TermError, bit_length_u64
@@ -24,7 +24,6 @@ from ..values import INT_MAX, INT_MIN, List, order_key
 # multiplicity. Past this many it is an operator error, not an out-of-memory.
 MAX_COLLECT = 10_000_000
 
-OVERFLOW = "multiplicity overflow: a diff left the signed 64-bit range"
 
 
 def consolidate(rows, overflow=None) -> list:
@@ -114,6 +113,19 @@ class Operator:
             return entry[1]
         return consolidate(_rows(entry))
 
+    def take_raw(self, port: int, t: tuple) -> tuple:
+        """(rows, clean): this time's rows as received, not consolidated.
+        For linear operators: f(a) + f(b) = f(a + b), so consolidating first
+        changes nothing but the cost, and whoever needs consolidated rows
+        (an arrangement, a var, a concat) consolidates on its own take. A
+        join's pairs (4.7M in a transitive closure) used to be consolidated
+        twice, before and after the map that follows it. Term errors and
+        inspect events are per row and summed per row, so they agree."""
+        entry = self.ports[port].pop(t, None)
+        if entry is None:
+            return [], True
+        return _rows(entry), entry[0]
+
     def emit(self, t: tuple, rows, clean: bool = False) -> None:
         """Send ``rows`` at ``t`` downstream; ``clean``: they are consolidated."""
         if not rows:
@@ -168,11 +180,12 @@ class LinearOp(Operator):
         self.dataflow.record_error(step.op, step.loc, str(error), k, v, self._time, d)
 
     def step(self, t):
-        rows = self.take(0, t)
+        rows, clean = self.take_raw(0, t)
         if rows:
             it = t[-1] if self.iterative else 0
             self._time = t
-            self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events), self.keeps_clean)
+            self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events),
+                      clean and self.keeps_clean)
 
 
 class EnterAtOp(Operator):
@@ -183,7 +196,8 @@ class EnterAtOp(Operator):
     def step(self, t):
         by_time: dict = {}
         it = t[-1]
-        for k, v, d in self.take(0, t):
+        rows, clean = self.take_raw(0, t)
+        for k, v, d in rows:
             try:
                 delay = 256 * bit_length_u64(self.delay(k, v))
             except TermError as e:
@@ -191,8 +205,8 @@ class EnterAtOp(Operator):
                 continue
             s = t if delay <= it else t[:-1] + (delay,)
             by_time.setdefault(s, []).append((k, v, d))
-        for s, rows in by_time.items():
-            self.emit(s, rows, True)
+        for s, part in by_time.items():
+            self.emit(s, part, clean)
 
 
 class ExchangeOp(Operator):
@@ -241,6 +255,7 @@ class ArrangeOp(Operator):
         super().__init__(node, scope, dataflow)
         self.trace = Trace()
         self.subscribers: list = []  # ImportOps of other dataflows
+        self.watch: list | None = None  # (time, rows) of each step, while a subscription watches
         mesh = dataflow.exchange
         self.check = (mesh.index, mesh.peers) if CHECK_OWNERS and mesh is not None else None
 
@@ -269,6 +284,8 @@ class ArrangeOp(Operator):
             if self.check:
                 check_owners(rows, *self.check)
             self.trace.insert(rows, t)
+            if self.watch is not None:
+                self.watch.append((t, rows))
             self.emit(t, rows, True)
             for sub in self.subscribers:
                 sub.receive(0, t, rows, True)
@@ -281,38 +298,35 @@ class JoinOp(Operator):
     def __init__(self, node, scope, dataflow, left: ArrangeOp, right: ArrangeOp):
         super().__init__(node, scope, dataflow)
         self.left, self.right = left, right
-        self.proj = compile_projection(node.proj)
+        self.join = compile_join(node.proj, scope.depth)
+
+    def _fail(self, error, k, ab, s, d) -> None:
+        self.fail("join", error, k, ab, s, d)
 
     def step(self, t):
         dl, dr = self.take(0, t), self.take(1, t)
-        out: dict = {}
-        proj = self.proj
-        right_data, left_data = self.right.trace.data, self.left.trace.data
+        out = self.join(dl, dr, self.left.trace.data, self.right.trace.data, t, self._fail)
+        for s, rows in out.items():  # consolidated by whoever needs it (see take_raw)
+            if rows:
+                self.emit(s, rows)
 
-        def produce(k, a, b, s, d):
-            if not INT_MIN <= d <= INT_MAX:
-                self.fail("join", OVERFLOW, k, (a, b), s, d)
-                return
-            try:
-                key, val = proj(k, a, b)
-            except TermError as e:
-                self.fail("join", e, k, (a, b), s, d)
-                return
-            out.setdefault(s, []).append((key, val, d))
 
-        # (L + dL)(R + dR) - LR = dL (R + dR) + L dR. The right trace already
-        # holds dR at t, so new left rows meet all of it; new right rows meet
-        # the left history without this time's dL. Each pair is evaluated
-        # once, so a failing pair is counted once.
-        for k, a, d1 in dl:
-            for b, s, d2 in right_data.get(k, ()):
-                produce(k, a, b, time_join(t, s), d1 * d2)
-        for k, b, d2 in dr:
-            for a, s, d1 in left_data.get(k, ()):
-                if s != t:
-                    produce(k, a, b, time_join(t, s), d1 * d2)
-        for s, rows in out.items():
-            self.emit(s, consolidate(rows), True)
+def _sum_history(hist) -> dict:
+    """val -> net diff over a whole history (zeros left out)."""
+    acc: dict = {}
+    for v, _, d in hist:
+        acc[v] = acc.get(v, 0) + d
+    return {v: d for v, d in acc.items() if d} if acc else acc
+
+
+def _difference(k, want: dict, have: dict, out: list) -> None:
+    """Append the rows that turn output ``have`` into ``want`` for key ``k``."""
+    for v, d in want.items():
+        delta = d - have.pop(v, 0)
+        if delta:
+            out.append((k, v, delta))
+    for v, d in have.items():
+        out.append((k, v, -d))
 
 
 def _reduce_min(acc: dict):
@@ -389,38 +403,58 @@ class ReduceOp(Operator):
                     del self.key_times[k]
         if not keys:
             return
-        in_trace, out_trace = self.source.trace, self.output
+        in_data, out_data = self.source.trace.data, self.output.data
+        reducer, name = self.reducer, self.node.reducer
         emitted = []
-        name = self.node.reducer
-        for k in keys:
-            acc = in_trace.accumulate(k, t)
-            try:
-                want = self.reducer(acc) if acc else {}
-            except TermError as e:  # the key keeps no output: as if its input were empty
-                self.fail(name, e, k, None, t, 1)
-                want = {}
-            have = out_trace.accumulate(k, t)
-            for v, d in want.items():
-                delta = d - have.pop(v, 0)
-                if delta:
-                    emitted.append((k, v, delta))
-            for v, d in have.items():
-                emitted.append((k, v, -d))
-            self._interesting(k, t, in_trace, out_trace)
-        if emitted:
-            out_trace.insert(emitted, t)
-            self.emit(t, emitted, True)
-
-    def _interesting(self, k, t, in_trace, out_trace) -> None:
-        if len(t) == 1:  # totally ordered times: nothing is ever concurrent
-            return
-        seen = set()
-        for hist in (in_trace.data.get(k, ()), out_trace.data.get(k, ())):
-            for _, s, _ in hist:
-                if s not in seen:
-                    seen.add(s)
+        if len(t) == 1:
+            # At the root times are totally ordered and every entry of both
+            # histories is at or before t: sum them whole, no interesting times.
+            for k in keys:
+                acc = _sum_history(in_data.get(k, ()))
+                try:
+                    want = reducer(acc) if acc else {}
+                except TermError as e:  # the key keeps no output: as if its input were empty
+                    self.fail(name, e, k, None, t, 1)
+                    want = {}
+                _difference(k, want, _sum_history(out_data.get(k, ())), emitted)
+        else:
+            for k in keys:
+                # one pass over each history: accumulate what is <= t, and
+                # schedule join(s, t) for every s that is not (DESIGN, reduce)
+                acc = self._accumulate(k, in_data.get(k, ()), t)
+                try:
+                    want = reducer(acc) if acc else {}
+                except TermError as e:
+                    self.fail(name, e, k, None, t, 1)
+                    want = {}
+                have = self._accumulate(k, out_data.get(k, ()), t)
+                _difference(k, want, have, emitted)
+                for s in tuple(self.key_times.get(k, ())):
                     if not less_equal(s, t):
                         self._schedule(k, time_join(s, t))
-        for s in tuple(self.key_times.get(k, ())):
-            if not less_equal(s, t):
-                self._schedule(k, time_join(s, t))
+        if emitted:
+            self.output.insert(emitted, t)
+            self.emit(t, emitted, True)
+
+    def _accumulate(self, k, hist, t: tuple) -> dict:
+        """val -> net diff of ``hist`` at times <= ``t`` (zeros left out);
+        each later-or-concurrent time ``s`` schedules ``join(s, t)`` for ``k``."""
+        acc: dict = {}
+        if len(t) == 2:  # one loop level, the common case: the order inlined
+            t0, t1 = t
+            for v, s, d in hist:
+                if s[0] <= t0 and s[1] <= t1:
+                    acc[v] = acc.get(v, 0) + d
+                else:
+                    j = (s[0] if s[0] > t0 else t0, s[1] if s[1] > t1 else t1)
+                    if k not in self.scheduled.get(j, ()):
+                        self._schedule(k, j)
+        else:
+            for v, s, d in hist:
+                if less_equal(s, t):
+                    acc[v] = acc.get(v, 0) + d
+                else:
+                    j = time_join(s, t)
+                    if k not in self.scheduled.get(j, ()):
+                        self._schedule(k, j)
+        return {v: d for v, d in acc.items() if d} if acc else acc

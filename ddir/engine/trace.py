@@ -7,14 +7,18 @@ work proportional to what changed, not to the size of the trace.
 
 from __future__ import annotations
 
-from .time import advance, less_equal
+from .time import advance
 
 
 class Trace:
-    __slots__ = ("data", "dirty")
+    __slots__ = ("data", "dirty", "hold")
 
     def __init__(self) -> None:
         self.data: dict = {}     # key -> list of (val, time, diff)
+        # the latest epoch compaction may fold onto while a reader (a cursor's
+        # lease, ddir.server.cursor) still reads the history before a later
+        # epoch; None: no limit
+        self.hold: int | None = None
         # epoch -> keys that gained an entry at that epoch while holding
         # entries of an earlier one. Compaction only moves the epoch
         # coordinate, so entries of one epoch (different iterations) never
@@ -38,17 +42,12 @@ class Trace:
                         dirty = self.dirty.setdefault(t[0], set())
                     dirty.add(k)
 
-    def accumulate(self, key, t: tuple) -> dict:
-        """val -> net diff over history at times <= ``t`` (zeros left out)."""
-        acc: dict = {}
-        for v, s, d in self.data.get(key, ()):
-            if less_equal(s, t):
-                acc[v] = acc.get(v, 0) + d
-        return {v: d for v, d in acc.items() if d}
-
     def compact(self, epoch: int) -> None:
         """Fold the entries of epochs before ``epoch`` onto it, for the keys
-        that gained entries before ``epoch`` (the others have nothing to fold)."""
+        that gained entries before ``epoch`` (the others have nothing to fold);
+        never past ``hold``."""
+        if self.hold is not None and self.hold < epoch:
+            epoch = self.hold
         due = [e for e in self.dirty if e < epoch]
         if not due:
             return

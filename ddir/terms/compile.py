@@ -135,10 +135,12 @@ class CannotCompile(Exception):
     """The generated source is beyond what Python compiles; interpret."""
 
 
-def build_function(name: str, source: str, consts: list):
+def build_function(name: str, source: str, consts: list, extra: dict | None = None):
     """``exec`` generated source defining ``name`` and return that function
-    (:class:`CannotCompile` where Python refuses the source)."""
+    (:class:`CannotCompile` where Python refuses the source); ``extra``:
+    more names the source uses."""
     namespace = dict(GLOBALS)
+    namespace.update(extra or {})
     namespace["_K"] = tuple(consts)
     try:
         code = compile(source, f"<ddir:{name}>", "exec")
