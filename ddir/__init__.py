@@ -7,7 +7,8 @@
 
 __version__ = "0.1.0"
 
-from .errors import (CommandError, DataFileError, DdirError, DropRefused, InstallFailed,  # noqa: E402
+from .errors import (CommandError, CursorError, DataFileError, DdirError, DropRefused,  # noqa: E402
+                     InstallFailed,
                      InvalidProgram, InvalidSource, NameTaken, ServerError, ServerStopped,
                      UnknownName, UpdateRefused)
 from .values import List, Variant  # noqa: E402
@@ -15,10 +16,11 @@ from .values import List, Variant  # noqa: E402
 __all__ = [
     "Server", "Result", "TickResult", "Event", "List", "Variant", "DdirError", "CommandError",
     "InvalidProgram", "ServerError", "UnknownName", "NameTaken", "InvalidSource", "DropRefused",
-    "UpdateRefused", "InstallFailed", "DataFileError", "ServerStopped", "__version__",
+    "UpdateRefused", "InstallFailed", "CursorError", "DataFileError", "ServerStopped",
+    "Subscription", "Change", "Page", "__version__",
 ]
 
-_API = ("Server", "Result", "TickResult", "Event")
+_API = ("Server", "Result", "TickResult", "Event", "Subscription", "Change", "Page")
 
 
 def __getattr__(name):  # the server loads on first use, so `ddir check` starts fast

@@ -10,6 +10,10 @@
         result = s.tick()                              # .epoch .events .errors
         s.peek("result")                               # [(key, val, diff), ...]
         s.peek_arrow("result")                         # a pyarrow.Table
+        with s.subscribe("result") as sub:             # replay, then each tick's changes
+            for change in sub: ...                     # what has arrived (see Subscription)
+        page = s.page("result", limit=100)             # .rows .total .offset .cursor
+        page = s.page(cursor=page.cursor)              # the next page, as of page's epoch
 
 Every command runs through :meth:`Server.execute` (typed command -> output
 records, or a :class:`ddir.DdirError`); the CLI, the prompt and scripts are
@@ -19,6 +23,7 @@ Python: ``int``, ``tuple``, :class:`ddir.List`, :class:`ddir.Variant`.
 
 from __future__ import annotations
 
+import collections
 import signal
 import threading
 import warnings
@@ -55,6 +60,110 @@ class Result:
 
 
 TickResult = Result
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a :class:`Subscription` yields. The first is the replay
+    (``replay=True``): the trace as `peek` showed it when subscribing, at
+    ``epoch`` (the rows of every time before it). Then one per tick that
+    changed the trace: ``epoch`` is the epoch that tick closed, ``rows`` the
+    net changes ``(key, val, diff)`` at it, sorted. Adding them up gives
+    exactly what :meth:`Server.peek` shows after that tick."""
+    trace: str
+    epoch: int
+    rows: tuple
+    replay: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of :meth:`Server.page`: ``rows``, the trace's ``total`` rows
+    as of the page's epoch, the ``offset`` of the first row, and the
+    ``cursor`` of the next page (None on the last)."""
+    trace: str
+    rows: list
+    total: int
+    offset: int
+    cursor: str | None
+
+
+class Subscription:
+    """A live view of a trace (``Server.subscribe``, SPEC C2).
+
+    Changes arrive while the server ticks (in this thread or another) and
+    wait in a queue. Iterating (``for change in sub``) yields the queued
+    :class:`Change` objects - the replay first - and stops when the queue is
+    empty, so it never blocks a single-threaded program; iterate again after
+    the next tick. :meth:`follow` instead blocks for the next change, for a
+    consumer thread, until the subscription ends. It ends with :meth:`close`
+    (``with`` does it) or when the trace's producer is dropped (``ended``
+    then says why)."""
+
+    def __init__(self, server: "Server", trace: str, key, has_key: bool):
+        self.server = server
+        self.trace = trace
+        self.key = key
+        self.has_key = has_key
+        self.epoch = None         # the epoch it started at
+        self.replay: list = []    # the rows replayed
+        self.ended: str | None = None
+        self.id = None
+        self._queue: collections.deque = collections.deque()
+        self._ready = threading.Condition()
+
+    def _deliver(self, records) -> None:
+        with self._ready:
+            for r in records:
+                if r["kind"] == "change":
+                    self._queue.append(Change(r["trace"], r["epoch"], tuple(r["rows"])))
+                elif r["kind"] == "ended":
+                    self.ended = r["reason"]
+            self._ready.notify_all()
+
+    def _started(self, record) -> None:
+        self.trace, self.epoch, self.id = record["trace"], record["epoch"], record["sub"]
+        self.replay = list(record["rows"])
+        self._queue.append(Change(self.trace, self.epoch, tuple(self.replay), replay=True))
+
+    def __iter__(self):
+        while True:
+            with self._ready:
+                if not self._queue:
+                    return
+                change = self._queue.popleft()
+            yield change
+
+    def follow(self, timeout: float | None = None):
+        """Yield changes as they arrive, blocking, until the subscription
+        ends (or nothing came for ``timeout`` seconds)."""
+        while True:
+            with self._ready:
+                if not self._queue and self.ended is None:
+                    self._ready.wait(timeout)
+                if not self._queue:
+                    return
+                change = self._queue.popleft()
+            yield change
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent); what is queued can still be read."""
+        if self.ended is None and self.id is not None:
+            self.server.core.end_subscription(self.id)
+        with self._ready:
+            if self.ended is None:
+                self.ended = "unsubscribed"
+            self._ready.notify_all()
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"ended: {self.ended}" if self.ended else f"{len(self._queue)} queued"
+        return f"<Subscription {self.trace!r} from epoch {self.epoch} ({state})>"
 
 
 class Server:
@@ -105,15 +214,18 @@ class Server:
 
     # ------------------------------------------------------------ the one code path
 
-    def execute(self, cmd) -> list:
+    def execute(self, cmd, owner=None, deliver=None) -> list:
         """Run a typed command (:mod:`ddir.server.commands`): its output
-        records, or a :class:`ddir.DdirError` with nothing changed."""
+        records, or a :class:`ddir.DdirError` with nothing changed.
+        ``owner``/``deliver``: whose subscriptions and cursor leases these
+        are, and where a ``subscribe``'s later records go (see
+        :meth:`ddir.server.registry.Server.run`)."""
         if self._closed:
             raise E.ServerStopped("the server is closed")
         if self.core.cluster is not None and getattr(self.core.cluster, "dead", None):
             raise E.ServerStopped(self.core.cluster.dead)
         try:
-            return self.core.run(cmd)
+            return self.core.run(cmd, owner, deliver)
         except WorkerDied as e:
             self.close()
             raise E.ServerStopped(str(e)) from None
@@ -243,6 +355,45 @@ class Server:
         records = self._call(cmd)
         _warn(records)
         return [tuple(r) for r in records[-1]["rows"]]
+
+    def page(self, trace: str | None = None, key=None, *, limit: int | None = None,
+             offset: int = 0, cursor: str | None = None) -> Page:
+        """One page of a trace (``peek ... limit=``) or, with ``cursor``, the
+        page after it as of the cursor's epoch, even after ticks (SPEC C4;
+        ``limit`` defaults to the cursor's). A cursor unused for 60 s expires
+        (:class:`ddir.CursorError`)."""
+        if cursor is None:
+            _name(trace, "a trace name")
+            if limit is None:
+                raise E.CommandError("page needs limit= (or cursor=)")
+        else:
+            if type(cursor) is not str or not cursor:
+                raise E.CommandError(f"cursor must be a token string, got {_show(cursor)}")
+            if trace is not None:
+                _name(trace, "a trace name")
+            if offset:
+                raise E.CommandError("`offset=` cannot be combined with `cursor=` (a cursor "
+                                     "knows where it is)")
+        cmd = C.Peek(trace or "", None if key is None else _value(key, "key"), key is not None,
+                     None if limit is None else _integer(limit, "limit=", 0),
+                     _integer(offset, "offset=", 0), cursor)
+        records = self._call(cmd)
+        _warn(records)
+        r = records[-1]
+        return Page(r["trace"], [tuple(x) for x in r["rows"]], r["total"], r["offset"],
+                    r.get("cursor"))
+
+    def subscribe(self, trace: str, key=None) -> Subscription:
+        """Replay the trace's contents (as :meth:`peek`), then its net changes
+        at every tick: see :class:`Subscription`."""
+        _name(trace, "a trace name")
+        sub = Subscription(self, trace, None if key is None else _value(key, "key"),
+                           key is not None)
+        records = _deferring_interrupts(
+            lambda: self.execute(C.Subscribe(trace, sub.key, sub.has_key), sub, sub._deliver))
+        _warn(records)
+        sub._started(records[-1])
+        return sub
 
     def peek_arrow(self, trace: str):
         """The trace's contents as a ``pyarrow.Table`` with save's columns."""

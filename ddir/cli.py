@@ -18,6 +18,8 @@ from .server.session import Session
 USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N]
        ddir check FILE...
        ddir explain FILE
+       ddir serve [--host H] [--port P] [-w N] [--token-file F] [SCRIPT...]
+       ddir connect ws://HOST:PORT [--token-file F] [SCRIPT...]
 
   SCRIPT          session scripts to replay, one after the other (stdin if none)
   -w N, --workers N
@@ -150,6 +152,12 @@ def _main(argv: list | None) -> int:
         return check(argv[1:])
     if argv and argv[0] == "explain":
         return explain_cmd(argv[1:])
+    if argv and argv[0] == "serve":
+        from .serve import main as serve_main
+        return serve_main(argv[1:])
+    if argv and argv[0] == "connect":
+        from .connect import main as connect_main
+        return connect_main(argv[1:])
     if "-h" in argv or "--help" in argv:
         print(USAGE, end="")
         return 0

@@ -15,6 +15,7 @@ kind, so a Python caller can catch what it expects::
     |   +-- DropRefused      drop while a trace is imported
     |   +-- UpdateRefused    feed/load: time in the past, diff=0, a failed or generated program
     |   +-- InstallFailed    install: the catch-up hit the iteration bound
+    |   +-- CursorError      peek cursor=: a forged, expired or dropped cursor
     +-- DataFileError        load / save: a missing, unreadable or malformed file, a bad column
     +-- ServerStopped        a worker died or the server was closed: nothing more can run
 """
@@ -64,6 +65,11 @@ class UpdateRefused(ServerError):
 
 class InstallFailed(ServerError):
     pass
+
+
+class CursorError(ServerError):
+    """``peek cursor=``: a token this server did not issue, or one whose lease
+    expired or whose trace was dropped."""
 
 
 class DataFileError(DdirError):

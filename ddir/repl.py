@@ -63,7 +63,7 @@ class DdirCompleter(Completer):
         if cmd in ("feed", "drop", "load") and position == 1:
             candidates = [p.name for p in server.programs.values()
                           if cmd == "drop" or p.origin == "program"]
-        elif cmd in ("peek", "save") and position == 1:
+        elif cmd in ("peek", "save", "subscribe", "unsubscribe") and position == 1:
             candidates = sorted(server.traces)
         elif cmd == "help" and position == 1:
             candidates = list(COMMANDS)

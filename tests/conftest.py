@@ -4,6 +4,9 @@ from pathlib import Path
 # Every multi-worker run in the tests (in process or via the CLI) checks that
 # each arranged row is on the worker owning its key (ddir/engine/exchange.py).
 os.environ["DDIR_CHECK_OWNERS"] = "1"
+# Cursor tokens (SPEC C4) are signed with a random secret per server unless
+# this fixes it: then every run, and every -w N, prints the same tokens.
+os.environ.setdefault("DDIR_CURSOR_SECRET", "ddir-tests")
 
 import pytest
 

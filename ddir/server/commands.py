@@ -76,6 +76,19 @@ class Peek:
     has_key: bool
     limit: Optional[int]
     offset: int
+    cursor: Optional[str] = None  # `peek cursor=<token>`: the next page (SPEC C4)
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    trace: str
+    key: Any
+    has_key: bool
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    trace: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,11 @@ HELP = {
     "tick": ("tick", "close the current epoch, run every program to quiescence, print inspect events"),
     "drop": ("drop <name>", "remove a program (refused while a trace it publishes has importers)"),
     "peek": ("peek <trace> [key] [limit=<n>] [offset=<n>]", "print a trace's consolidated contents"),
+    "peek cursor": ("peek [<trace>] cursor=<token> [limit=<n>]",
+                    "the next page after a cursor, as of the cursor's epoch"),
+    "subscribe": ("subscribe <trace> [key]",
+                  "print the trace's contents, then its changes at every tick"),
+    "unsubscribe": ("unsubscribe <trace>", "stop reporting the trace's changes"),
     "load": ("load <prog> <in#> <file> [key=<cols>] [val=<cols>] [diff=<col>] [time=<t>]",
              "stage one update per row of a .parquet/.arrow/.feather/.ipc/.csv file"),
     "save": ("save <trace> <file>", "write a trace's consolidated contents to a "
@@ -108,8 +126,8 @@ HELP = {
     "help": ("help [command]", "the command table, or one command"),
     "exit": ("exit", "stop (also `quit`)"),
 }
-COMMANDS = tuple(HELP) + ("quit",)
-OPTION_KEYS = {"feed": ("val", "time", "diff"), "peek": ("limit", "offset"),
+COMMANDS = tuple(t for t in HELP if " " not in t) + ("quit",)
+OPTION_KEYS = {"feed": ("val", "time", "diff"), "peek": ("limit", "offset", "cursor"),
                "load": ("key", "val", "diff", "time")}
 
 
@@ -243,6 +261,26 @@ def parse_command(line: str, script_dir: str | None = None):
     if cmd == "save":
         _arity(cmd, positional, 2, 2)
         return Save(*positional)
+    if cmd == "peek" and "cursor" in options:
+        if len(positional) > 2:
+            raise CommandError(f"usage: {HELP['peek cursor'][0]}")
+        if "offset" in options:
+            raise CommandError("`offset=` cannot be combined with `cursor=` (a cursor knows "
+                               "where it is)")
+        if not options["cursor"]:
+            raise CommandError("cursor= needs a token")
+        has_key = len(positional) == 2
+        return Peek(positional[0] if positional else "",
+                    _value(positional[1]) if has_key else None, has_key,
+                    _int(options["limit"], "limit=", 0) if "limit" in options else None, 0,
+                    options["cursor"])
+    if cmd in ("subscribe", "unsubscribe"):
+        if cmd == "subscribe":
+            _arity(cmd, positional, 1, 2)
+            has_key = len(positional) == 2
+            return Subscribe(positional[0], _value(positional[1]) if has_key else None, has_key)
+        _arity(cmd, positional, 1, 1)
+        return Unsubscribe(positional[0])
     if cmd == "peek":
         _arity(cmd, positional, 1, 2)
         has_key = len(positional) == 2

@@ -46,6 +46,21 @@ def render_text(record: dict) -> str:
             exports = "[" + ", ".join(f'"{e}"' for e in p["exports"]) + "]"
             lines.append(f"  {p['name']}{tag} (inputs: {inputs}, imports: {imports}, exports: {exports})")
         return "\n".join(lines)
+    if kind == "subscribed":
+        key = f" key={format_value(record['key'])}" if record.get("has_key") else ""
+        n = len(record["rows"])
+        lines = [f'subscribed "{record["trace"]}"{key} at epoch {record["epoch"]} ({n} rows)']
+        lines += [f"  {{{record['trace']}}} {format_value(k)} ; {format_value(v)}  x{d}"
+                  for k, v, d in record["rows"]]
+        return "\n".join(lines)
+    if kind == "change":
+        t = format_time((record["epoch"],))
+        return "\n".join(f"  {{{record['trace']}}} {format_value(k)} ; {format_value(v)}"
+                         f"  @{t}  {'+' if d > 0 else '-'}{abs(d)}" for k, v, d in record["rows"])
+    if kind == "unsubscribed":
+        return f'unsubscribed "{record["trace"]}"'
+    if kind == "ended":
+        return f'subscription "{record["trace"]}" ended: {record["reason"]}'
     if kind == "loaded":
         return f'loaded {record["rows"]} rows into "{record["program"]}" input {record["input"]}'
     if kind == "saved":
@@ -63,13 +78,15 @@ def _peek_text(record: dict) -> str:
     for k, v, d in record["rows"]:
         lines.append(f"  {format_value(k)} ; {format_value(v)}  x{d}")
     shown_to = record["offset"] + len(record["rows"])
-    if shown_to < total and record["rows"]:
+    if shown_to < total and record["rows"] and not record.get("page"):
         more = total - shown_to
         # the command that shows the rest, key included, written as one token each
         # (a printed value has blanks only after its commas)
         key_arg = f" {format_value(record['key']).replace(' ', '')}" if record.get("has_key") else ""
         lines.append(f"  ... {more} more row{'s' if more != 1 else ''} "
                      f"(peek {record['trace']}{key_arg} offset={shown_to})")
+    if record.get("cursor"):  # SPEC C4: the next page, as of this page's epoch
+        lines.append(f"  more: peek {record['trace']} cursor={record['cursor']}")
     return "\n".join(lines)
 
 
@@ -80,6 +97,16 @@ def render_json(record: dict) -> str:
                "key": to_json(record["key"]) if record.get("has_key") else None,
                "rows": [[to_json(k), to_json(v), d] for k, v, d in record["rows"]],
                "total": record["total"], "offset": record["offset"]}
+        if record.get("cursor"):
+            obj["cursor"] = record["cursor"]
+    elif kind in ("subscribed", "change"):
+        obj = {"kind": kind, "trace": record["trace"]}
+        if kind == "subscribed" and record.get("has_key"):
+            obj["key"] = to_json(record["key"])
+        obj["epoch"] = record["epoch"]
+        obj["rows"] = [[to_json(k), to_json(v), d] for k, v, d in record["rows"]]
+    elif kind == "ended":
+        obj = {"kind": "ended", "trace": record["trace"], "reason": record["reason"]}
     elif kind == "inspect":
         obj = {"kind": "inspect", "label": record["label"], "key": to_json(record["key"]),
                "val": to_json(record["val"]), "time": list(record["time"]), "diff": record["diff"]}

@@ -13,15 +13,17 @@ stored, so they cannot drift from the truth.
 from __future__ import annotations
 
 import contextlib
+import heapq
 from dataclasses import dataclass, field
 
 from . import commands as C
 from .cluster import LocalCluster
+from .cursor import Cursors
 from .generated import Recipe, RecipeError, parse_recipe
 from ..engine.exchange import split_by_owner
-from ..errors import (DdirError, DropRefused, InstallFailed, InvalidSource, NameTaken,
-                      ServerError, UnknownName, UpdateRefused)
-from ..values import INT_MAX, INT_MIN, order_key
+from ..errors import (CursorError, DdirError, DropRefused, InstallFailed, InvalidSource,
+                      NameTaken, ServerError, UnknownName, UpdateRefused)
+from ..values import INT_MAX, INT_MIN, format_value, order_key
 
 __all__ = ["Server", "ServerError", "Installed"]
 
@@ -46,6 +48,21 @@ class Installed:
 
 
 @dataclass
+class Subscription:
+    """One ``subscribe`` (SPEC C2). ``owner`` is whoever subscribed (None:
+    the one local session; the API and ``serve`` pass their own object), and
+    ``deliver(records)``, when set, receives its change and end records as
+    they happen; without it they are part of the records the tick (or the
+    drop) returns."""
+    id: int
+    trace: str
+    key: object
+    has_key: bool
+    owner: object = None
+    deliver: object = None
+
+
+@dataclass
 class Server:
     epoch: int = 0
     programs: dict = field(default_factory=dict)   # name -> Installed, in install order
@@ -55,7 +72,10 @@ class Server:
     # progress(label, total) -> a context manager yielding update(done, total=None):
     # how a long load or save shows that it is running (the prompt's progress bar)
     progress: object = no_progress
+    subscriptions: dict = field(default_factory=dict)  # id -> Subscription, in order
+    cursors: Cursors = field(default_factory=Cursors)   # peek cursors' secret and leases
     _seq: int = 0
+    _sub_seq: int = 0
 
     # ------------------------------------------------------------ queries
 
@@ -71,16 +91,30 @@ class Server:
         except DdirError as e:
             return [{"kind": "error", "message": str(e)}]
 
-    def run(self, cmd) -> list:
+    def run(self, cmd, owner=None, deliver=None) -> list:
         """Records for one command; a refused command raises a
         :class:`ddir.errors.DdirError` and changes nothing (the one code path
-        every client uses: the CLI, the prompt, scripts, :class:`ddir.Server`)."""
+        every client uses: the CLI, the prompt, scripts, :class:`ddir.Server`).
+
+        ``owner`` names the client (any object; None: the one local session):
+        ``unsubscribe`` ends only its subscriptions, and a cursor page renews
+        the lease in its name (:meth:`release_owner` when it goes away). A
+        ``subscribe`` with ``deliver`` has its later records (``change``,
+        ``ended``) passed to ``deliver(records)`` as ticks and drops happen,
+        each carrying ``"sub"``, the id its ``subscribed`` record carries;
+        without ``deliver`` they are returned by the tick or drop that made
+        them, whoever ran it."""
+        if isinstance(cmd, (C.Subscribe, C.Unsubscribe)):
+            return (self.subscribe(cmd, owner, deliver) if isinstance(cmd, C.Subscribe)
+                    else self.unsubscribe(cmd, owner))
         handler = {
             C.Install: self.install, C.Feed: self.feed, C.Tick: self.tick, C.Drop: self.drop,
             C.Peek: self.peek, C.ListCmd: self.list, C.Help: self.help,
             C.Load: self.load, C.Save: self.save,
         }[type(cmd)]
         try:
+            if isinstance(cmd, C.Peek):
+                return self.page(cmd, owner) if cmd.cursor is not None else self.peek(cmd, owner)
             return handler(cmd)
         except RecipeError as e:
             raise InvalidSource(str(e)) from None
@@ -166,7 +200,11 @@ class Server:
         del self.programs[entry.name]
         for trace in entry.exports:
             self.traces.pop(trace, None)
-        return [{"kind": "dropped", "name": entry.name}]
+            self.cursors.release_trace(trace)
+        records = [{"kind": "dropped", "name": entry.name}]
+        for sub in [s for s in self.subscriptions.values() if s.trace in entry.exports]:
+            records += self._end(sub, "its producer was dropped")
+        return records
 
     # ------------------------------------------------------------ feed / tick
 
@@ -254,11 +292,98 @@ class Server:
 
     def tick(self, cmd: C.Tick) -> list:
         closing = self.epoch
-        replies = self.cluster.broadcast(("tick", closing))
+        watched = sorted({s.trace for s in self.subscriptions.values()})
+        replies = self.cluster.broadcast(("tick", closing, watched, self.cursors.active()))
         self.epoch += 1
         records = self._collect(replies)
         records += self._fail(replies, closing)
+        if watched:  # next to the inspect events
+            at = sum(1 for r in records if r["kind"] == "inspect")
+            records[at:at] = self._changes(replies, closing)
         records.append({"kind": "tick", "epoch": self.epoch})
+        return records
+
+    # ------------------------------------------------------------ subscriptions
+
+    def subscribe(self, cmd: C.Subscribe, owner=None, deliver=None) -> list:
+        """Replay the trace as `peek` shows it; its changes follow at each tick."""
+        name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key)
+        rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
+        self._sub_seq += 1
+        sub = Subscription(self._sub_seq, name, cmd.key, cmd.has_key, owner, deliver)
+        self.subscriptions[sub.id] = sub
+        return records + [{"kind": "subscribed", "trace": name, "key": cmd.key,
+                           "has_key": cmd.has_key, "epoch": self.epoch, "rows": rows,
+                           "sub": sub.id}]
+
+    def unsubscribe(self, cmd: C.Unsubscribe, owner=None) -> list:
+        name = self.canonical(cmd.trace)
+        mine = [s for s in self.subscriptions.values() if s.trace == name and s.owner is owner]
+        if not mine:
+            if name not in self.traces:
+                raise UnknownName(f'unknown trace "{cmd.trace}"')
+            raise UnknownName(f'no subscription to "{name}"')
+        for sub in mine:
+            del self.subscriptions[sub.id]
+        return [{"kind": "unsubscribed", "trace": name}]
+
+    def end_subscription(self, sub_id: int, reason: str | None = None) -> list:
+        """End one subscription (a client's overflowed queue, an API
+        ``Subscription.close()``); with a reason its ``ended`` record is
+        delivered (or returned). Unknown ids are ignored."""
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            return []
+        if reason is None:
+            del self.subscriptions[sub_id]
+            return []
+        return self._end(sub, reason)
+
+    def release_owner(self, owner) -> None:
+        """A client went away: its subscriptions end, its cursor leases go."""
+        for sub in [s for s in self.subscriptions.values() if s.owner is owner]:
+            del self.subscriptions[sub.id]
+        self.cursors.release_owner(owner)
+
+    def _end(self, sub: Subscription, reason: str) -> list:
+        del self.subscriptions[sub.id]
+        record = {"kind": "ended", "trace": sub.trace, "reason": reason, "sub": sub.id}
+        if sub.deliver is not None:
+            sub.deliver([record])
+            return []
+        return [record]
+
+    def _changes(self, replies, epoch: int) -> list:
+        """Each subscription's net changes at ``epoch`` (consolidated over
+        workers, sorted by key and val): delivered, or returned as records
+        sorted by trace. A program that failed in this tick shows none: its
+        traces stay as they were before ``epoch``."""
+        per_trace: dict = {}
+        for reply in replies:
+            for trace, rows in reply.get("changes", ()):
+                merged = per_trace.setdefault(trace, {})
+                for k, v, d in rows:
+                    merged[(k, v)] = merged.get((k, v), 0) + d
+        records = []
+        for sub in sorted(self.subscriptions.values(), key=lambda s: (s.trace, s.id)):
+            producer = self.programs.get(self.traces.get(sub.trace, ""))
+            if producer is None or producer.failed:
+                continue
+            merged = per_trace.get(sub.trace, {})
+            if sub.has_key:
+                wanted = order_key(sub.key)
+                rows = [(k, v, d) for (k, v), d in merged.items() if d and order_key(k) == wanted]
+            else:
+                rows = [(k, v, d) for (k, v), d in merged.items() if d]
+            if not rows:
+                continue
+            rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
+            record = {"kind": "change", "trace": sub.trace, "epoch": epoch, "rows": rows,
+                      "sub": sub.id}
+            if sub.deliver is not None:
+                sub.deliver([record])
+            else:
+                records.append(record)
         return records
 
     def _fail(self, replies, epoch: int) -> list:
@@ -361,13 +486,65 @@ class Server:
                             "left the signed 64-bit range (not shown)"})
         return name, rows, records
 
-    def peek(self, cmd: C.Peek) -> list:
+    def peek(self, cmd: C.Peek, owner=None) -> list:
         name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key)
         rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
         end = None if cmd.limit is None else cmd.offset + cmd.limit
-        return records + [{"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,
-                 "has_key": cmd.has_key, "rows": rows[cmd.offset:end], "total": len(rows),
-                 "offset": cmd.offset}]
+        record = {"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,
+                  "has_key": cmd.has_key, "rows": rows[cmd.offset:end], "total": len(rows),
+                  "offset": cmd.offset}
+        shown = cmd.offset + len(record["rows"])
+        if cmd.limit is not None and shown < len(rows):  # a cursor to the rest (SPEC C4)
+            after = rows[shown - 1][:2] if shown else None
+            record["cursor"] = self._cursor(name, self.epoch, cmd.has_key, cmd.key, after, shown,
+                                            len(rows), cmd.limit, owner, index=True)
+        return records + [record]
+
+    def _cursor(self, name, epoch, has_key, key, after, offset, total, limit, owner,
+                index=False):
+        """A token for the rows after ``after`` as of ``epoch``, with the
+        lease that keeps the epoch readable."""
+        if index and not has_key:  # the workers sort the keys once, not at every page
+            self.cluster.broadcast(("cursor_index", name, epoch))
+        self.cursors.renew(name, epoch, owner)
+        seq = self.programs[self.traces[name]].seq
+        return self.cursors.encode(name, seq, epoch, has_key, key, after, offset, total, limit)
+
+    def page(self, cmd: C.Peek, owner=None) -> list:
+        """``peek cursor=``: the next page as of the cursor's epoch; each
+        worker returns its first rows after the cursor's position, in order,
+        and the intake merges the first ``limit``: a page costs in proportion
+        to the page."""
+        (name, seq, epoch, has_key, key, after, offset, total,
+         limit) = self.cursors.decode(cmd.cursor)
+        if cmd.trace and self.canonical(cmd.trace) != name:
+            raise CursorError(f'this cursor pages "{name}", not "{cmd.trace}"')
+        if cmd.has_key and (not has_key or order_key(cmd.key) != order_key(key)):
+            raise CursorError(f'this cursor pages "{name}"'
+                              + (f" key={format_value(key)}" if has_key else " (every key)")
+                              + f", not key={format_value(cmd.key)}")
+        producer = self.programs.get(self.traces.get(name, ""))
+        if producer is None or producer.seq != seq:
+            raise CursorError(f'cursor expired: trace "{name}" was dropped')
+        if not self.cursors.held(name, epoch):
+            raise CursorError(f'cursor expired: peek "{name}" again')
+        limit = limit if cmd.limit is None else cmd.limit
+        replies = self.cluster.broadcast(("page", name, epoch, key, has_key,
+                                          None if after is None else list(after), limit))
+        rank = lambda r: (order_key(r[0]), order_key(r[1]))  # noqa: E731
+        rows = [tuple(r) for r in heapq.merge(*(reply["rows"] for reply in replies),
+                                              key=rank)][:limit]
+        record = {"kind": "peek", "trace": name, "key": key if has_key else None,
+                  "has_key": has_key, "rows": rows, "total": total, "offset": offset,
+                  "page": True}
+        shown = offset + len(rows)
+        if shown < total and (rows or not limit):
+            record["cursor"] = self._cursor(name, epoch, has_key, key,
+                                            rows[-1][:2] if rows else after,
+                                            shown, total, limit, owner)
+        else:
+            self.cursors.renew(name, epoch, owner)
+        return [record]
 
     def list(self, cmd=None) -> list:
         traces = [{"name": t, "importers": len(self.importers(t))} for t in sorted(self.traces)]
@@ -378,6 +555,8 @@ class Server:
         return [{"kind": "list", "epoch": self.epoch, "traces": traces, "programs": programs}]
 
     def help(self, cmd: C.Help) -> list:
-        topics = [cmd.topic if cmd.topic != "quit" else "exit"] if cmd.topic else list(C.HELP)
+        topic = cmd.topic if cmd.topic != "quit" else "exit"
+        topics = ([t for t in C.HELP if t == topic or t.startswith(topic + " ")] if cmd.topic
+                  else list(C.HELP))
         return [{"kind": "help", "commands": [
             {"name": t, "usage": C.HELP[t][0], "summary": C.HELP[t][1]} for t in topics]}]

@@ -10,6 +10,7 @@ stops the session.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -57,7 +58,7 @@ class Session:
             self.finished = True
             return False
         if isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None:
-            cmd = C.Peek(cmd.trace, cmd.key, cmd.has_key, 50, cmd.offset)
+            cmd = dataclasses.replace(cmd, limit=50)
         try:
             records = _uninterruptible(lambda: self.client.execute(cmd))
         except ServerStopped:

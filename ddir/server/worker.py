@@ -16,7 +16,13 @@ Messages:
   the same for rows whose key and val are Tuples of Ints, sent as int64
   column bytes (a load or feed_many, :mod:`ddir.server.bulk`); the worker
   builds the rows, so the intake never encodes one object per row
-* ``("tick", epoch)``, ``("drop", name)``, ``("peek", trace, key, has_key)``
+* ``("tick", epoch, watched, leases)`` - ``watched``: the subscribed traces, whose
+  rows at ``(epoch,)`` the reply carries as ``changes``; ``leases``: ``[trace,
+  e]`` pairs of held cursor leases: such a trace is compacted only up to ``e - 1``
+* ``("drop", name)``, ``("peek", trace, key, has_key)``
+* ``("cursor_index", trace, epoch)`` - sort the trace's keys once for cursor pages
+* ``("page", trace, epoch, key, has_key, after, n)`` - the first ``n`` rows after
+  ``after`` (a ``(key, val)`` or None) as of ``epoch``, in (key, val) order
 * ``("fail", names, epoch)`` - freeze programs that failed closing ``epoch``
 * ``("stats",)`` - stored and pending updates, collective steps taken, peak
   memory: for tests and benchmarks
@@ -24,6 +30,7 @@ Messages:
 
 from __future__ import annotations
 
+import bisect
 import resource
 
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
@@ -31,6 +38,7 @@ from ..engine.exchange import split_by_owner
 from ..engine.memory import settle
 from ..engine.scope import NonConvergence
 from .generated import Recipe, source_program
+from ..values import INT_MAX, INT_MIN, order_key
 
 
 class Worker:
@@ -41,6 +49,8 @@ class Worker:
         self.dataflows: dict = {}  # program name -> Dataflow, in install order
         self.exports: dict = {}    # trace name -> exporting ArrangeOp
         self.clocks: list = []     # names of clock sources
+        # (trace, epoch) -> (Trace, order keys, keys) sorted, for cursor pages
+        self.cursor_index: dict = {}
 
     def execute(self, message):
         op, *args = message
@@ -97,6 +107,8 @@ class Worker:
         dataflow.detach()
         for trace in dataflow.exports:
             self.exports.pop(trace, None)
+            for lease in [lease for lease in self.cursor_index if lease[0] == trace]:
+                del self.cursor_index[lease]
         if name in self.clocks:
             self.clocks.remove(name)
         return {}
@@ -110,10 +122,36 @@ class Worker:
         from .bulk import rows_from_message
         self.dataflows[name].stage(n, (time,), rows_from_message(keys, vals, diffs, count))
 
-    def do_tick(self, epoch) -> dict:
+    def do_tick(self, epoch, watched=(), leases=()) -> dict:
         """Run every live dataflow to ``epoch``. History is compacted only
         up to ``epoch - 1``, so that this tick's updates stay apart until the
-        intake knows whether some program failed in it (see ``do_fail``)."""
+        intake knows whether some program failed in it (see ``do_fail``),
+        and a trace a cursor's lease reads as of epoch ``e`` only up to
+        ``e - 1``. The reply's ``changes``: each watched trace's rows at
+        ``(epoch,)``, for its subscriptions."""
+        holds: dict = {}
+        for trace, e in leases:
+            holds[trace] = min(holds.get(trace, e - 1), e - 1)
+        leased = {(trace, e) for trace, e in leases}
+        for lease in [lease for lease in self.cursor_index if lease not in leased]:
+            del self.cursor_index[lease]
+        for name, op in self.exports.items():
+            op.trace.hold = holds.get(name)
+        watching = [(name, self.exports[name]) for name in watched if name in self.exports]
+        for _, op in watching:
+            op.watch = []
+        try:
+            reply = self._tick(epoch)
+        finally:
+            seen = {id(op): [row for t, batch in op.watch if t == (epoch,) for row in batch]
+                    for _, op in watching}
+            for _, op in watching:
+                op.watch = None
+        changes = [(name, seen[id(op)]) for name, op in watching if seen[id(op)]]
+        reply["changes"] = changes
+        return reply
+
+    def _tick(self, epoch) -> dict:
         failures = []
         live = [(name, df) for name, df in self.dataflows.items() if df.frozen_at is None]
         for name, dataflow in live:
@@ -164,6 +202,64 @@ class Worker:
         contents = export.trace
         rows = contents.key_contents(key, before) if has_key else contents.contents(before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
+
+    def do_cursor_index(self, trace, epoch) -> dict:
+        self._index(trace, epoch)
+        return {}
+
+    def _index(self, trace, epoch) -> tuple:
+        """The trace's keys sorted in Value order (with their order keys),
+        built once per lease: the keys a page as of ``epoch`` can meet (a key
+        first seen later has nothing before ``epoch``)."""
+        contents = self.exports[trace].trace
+        cached = self.cursor_index.get((trace, epoch))
+        if cached is None or cached[0] is not contents:
+            ranked = sorted(((order_key(k), k) for k in contents.data), key=lambda p: p[0])
+            cached = (contents, [p[0] for p in ranked], [p[1] for p in ranked])
+            self.cursor_index[(trace, epoch)] = cached
+        return cached
+
+    def do_page(self, trace, epoch, key, has_key, after, n) -> dict:
+        """The first ``n`` rows (key, val, diff) after ``after`` as of
+        ``epoch``, in (key, val) order: the cost is that of the rows walked,
+        not of the trace."""
+        if n <= 0:
+            return {"rows": []}
+        export = self.exports[trace]
+        before = epoch
+        if export.dataflow.frozen_at is not None:
+            before = min(before, export.dataflow.frozen_at)
+        data = export.trace.data
+        if has_key:
+            okeys, keys = [order_key(key)], [key]
+        else:
+            _, okeys, keys = self._index(trace, epoch)
+        start = 0
+        after_key = after_val = None
+        if after is not None:
+            after_key, after_val = order_key(after[0]), order_key(after[1])
+            start = bisect.bisect_left(okeys, after_key)
+        rows: list = []
+        for i in range(start, len(keys)):
+            hist = data.get(keys[i])
+            if not hist:
+                continue
+            acc: dict = {}
+            for v, s, d in hist:
+                if s[0] < before:
+                    acc[v] = acc.get(v, 0) + d
+            vals = sorted(((order_key(v), v, d) for v, d in acc.items()
+                           if d and INT_MIN <= d <= INT_MAX), key=lambda x: x[0])
+            if after_key is not None and okeys[i] == after_key:
+                vals = [x for x in vals if x[0] > after_val]
+            elif after_key is not None and okeys[i] < after_key:
+                continue
+            k = keys[i]
+            for _, v, d in vals:
+                rows.append((k, v, d))
+                if len(rows) >= n:
+                    return {"rows": rows}
+        return {"rows": rows}
 
     def do_stats(self) -> dict:
         return {"stored": sum(df.stored_updates() for df in self.dataflows.values()),

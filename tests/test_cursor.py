@@ -1,0 +1,204 @@
+"""Stateless peek cursors (SPEC C4): pages concatenated equal the peek at the
+cursor's epoch exactly, while ticks and feeds happen in between; forged,
+expired (an injected clock) and dropped cursors get clear errors; the lease
+holds back compaction and is released."""
+import random
+
+import pytest
+
+import ddir
+from ddir.server import commands as C
+
+PRODUCER = 'export "edges" = input 0 | key($0[0] ; $0[1]);\n'
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def server(workers, clock=None):
+    s = ddir.Server(workers=workers)
+    if clock is not None:
+        s.core.cursors.clock = clock
+    s.install("prod", source=PRODUCER)
+    return s
+
+
+def random_value(rng):
+    r = rng.random()
+    if r < 0.6:
+        return (rng.randint(0, 30), rng.randint(0, 5))
+    if r < 0.8:
+        return (rng.randint(0, 30), ddir.List([rng.randint(0, 3)]))
+    return (rng.randint(0, 30), ddir.Variant(rng.randint(0, 2), (rng.randint(0, 3),)))
+
+
+def feed_some(s, rng, live: list):
+    for _ in range(rng.randint(1, 25)):
+        if live and rng.random() < 0.3:
+            row = live.pop(rng.randrange(len(live)))
+            s.feed("prod", 0, row, diff=-1)
+        else:
+            row = random_value(rng)
+            live.append(row)
+            s.feed("prod", 0, row, diff=rng.choice([1, 1, 2]))
+
+
+def run_paging(seed: int, workers: int, rounds: int = 4):
+    rng = random.Random(seed)
+    s = server(workers)
+    live: list = []
+    try:
+        cursors = []  # (cursor, key, expected rows, rows so far)
+        for _ in range(rounds):
+            feed_some(s, rng, live)
+            s.tick()
+            # a new cursor on the whole trace or on one key
+            full = s.peek("edges")
+            key = rng.choice(full)[0] if full and rng.random() < 0.3 else None
+            expected = s.peek("edges", key)
+            page = s.page("edges", key, limit=rng.randint(0, 4))
+            assert page.total == len(expected) and page.rows == expected[:len(page.rows)]
+            if page.cursor:
+                cursors.append([page.cursor, key, expected, list(page.rows)])
+            # every open cursor moves on by a page of a random size, in between ticks
+            for entry in cursors:
+                if entry[0] is None:
+                    continue
+                limit = rng.choice([None, 1, 2, 3, 7])
+                page = s.page(cursor=entry[0], limit=limit)
+                assert page.offset == len(entry[3])
+                entry[3] += page.rows
+                entry[0] = page.cursor
+        for entry in cursors:  # drain them
+            while entry[0]:
+                page = s.page(cursor=entry[0], limit=rng.randint(1, 5))
+                entry[3] += page.rows
+                entry[0] = page.cursor
+            assert entry[3] == entry[2]  # no restart, repeat or skip
+    finally:
+        s.close()
+    return len(cursors)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("workers", [1, 3])
+def test_random_paging_while_ticking(seed, workers):
+    run_paging(seed, workers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(6, 106))
+@pytest.mark.parametrize("workers", [1, 3])
+def test_random_paging_while_ticking_long(seed, workers):
+    run_paging(seed, workers, rounds=8)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_cursor_reads_its_epoch_after_ticks(workers):
+    with server(workers) as s:
+        for i in range(10):
+            s.feed("prod", 0, (i, i))
+        s.tick()
+        before = s.peek("edges")
+        page = s.page("edges", limit=3)
+        for i in range(10):  # retract everything, add more, over several ticks
+            s.feed("prod", 0, (i, i), diff=-1)
+            s.feed("prod", 0, (i, i + 100))
+            s.tick()
+        rows = list(page.rows)
+        cursor = page.cursor
+        while cursor:
+            page = s.page(cursor=cursor, limit=4)
+            rows += page.rows
+            cursor = page.cursor
+        assert rows == before
+        # the text form: `more:` ends a page that leaves rows out
+        (record,) = s.command("peek edges limit=2")
+        assert record["cursor"]
+        records = s.command(f"peek edges cursor={record['cursor']} limit=100")
+        assert "cursor" not in records[-1] and records[-1]["offset"] == 2
+
+
+def test_lease_holds_back_compaction_then_expires():
+    clock = Clock()
+    with server(1, clock) as s:
+        s.feed("prod", 0, (1, 1))
+        s.feed("prod", 0, (2, 2))
+        s.tick()
+        page = s.page("edges", limit=1)
+        trace = s.core.cluster.worker.exports["edges"].trace
+        for diff in (-1, 1, -1, 1):
+            s.feed("prod", 0, (1, 1), diff=diff)
+            s.tick()
+        # history before the cursor's epoch (1) stays apart from later epochs
+        assert {t[0] for _, t, _ in trace.data[(1,)]} >= {0, 1}
+        clock.now += 59
+        nxt = s.page(cursor=page.cursor)          # renews the lease
+        assert nxt.rows == [((2,), (2,), 1)]
+        clock.now += 59
+        s.tick()
+        assert ("edges", 1) in s.core.cursors.leases
+        clock.now += 61
+        with pytest.raises(ddir.CursorError, match='cursor expired: peek "edges" again'):
+            s.page(cursor=page.cursor)
+        s.tick()  # no lease: compaction catches up
+        assert {t[0] for _, t, _ in trace.data[(1,)]} == {s.epoch - 2}
+
+
+def test_forged_and_dropped_cursors():
+    with server(3) as s:
+        for i in range(5):
+            s.feed("prod", 0, (i, i))
+        s.tick()
+        token = s.page("edges", limit=2).cursor
+        forged = token[:-3] + ("AAA" if token[-3:] != "AAA" else "BBB")
+        for bad in (forged, "x", "!!!", token[:10], "A" * 200):
+            with pytest.raises(ddir.CursorError, match="invalid cursor"):
+                s.page(cursor=bad)
+        other = ddir.Server()  # another server's secret
+        other.core.cursors.secret = b"something else"
+        try:
+            other.install("prod", source=PRODUCER)
+            with pytest.raises(ddir.CursorError, match="invalid cursor"):
+                other.page(cursor=token)
+        finally:
+            other.close()
+        with pytest.raises(ddir.CursorError, match='pages "edges", not "other"'):
+            s.command(f"peek other cursor={token}")
+        with pytest.raises(ddir.CommandError, match="cannot be combined"):
+            s.command(f"peek edges cursor={token} offset=1")
+        s.drop("prod")
+        with pytest.raises(ddir.CursorError, match='cursor expired: trace "edges" was dropped'):
+            s.page(cursor=token)
+        s.install("prod", source=PRODUCER)  # the same name again is another trace
+        s.feed("prod", 0, (1, 1))
+        s.tick()
+        with pytest.raises(ddir.CursorError, match='cursor expired: trace "edges" was dropped'):
+            s.page(cursor=token)
+
+
+def test_script_output_and_parsing():
+    assert C.parse_command("peek cursor=abc").cursor == "abc"
+    assert C.parse_command("peek edges cursor=abc limit=3") == C.Peek("edges", None, False, 3, 0,
+                                                                     "abc")
+    with pytest.raises(ddir.CommandError):
+        C.parse_command("peek cursor=")
+    with ddir.Server() as s:
+        s.install("prod", source=PRODUCER)
+        for i in range(3):
+            s.feed("prod", 0, (i, i))
+        s.tick()
+        from ddir.server.output import render_text
+        first = render_text(s.command("peek edges limit=2")[0]).splitlines()
+        assert first[-2] == "  ... 1 more row (peek edges offset=2)"
+        assert first[-1].startswith("  more: peek edges cursor=")
+        token = first[-1].split("cursor=")[1]
+        last = render_text(s.command(f"peek edges cursor={token}")[0]).splitlines()
+        assert last == ['peek "edges" (3 rows):', "  (2) ; (2)  x1"]
+        # a peek that shows everything has no cursor
+        assert "cursor" not in s.command("peek edges limit=3")[0]

@@ -1,0 +1,408 @@
+"""`ddir serve` and `ddir connect` (SPEC C3) with real websockets clients
+against a real server process (and, for the subscriber queue, a real
+websockets server in this process with a stand-in subscription hook)."""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import ROOT
+
+PY = [sys.executable, "-m", "ddir"]
+ECHO = 'export "echoed" = input 0;\n'
+
+
+class Served:
+    def __init__(self, *args, cwd=None):
+        self.proc = subprocess.Popen(PY + ["serve", "--port", "0", *args], cwd=cwd or ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        assert "serving on ws://" in line, line + self.proc.stderr.read()
+        self.url = line.split()[-1]
+
+    def client(self, token=None, **kw):
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return connect(self.url, additional_headers=headers, open_timeout=10, **kw)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def served():
+    started = []
+
+    def start(*args, **kw):
+        started.append(Served(*args, **kw))
+        return started[-1]
+    yield start
+    for s in started:
+        assert s.stop() == 0, s.proc.stderr.read()
+
+
+def ask(ws, req_id, line, **extra):
+    """Send one request; its records (ids checked) up to its done."""
+    ws.send(json.dumps({"id": req_id, "line": line, **extra}))
+    return replies(ws, req_id)
+
+
+def replies(ws, req_id):
+    out = []
+    while True:
+        obj = json.loads(ws.recv(timeout=30))
+        assert obj["id"] == req_id, (obj, req_id)
+        if obj["kind"] == "done":
+            return out
+        out.append(obj)
+
+
+def test_concurrent_clients_interleave_in_one_history(served):
+    s = served("-w", "2")
+    with s.client() as ws:
+        assert ask(ws, "i", "install e x.ddp", source=ECHO) == [
+            {"id": "i", "kind": "installed", "name": "e"}]
+    n, k = 4, 15
+    results = {}
+
+    def run(c):
+        with s.client() as ws:
+            # pipelined: everything is sent before anything is read
+            for j in range(k):
+                ws.send(json.dumps({"id": [c, j, "f"], "line": f"feed e 0 {c},{j}"}))
+                ws.send(json.dumps({"id": [c, j, "t"], "line": "tick"}))
+            got = []
+            for j in range(k):
+                assert replies(ws, [c, j, "f"]) == []
+                got.append(replies(ws, [c, j, "t"]))
+            results[c] = got
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    epochs = sorted(r[-1]["epoch"] for got in results.values() for r in got)
+    assert epochs == list(range(1, n * k + 1))  # one sequencer: every tick its own epoch
+    for got in results.values():  # each client's ticks in its own order
+        assert [r[-1]["epoch"] for r in got] == sorted(r[-1]["epoch"] for r in got)
+    with s.client() as ws:
+        (peek,) = ask(ws, 7, "peek echoed")
+        assert peek["total"] == n * k and peek["offset"] == 0
+        assert sorted(tuple(r[0]) for r in peek["rows"]) == [(c, j) for c in range(n)
+                                                              for j in range(k)]
+
+
+def test_records_ids_errors_and_exit(served):
+    s = served()
+    with s.client() as ws:
+        assert ask(ws, {"any": ["json"]}, "feed nope 0 1") == [
+            {"id": {"any": ["json"]}, "kind": "error", "message": 'no program named "nope"'}]
+        assert ask(ws, None, "# a comment") == []
+        (help_,) = ask(ws, 3, "help tick")
+        assert help_["kind"] == "help" and help_["commands"][0]["name"] == "tick"
+        assert ask(ws, 4, "exit") == []
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    with s.client() as ws:  # the server goes on
+        assert ask(ws, 5, "list")[0]["epoch"] == 0
+
+
+def test_tokens(served, tmp_path):
+    (tmp_path / "tok").write_text("s3cret\n")
+    s = served("--token-file", str(tmp_path / "tok"))
+    for token in (None, "wrong", "s3cret2"):
+        with pytest.raises(InvalidStatus) as e:
+            s.client(token)
+        assert e.value.response.status_code == 401
+    with s.client("s3cret") as ws:
+        assert ask(ws, 1, "list")[0]["kind"] == "list"
+
+
+def test_non_loopback_host_needs_a_token(tmp_path):
+    r = subprocess.run(PY + ["serve", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "needs --token-file" in r.stderr
+    (tmp_path / "empty").write_text("  \n")
+    r = subprocess.run(PY + ["serve", "--token-file", str(tmp_path / "empty")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "must hold one token" in r.stderr
+
+
+def test_malformed_frames_keep_the_connection(served):
+    s = served()
+    with s.client(max_size=None) as ws:
+        def error_then_done(payload, req_id=None):
+            ws.send(payload)
+            first, done = json.loads(ws.recv(timeout=10)), json.loads(ws.recv(timeout=10))
+            assert first["kind"] == "error" and first["id"] == req_id
+            assert done == {"id": req_id, "kind": "done"}
+            return first["message"]
+
+        assert "not valid JSON" in error_then_done("feed e 0 1")
+        assert "JSON object" in error_then_done("[1, 2]")
+        assert 'no "line"' in error_then_done(json.dumps({"id": 9}), 9)
+        assert 'no "line"' in error_then_done(json.dumps({"id": 8, "line": 5}), 8)
+        assert "line breaks" in error_then_done(json.dumps({"id": 7, "line": "list\ntick"}), 7)
+        assert "binary" in error_then_done(b"\x00\x01")
+        assert "over the limit" in error_then_done(json.dumps({"id": 1, "line": "x" * (1 << 20)}))
+        assert "goes with `install`" in ask(ws, 2, "tick", source="x")[0]["message"]
+        assert ask(ws, 3, "list")[0]["kind"] == "list"  # still usable
+        ws.send("x" * (17 << 20))  # past the hard limit: websockets closes (1009)
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=10)
+        assert e.value.rcvd.code == 1009
+    with s.client() as ws:
+        assert ask(ws, 4, "list")[0]["kind"] == "list"
+
+
+def test_remote_install_with_source(served, tmp_path):
+    s = served()
+    with s.client() as ws:
+        # the name does not exist on the server: the text is what counts
+        assert ask(ws, 1, "install a nowhere/app.ddir",
+                   source='export "app" = MAP(INPUT 0, ($0[0] ;));\n')[0]["kind"] == "installed"
+        (err,) = ask(ws, 2, "install b nowhere/bad.ddp", source="let = ;")
+        assert err["kind"] == "error" and err["message"].startswith("nowhere/bad.ddp:1:")
+        assert ask(ws, 3, "check z.ddp", source=ECHO) == [{"id": 3, "kind": "checked",
+                                                           "file": "z.ddp"}]
+        assert ask(ws, 4, "feed a 0 5,6")== []
+        assert [r["kind"] for r in ask(ws, 5, "tick")] == ["tick"]
+        assert ask(ws, 6, "peek app")[0]["rows"] == [[[5], [], 1]]
+
+
+def test_killed_client_does_not_hurt_others(served):
+    s = served("-w", "2")
+    with s.client() as ws:
+        ask(ws, 0, "install g big.ddp",
+            source='export "big" = import "iota:200000";\n')
+    killer = subprocess.Popen([sys.executable, "-c", f"""
+import json, os, signal
+from websockets.sync.client import connect
+ws = connect({s.url!r})
+ws.send(json.dumps({{"id": 1, "line": "peek big"}}))
+ws.send(json.dumps({{"id": 2, "line": "tick"}}))
+os.kill(os.getpid(), signal.SIGKILL)
+"""])
+    killer.wait(timeout=30)
+    with s.client() as ws:
+        t0 = time.monotonic()
+        assert ask(ws, 1, "list")[0]["kind"] == "list"
+        assert time.monotonic() - t0 < 10
+        assert ask(ws, 2, "peek big limit=1")[0]["total"] == 200000
+    assert s.proc.poll() is None
+
+
+def test_sigterm_stops_the_server_and_its_workers(served):
+    s = served("-w", "3")
+    children = open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()
+    assert len(children) == 3
+    with s.client() as ws:
+        ask(ws, 1, "list")
+    assert s.stop() == 0
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{c}") for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)  # (zombies of a reaped parent are gone at once)
+    assert not any(os.path.exists(f"/proc/{c}/status") and "zombie" not in
+                   open(f"/proc/{c}/status").read() for c in children)
+
+
+def test_scripts_run_before_serving(served):
+    s = served("sessions/shared_trace.txt")
+    with s.client() as ws:
+        assert ask(ws, 1, "list")[0]["epoch"] == 3
+    s.stop()
+    assert s.proc.stdout.read().startswith('installed "prod"\ninstalled "reach"\n')
+
+
+# ---------------------------------------------------------------- ddir connect
+
+SCRIPT = """install p prog.ddp
+subscribe echoed
+feed p 0 1,2
+feed p 0 (3,[4])
+feed p 0 #2(1,2) val=7
+tick
+subscribe echoed 1,2
+feed p 0 1,2 diff=2
+tick
+unsubscribe echoed
+peek echoed
+peek echoed 1,2
+bogus
+install q missing.ddp
+list
+help peek
+"""
+
+
+def test_connect_with_piped_stdin_prints_what_ddir_prints(served, tmp_path):
+    (tmp_path / "prog.ddp").write_text('export "echoed" = input 0 | inspect(seen);\n')
+    s = served()  # its working directory is ROOT: prog.ddp is read by the client
+    local = subprocess.run(PY, input=SCRIPT, capture_output=True, text=True, cwd=tmp_path,
+                           timeout=60)
+    remote = subprocess.run(PY + ["connect", s.url], input=SCRIPT, capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout
+    assert 'peek "echoed" (3 rows)' in remote.stdout and "{echoed} (1, 2) ; ()  @1  +2" in remote.stdout and "error: <stdin>:13:" in remote.stdout
+    r = subprocess.run(PY + ["connect", "ws://127.0.0.1:1"], input="list\n",
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+def test_connect_token_refused(served, tmp_path):
+    (tmp_path / "tok").write_text("abc")
+    s = served("--token-file", str(tmp_path / "tok"))
+    r = subprocess.run(PY + ["connect", s.url], input="list\n", capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "HTTP 401" in r.stderr
+    r = subprocess.run(PY + ["connect", s.url, "--token-file", str(tmp_path / "tok"), "--json"],
+                       input="list\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "list"
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_connect_in_a_real_terminal(served, tmp_path):
+    from test_repl import Terminal
+    s = served()
+    with s.client() as ws:
+        ask(ws, 1, "install gen g.ddp", source='export "bigtrace" = import "iota:120";\n')
+    (tmp_path / "prog.ddp").write_text('export "echoed" = input 0;\n')
+    t = Terminal(str(tmp_path / "hist"), "connect", s.url)
+    try:
+        t.keys(f"install p {tmp_path / 'prog.ddp'}", "Enter")
+        t.wait_for('installed "p"')
+        t.keys("tick", "Enter")
+        t.wait_for("ddir [1]>")
+        t.keys("peek bi", "Tab", "Enter")  # a remote trace name completes
+        screen = t.wait_for("more rows", "error")
+        assert 'peek "bigtrace" (120 rows):' in screen
+        assert "... 70 more rows (peek bigtrace offset=50)" in screen
+    finally:
+        t.close()
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+def test_subscriptions_are_pushed_to_the_subscriber_tagged_with_its_id(served):
+    s = served("-w", "2")
+    with s.client() as a, s.client() as b:
+        ask(a, 1, "install e e.ddp", source=ECHO)
+        ask(a, 2, "feed e 0 1,1")
+        ask(a, 3, "tick")
+        (sub,) = ask(b, "sub", "subscribe echoed")
+        assert sub == {"id": "sub", "kind": "subscribed", "trace": "echoed", "epoch": 1,
+                       "rows": [[[1, 1], [], 1]]}
+        (keyed,) = ask(b, "key", "subscribe echoed 2,2")
+        assert keyed["rows"] == [] and keyed["key"] == [2, 2]
+        ask(a, 4, "feed e 0 2,2")
+        ask(a, 5, "feed e 0 1,1 diff=-1")
+        assert [r["kind"] for r in ask(a, 6, "tick")] == ["tick"]  # a is not subscribed
+        pushed = [json.loads(b.recv(timeout=10)) for _ in range(2)]
+        assert sorted(pushed, key=lambda r: r["id"]) == [
+            {"id": "key", "kind": "change", "trace": "echoed", "epoch": 1,
+             "rows": [[[2, 2], [], 1]]},
+            {"id": "sub", "kind": "change", "trace": "echoed", "epoch": 1,
+             "rows": [[[1, 1], [], -1], [[2, 2], [], 1]]}]
+        assert ask(b, 7, "unsubscribe echoed") == [{"id": 7, "kind": "unsubscribed",
+                                                    "trace": "echoed"}]
+        (again,) = ask(b, "s2", "subscribe echoed")
+        assert again["rows"] == [[[2, 2], [], 1]]  # replay = peek, also when late
+        assert ask(a, 8, "drop e") == [{"id": 8, "kind": "dropped", "name": "e"}]
+        assert json.loads(b.recv(timeout=10)) == {
+            "id": "s2", "kind": "ended", "trace": "echoed",
+            "reason": "its producer was dropped"}
+        assert ask(b, 9, "list")[0]["traces"] == []
+
+
+# ---------------------------------------------------------------- the subscriber queue
+
+
+def test_a_subscriber_that_never_reads_is_ended_alone():
+    """The network side of subscriptions with a stand-in engine hook: each
+    tick pushes 100 KB records to every subscription; a client that never
+    reads overflows its queue (limit 20 records), gets one error record, its
+    subscription ends and its queued frames are freed, while another client
+    goes on without delay."""
+    import ddir
+    from websockets.asyncio.client import connect as aconnect
+    from websockets.asyncio.server import serve
+    from ddir.serve import HARD_FRAME, Hub, Subscription, SubscriptionHook, _handler
+
+    class Hook(SubscriptionHook):
+        def __init__(self):
+            super().__init__()
+            self.subs, self.released = [], []
+
+        def run(self, client, conn, req_id, cmd):
+            sub = Subscription(conn, req_id, cmd.trace)
+            self.subs.append(sub)
+            return [{"kind": "subscribed", "trace": sub.trace, "epoch": 0, "rows": []}], sub, []
+
+        def release(self, client, sub):
+            self.released.append(sub)
+            self.subs.remove(sub)
+
+        def release_owner(self, client, conn):
+            pass
+
+    hook = Hook()
+
+    async def scenario():
+        with ddir.Server() as client:
+            loop = asyncio.get_running_loop()
+            hub = Hub(client, loop, subscriber_queue=20, hook=hook)
+            server = await serve(lambda ws: _handler(hub, ws), "127.0.0.1", 0,
+                                 max_size=HARD_FRAME, compression=None)
+            url = "ws://127.0.0.1:%d" % next(iter(server.sockets)).getsockname()[1]
+            slow = await aconnect(url, max_size=None, max_queue=1)
+            fast = await aconnect(url, max_size=None)
+
+            async def ask_async(ws, req_id, line):
+                await ws.send(json.dumps({"id": req_id, "line": line}))
+                out = []
+                while (obj := json.loads(await ws.recv()))["kind"] != "done":
+                    out.append(obj)
+                return out
+
+            assert (await ask_async(slow, "s", "subscribe t"))[0]["kind"] == "subscribed"
+            (slow_conn,) = [c for c in hub.connections if c.subs]
+            big = {"kind": "change", "trace": "t", "epoch": 1, "rows": [[1, 2, 3]] * 20000}
+            worst = 0.0
+            for i in range(150):
+                hook.pending = [(s, big) for s in hook.subs]
+                t0 = time.monotonic()
+                assert (await ask_async(fast, i, "tick"))[0]["kind"] == "tick"
+                worst = max(worst, time.monotonic() - t0)
+            assert hook.released and not slow_conn.subs          # ended on the server
+            assert len(slow_conn.outbox.frames) <= 21             # memory freed
+            assert worst < 2.0
+            # the slow client finally reads: some pushes, then one error, tagged "s"
+            kinds = []
+            while True:
+                obj = json.loads(await asyncio.wait_for(slow.recv(), 10))
+                assert obj["id"] == "s"
+                kinds.append(obj["kind"])
+                if obj["kind"] == "error":
+                    assert "did not keep up (20 records queued)" in obj["message"]
+                    break
+            assert set(kinds[:-1]) <= {"change"}
+            await slow.close()
+            await fast.close()
+            server.close()
+            await server.wait_closed()
+            await loop.run_in_executor(None, hub.stop)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
