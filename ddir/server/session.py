@@ -79,10 +79,14 @@ class Session:
         return True
 
     def run_script(self, path: str, lines) -> bool:
-        """Run lines of a script; False if it stopped early (exit or strict)."""
-        for lineno, line in enumerate(lines, start=1):
-            if not self.run_line(line.rstrip("\n"), path, lineno):
-                return False
+        """Run lines of a script; False if it stopped early (exit or strict).
+        The Ctrl-C handler is installed once for the whole script rather than
+        swapped in and out per command (two ``signal.signal`` calls a line
+        were a quarter of a feed line's cost); it behaves the same."""
+        with _Interrupts():
+            for lineno, line in enumerate(lines, start=1):
+                if not self.run_line(line.rstrip("\n"), path, lineno):
+                    return False
         return True
 
 
@@ -90,22 +94,48 @@ def _uninterruptible(run):
     """Run a command with Ctrl-C deferred: a tick is finished, never left
     half-applied (SPEC B); the interrupt is dropped once it completes. The
     first Ctrl-C says so on stderr, so a long tick does not look hung."""
-    if threading.current_thread() is not threading.main_thread():
-        return run()
-    told = []
+    if _Interrupts.active is not None:
+        return _Interrupts.active.running(run)
+    with _Interrupts() as interrupts:
+        return interrupts.running(run)
 
-    def refuse(*_):
-        if not told:
-            told.append(True)
+
+class _Interrupts:
+    """SIGINT while a command runs is refused (said once on stderr); between
+    commands it interrupts as usual. Main thread only; nests."""
+
+    active = None  # the installed one
+
+    def __enter__(self) -> "_Interrupts":
+        self.busy = False
+        self.told = False
+        self.previous = None
+        if _Interrupts.active is not None or threading.current_thread() is not threading.main_thread():
+            return self
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._signal)
+        except ValueError:  # no signal support here
+            return self
+        _Interrupts.active = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            _Interrupts.active = None
+
+    def running(self, run):
+        self.busy = True
+        try:
+            return run()
+        finally:
+            self.busy = False
+
+    def _signal(self, signum, frame):
+        if not self.busy:
+            raise KeyboardInterrupt
+        if not self.told:
+            self.told = True
             sys.stderr.write("ddir: a command is running and finishes first (Ctrl-C cannot stop "
                              "it half-way; --max-rounds bounds a loop that never converges)\n")
             sys.stderr.flush()
-
-    try:
-        previous = signal.signal(signal.SIGINT, refuse)
-    except ValueError:  # no signal support here
-        return run()
-    try:
-        return run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
