@@ -235,3 +235,16 @@ def test_explain_prints_scope_tree(upstream):
                         str(upstream / "examples/programs/reach.ddp")], capture_output=True, text=True)
     assert r.returncode == 0
     assert "scope reach (depth 1):" in r.stdout and "var #" in r.stdout and "join(" in r.stdout
+
+
+def test_plain_feed_lines_read_fast_the_same_as_the_general_path():
+    """`feed P N a,b` takes a one-regex path; with an option appended it takes
+    the general one: both must build the same command."""
+    import random
+    from ddir.server.commands import parse_command
+    rng = random.Random(7)
+    for _ in range(500):
+        key = ",".join(str(rng.choice([0, -1, 1, rng.randrange(-10 ** 18 + 1, 10 ** 18)]))
+                       for _ in range(rng.randint(1, 4)))
+        line = f"{' ' * rng.randint(0, 2)}feed p{rng.randint(0, 9)} {rng.randint(0, 99)} {key}"
+        assert parse_command(line) == parse_command(line + " diff=1"), line

@@ -224,8 +224,19 @@ def _columns(text: str, what: str) -> tuple:
     return names
 
 
+# `feed P N a,b,...` with short plain integers, the shape of bulk feed scripts:
+# read in one match (what the general path would build, minus its checks,
+# which such a line cannot fail: 18 digits always fit in i64).
+_PLAIN_FEED = re.compile(r"[ \t]*feed[ \t]+([^\s=]+)[ \t]+([0-9]{1,18})[ \t]+"
+                         r"(-?[0-9]{1,18}(?:,-?[0-9]{1,18})*)\s*")
+
+
 def parse_command(line: str, script_dir: str | None = None):
     """One command line -> a command (``None`` for blank/comment lines)."""
+    plain = _PLAIN_FEED.fullmatch(line)
+    if plain is not None:
+        prog, n, key = plain.groups()
+        return Feed(prog, int(n), tuple(map(int, key.split(","))), (), None, 1)
     if is_skipped(line):
         return None
     words = line.split()

@@ -33,6 +33,7 @@ class Session:
         self.interactive = interactive
         self.failed = False    # an error was reported
         self.finished = False  # exit/quit was executed
+        self._script = ("", None)  # (script file, its directory) of the last line run
 
     @property
     def server(self) -> Server:
@@ -47,7 +48,9 @@ class Session:
 
     def run_line(self, line: str, file: str | None = None, lineno: int | None = None) -> bool:
         """Execute one line; False once the session should stop."""
-        script_dir = os.path.dirname(os.path.abspath(file)) if file else None
+        if file != self._script[0]:  # every line of a script asks: resolve once
+            self._script = (file, os.path.dirname(os.path.abspath(file)) if file else None)
+        script_dir = self._script[1]
         try:
             cmd = C.parse_command(line, script_dir)
         except C.CommandError as e:
