@@ -250,3 +250,38 @@ def test_dropped_row_counts_and_overflow_reports_do_not_depend_on_the_worker_cou
     assert lines[3].endswith("(1 row dropped)")
     assert lines[-3].startswith("error: s.txt:11: o: arrange at o.ddp:3:8: multiplicity overflow")
     assert lines[-1] == 'peek "o" (0 rows):'
+
+
+def test_drop_frees_the_dataflow_without_the_collector():
+    """After a tick the engine's objects are frozen out of the collector's
+    reach (gc.freeze), so a dropped dataflow must not rely on it: dropping
+    breaks its cycles and reference counting frees every operator."""
+    import weakref
+    from ddir.server import commands as C
+    from ddir.server.registry import Server
+    from ddir.lang.parser import parse_program
+    from ddir.ir.lower import lower
+    server = Server()
+    source = ('let i = input 0 | key($0[0] ;);\nl: { var x = i + (x | filter($0[0] < 0)) | distinct; }\n'
+              'export "q" = l::x;\nexport "o" = input 0 | map($0[0] ; $0[0]) | count;\n')
+    server.execute(C.Install("p", "p.ddp", lower(parse_program(source, "p.ddp"))))
+    for i in range(50):
+        server.execute(C.Feed("p", 0, (i,), (), None, 1))
+    server.execute(C.Tick())
+    dataflow = server.cluster.worker.dataflows["p"]
+    refs = [weakref.ref(x) for x in [dataflow, *dataflow.ops.values(), *dataflow.scopes.values()]]
+    del dataflow
+    assert server.execute(C.Drop("p")) == [{"kind": "dropped", "name": "p"}]
+    assert [r for r in refs if r() is not None] == []
+
+
+def test_two_scopes_failing_in_one_tick_are_reported_alike_for_any_worker_count(tmp_path):
+    """Scopes without exchanges fail only on the workers holding their rows:
+    the reported scope is the least message, not the first one run."""
+    program = ('let i0 = input 0;\nlet i1 = input 1;\n'
+               'z: { var x = i0 + (x | map($0[0] + 1 ;)); }\n'
+               'b: { var y = i1 + (y | map($0[0] + 1 ;)); }\n'
+               'export "ea" = z::x | distinct;\nexport "eb" = b::y | distinct;\n')
+    out = same_for_1_and_3(tmp_path, {"p.ddp": program},
+                           "install p p.ddp\nfeed p 0 0\nfeed p 1 1\ntick\nlist\n", "--max-rounds", "5")
+    assert "p: scope `b` did not converge within 5 rounds at epoch 0" in out

@@ -17,11 +17,13 @@ DEFAULT_MAX_ROUNDS = 1_000_000
 
 class Dataflow:
     def __init__(self, program: N.Program, imports: dict | None = None,
-                 max_rounds: int = DEFAULT_MAX_ROUNDS, exchange=None):
+                 max_rounds: int = DEFAULT_MAX_ROUNDS, exchange=None, functions: dict | None = None):
         """``imports``: trace name -> the exporting :class:`ArrangeOp`;
         ``exchange``: the other workers when this is one shard of N
-        (:mod:`ddir.engine.exchange`), None when it is the only one."""
+        (:mod:`ddir.engine.exchange`), None when it is the only one;
+        ``functions``: name -> callable, what ``@name(...)`` calls (SPEC C5)."""
         self.program = program
+        self.functions = functions or {}
         self.exchange = exchange
         self.events: list = []   # (label, key, val, time, diff) of inspect
         self.errors: dict = {}   # (operator, loc) -> {(key, val, time): [diff, message]}
@@ -101,8 +103,8 @@ class Dataflow:
         to its end; then :class:`NonConvergence` says which scope it was."""
         self.failures.clear()
         self.root.run_prefix((), limit=epoch)
-        if self.failures:
-            raise NonConvergence(self.failures[0])
+        if self.failures:  # the least: one worker may see only some of them
+            raise NonConvergence(min(self.failures))
 
     def compact(self, epoch: int) -> None:
         """Fold history before ``epoch`` onto it."""
@@ -156,6 +158,23 @@ class Dataflow:
         for op, source in zip(self.imports.values(), self.upstream):
             source.subscribers.remove(op)
         self.upstream = []
+
+    def dispose(self) -> None:
+        """Break the dataflow's reference cycles (operators <-> their scope
+        and dataflow, scopes <-> their parent) so that dropping it frees it
+        by reference counting alone: it may sit in the collector's frozen
+        generation (:mod:`ddir.engine.memory`), where no collection looks."""
+        self.detach()
+        for op in self.ops.values():
+            op.outputs = []
+            op.ports = []
+            op.__dict__.pop("scope", None)
+            op.__dict__.pop("dataflow", None)
+        for scope in self.scopes.values():
+            scope.items = []
+            scope.parent = None
+        self.ops, self.scopes, self.root = {}, {}, None
+        self.inputs, self.imports, self.exports = {}, {}, {}
 
     def stored_updates(self) -> int:
         return sum(t.size() for t in self.traces())

@@ -9,15 +9,15 @@ steps after it run per element.
 
 from __future__ import annotations
 
+from .time import join as time_join, less_equal
 from ..ir import nodes as N
 from ..lang.ast import Splice
-from .time import join as time_join, less_equal
 from ..terms import runtime as rt
+from ..terms.compile import CannotCompile, Codegen, build_function, compilable
+from ..terms.interp import evaluate
 from ..values import INT_MAX, INT_MIN
 
 OVERFLOW = "multiplicity overflow: a diff left the signed 64-bit range"
-from ..terms.compile import CannotCompile, Codegen, build_function, compilable
-from ..terms.interp import evaluate
 
 
 def _fields(gen: Codegen, fields: tuple, rows: tuple) -> str:
@@ -40,17 +40,18 @@ def projection_source(gen: Codegen, proj, rows: tuple) -> tuple:
     return _fields(gen, proj.key, rows), _fields(gen, proj.val, rows)
 
 
-def compile_join(proj, depth: int):
+def compile_join(proj, depth: int, functions: dict | None = None):
     """``f(dl, dr, left, right, t, fail) -> {time: rows}``: the pairs a join
     forms at ``t`` in a scope of ``depth``, in one generated function with
     the projection and the time arithmetic inlined (a call per pair cost
     more than the projection itself). ``dl`` meets every ``right`` entry
     (this time's right rows included), ``dr`` the ``left`` entries of
     earlier times: (L + dL)(R + dR) - LR, each pair evaluated once.
-    ``fail(error, key, (a, b), time, diff)`` gets each failing pair."""
+    ``fail(error, key, (a, b), time, diff)`` gets each failing pair;
+    ``functions``: what ``@name(...)`` calls."""
     if not compilable(*proj_terms(proj)):
-        return _interpret_join(proj, depth)
-    gen = Codegen()
+        return _interpret_join(proj, depth, functions)
+    gen = Codegen(functions)
     key, val = projection_source(gen, proj, ("k", "a", "b"))
 
     def loop(delta, hist_of, skip_now):
@@ -95,10 +96,10 @@ def compile_join(proj, depth: int):
         return build_function("join", "\n".join(lines) + "\n", gen.consts,
                               {"_time_le": less_equal, "_time_join": time_join, "_OVERFLOW": OVERFLOW})
     except CannotCompile:
-        return _interpret_join(proj, depth)
+        return _interpret_join(proj, depth, functions)
 
 
-def _interpret_join(proj, depth: int):
+def _interpret_join(proj, depth: int, functions: dict | None = None):
     """:func:`compile_join` through the interpreter."""
     def join(dl, dr, left, right, t, fail):
         out: dict = {}
@@ -110,7 +111,7 @@ def _interpret_join(proj, depth: int):
                 fail(OVERFLOW, k, (a, b), st, d)
                 continue
             try:
-                key, v = project(proj, (k, a, b))
+                key, v = project(proj, (k, a, b), functions)
             except rt.TermError as e:
                 fail(e, k, (a, b), st, d)
                 continue
@@ -119,7 +120,7 @@ def _interpret_join(proj, depth: int):
     return join
 
 
-def compile_chain(steps: tuple):
+def compile_chain(steps: tuple, functions: dict | None = None):
     """``f(rows, t, it, fail, events) -> out rows``; ``it`` is the iteration
     number lift_iter appends (0 at the root).
 
@@ -130,10 +131,10 @@ def compile_chain(steps: tuple):
     """
     if compilable(*step_terms(steps)):
         try:
-            return _generate_chain(steps)
+            return _generate_chain(steps, functions)
         except CannotCompile:
             pass
-    return interpret_chain(steps)
+    return interpret_chain(steps, functions)
 
 
 def step_terms(steps: tuple):
@@ -149,8 +150,8 @@ def proj_terms(proj):
     return [f for f in proj.key + proj.val if not isinstance(f, Splice)]
 
 
-def _generate_chain(steps: tuple):
-    gen = Codegen()
+def _generate_chain(steps: tuple, functions: dict | None = None):
+    gen = Codegen(functions)
     lines = [
         "def chain(rows, t, it, fail, events):",
         "    out = []",
@@ -203,22 +204,22 @@ def _step_lines(gen: Codegen, i: int, step, names: tuple):
 
 # ------------------------------------------------------------ interpreted
 
-def project(proj, rows: tuple) -> tuple:
+def project(proj, rows: tuple, functions: dict | None = None) -> tuple:
     """(key, val) of a projection, through the interpreter."""
-    return _side(proj.key, rows), _side(proj.val, rows)
+    return _side(proj.key, rows, functions), _side(proj.val, rows, functions)
 
 
-def _side(fields: tuple, rows: tuple) -> tuple:
+def _side(fields: tuple, rows: tuple, functions: dict | None = None) -> tuple:
     out = []
     for f in fields:
         if isinstance(f, Splice):
             out.extend(rt.fields(rows[f.n]) if f.n < len(rows) else rt.no_row(f.n))
         else:
-            out.append(evaluate(f, rows))
+            out.append(evaluate(f, rows, (), functions))
     return tuple(out)
 
 
-def interpret_chain(steps: tuple):
+def interpret_chain(steps: tuple, functions: dict | None = None):
     """The same function as :func:`compile_chain` generates, walking the
     terms instead: for terms too deep for Python to compile."""
     def run(row, i, t, it, fail, events, append):
@@ -227,9 +228,9 @@ def interpret_chain(steps: tuple):
             step = steps[i]
             try:
                 if isinstance(step, N.MapStep):
-                    k, v = project(step.proj, (k, v))
+                    k, v = project(step.proj, (k, v), functions)
                 elif isinstance(step, N.FilterStep):
-                    f = evaluate(step.term, (k, v))
+                    f = evaluate(step.term, (k, v), (), functions)
                     if type(f) is not int or f == 0:
                         return
                 elif isinstance(step, N.NegateStep):
@@ -239,7 +240,7 @@ def interpret_chain(steps: tuple):
                 elif isinstance(step, N.InspectStep):
                     events.append((step.label, k, v, t, d))
                 elif isinstance(step, N.FlatMapStep):
-                    items = rt.as_list(evaluate(step.term, (k, v)), "`flatmap`")
+                    items = rt.as_list(evaluate(step.term, (k, v), (), functions), "`flatmap`")
                     for p, x in enumerate(items):
                         run((k, (p, x), d), i + 1, t, it, fail, events, append)
                     return

@@ -9,21 +9,20 @@ last coordinate; var feedback: +1 on the last coordinate).
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from .exchange import CHECK_OWNERS, check_owners, split_by_owner
 from .linear import OVERFLOW, compile_chain, compile_join
 from .time import join as time_join, less_equal
 from .trace import Trace
-from ..terms.runtime import TermError, bit_length_u64
-from ..terms.compile import compile_term
-from operator import itemgetter
-
 from ..ir import nodes as N
+from ..terms.compile import compile_term
+from ..terms.runtime import TermError, bit_length_u64
 from ..values import INT_MAX, INT_MIN, List, order_key
 
 # A `collect` result is a materialised list: one element per unit of
 # multiplicity. Past this many it is an operator error, not an out-of-memory.
 MAX_COLLECT = 10_000_000
-
 
 
 def consolidate(rows, overflow=None) -> list:
@@ -168,7 +167,7 @@ class LinearOp(Operator):
     def __init__(self, node, scope, dataflow):
         super().__init__(node, scope, dataflow)
         self.steps = node.steps
-        self.chain = compile_chain(node.steps)
+        self.chain = compile_chain(node.steps, dataflow.functions)
         self.iterative = scope.depth > 0
         # filter and inspect keep a consolidated batch consolidated; a map can
         # merge rows, a negate can overflow INT_MIN, lift_iter can map two
@@ -191,7 +190,7 @@ class LinearOp(Operator):
 class EnterAtOp(Operator):
     def __init__(self, node, scope, dataflow):
         super().__init__(node, scope, dataflow)
-        self.delay = compile_term(node.term, 2)
+        self.delay = compile_term(node.term, 2, dataflow.functions)
 
     def step(self, t):
         by_time: dict = {}
@@ -298,7 +297,7 @@ class JoinOp(Operator):
     def __init__(self, node, scope, dataflow, left: ArrangeOp, right: ArrangeOp):
         super().__init__(node, scope, dataflow)
         self.left, self.right = left, right
-        self.join = compile_join(node.proj, scope.depth)
+        self.join = compile_join(node.proj, scope.depth, dataflow.functions)
 
     def _fail(self, error, k, ab, s, d) -> None:
         self.fail("join", error, k, ab, s, d)

@@ -112,22 +112,24 @@ class _Interrupts:
     def __enter__(self) -> "_Interrupts":
         self.busy = False
         self.told = False
-        self.previous = None
+        self.installed = False
         if _Interrupts.active is not None or threading.current_thread() is not threading.main_thread():
             return self
         try:
             self.previous = signal.signal(signal.SIGINT, self._signal)
         except ValueError:  # no signal support here
             return self
+        self.installed = True
         _Interrupts.active = self
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        if self.installed:  # None: a handler not set from Python; the default then
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
             _Interrupts.active = None
 
     def running(self, run):
+        self.told = False  # said once per command
         self.busy = True
         try:
             return run()

@@ -42,8 +42,9 @@ from ..values import INT_MAX, INT_MIN, order_key
 
 
 class Worker:
-    def __init__(self, index: int = 0, shards: int = 1, exchange=None):
+    def __init__(self, index: int = 0, shards: int = 1, exchange=None, functions: dict | None = None):
         self.index = index
+        self.functions = functions or {}  # name -> callable for `@name(...)` (SPEC C5)
         self.shards = shards
         self.exchange = exchange
         self.dataflows: dict = {}  # program name -> Dataflow, in install order
@@ -59,7 +60,8 @@ class Worker:
     # ------------------------------------------------------------ install / drop
 
     def _dataflow(self, program, imports, max_rounds) -> Dataflow:
-        return Dataflow(program, imports, max_rounds or DEFAULT_MAX_ROUNDS, exchange=self.exchange)
+        return Dataflow(program, imports, max_rounds or DEFAULT_MAX_ROUNDS, exchange=self.exchange,
+                        functions=self.functions)
 
     def _add(self, name: str, dataflow: Dataflow) -> None:
         self.dataflows[name] = dataflow
@@ -111,6 +113,7 @@ class Worker:
                 del self.cursor_index[lease]
         if name in self.clocks:
             self.clocks.remove(name)
+        dataflow.dispose()  # frees its memory now, frozen for the collector or not
         return {}
 
     # ------------------------------------------------------------ feed / tick
