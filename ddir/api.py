@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from . import errors as E
 from .server import commands as C
 from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
+from .server.functions import load_functions
 from .server.registry import Server as _Core
 from .values import INT_MAX, INT_MIN, List, Variant
 
@@ -170,13 +171,20 @@ class Server:
     """A running ddir server; ``with`` it (or call :meth:`close`) to stop its
     worker processes."""
 
-    def __init__(self, workers: int = 1, *, max_rounds: int | None = None, on_death=None):
+    def __init__(self, workers: int = 1, *, max_rounds: int | None = None, on_death=None,
+                 functions=None):
+        """``functions`` (SPEC C5): a module, a module name or a ``.py`` path
+        whose public callables terms may call as ``@name(...)``; imported
+        here, before the worker processes are forked, so each has them."""
         if type(workers) is not int or not 1 <= workers <= 64:
             raise E.CommandError(f"workers needs a number from 1 to 64, got {workers!r}")
         if max_rounds is not None and (type(max_rounds) is not int or max_rounds < 1):
             raise E.CommandError(f"max_rounds needs a positive number, got {max_rounds!r}")
-        cluster = LocalCluster() if workers == 1 else ProcessCluster(workers, on_death=on_death)
-        self._init(_Core(max_rounds=max_rounds, cluster=cluster), owns=True)
+        table = None if functions is None else load_functions(functions)
+        callables = table.table if table is not None else None
+        cluster = (LocalCluster(functions=callables) if workers == 1
+                   else ProcessCluster(workers, on_death=on_death, functions=callables))
+        self._init(_Core(max_rounds=max_rounds, cluster=cluster, functions=table), owns=True)
 
     @classmethod
     def attach(cls, core: _Core) -> "Server":

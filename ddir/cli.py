@@ -13,10 +13,11 @@ from .lang.errors import ProgramError
 from .errors import ServerStopped
 from .server.cluster import WorkerDied
 from .server.commands import CommandError, load_program
+from .server.functions import check_calls, load_functions
 from .server.session import Session
 
-USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N]
-       ddir check FILE...
+USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N] [--functions MODULE]
+       ddir check [--functions MODULE] FILE...
        ddir explain FILE
        ddir serve [--host H] [--port P] [-w N] [--token-file F] [SCRIPT...]
        ddir connect ws://HOST:PORT [--token-file F] [SCRIPT...]
@@ -26,6 +27,10 @@ USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N]
                   worker processes (1 to 64, default 1)
   --max-rounds N  stop a loop that has not converged after N rounds in one tick
                   (default 1000000) and report it as an error
+  --functions MODULE
+                  a Python module (a name importable from here, or a .py file) whose
+                  public functions terms may call as @name(args...); with check,
+                  an @name the module lacks is an error
   --json          one JSON object per output line
   --strict        stop at the first error, exit status 1
   --version       print the version
@@ -41,7 +46,8 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list) -> dict:
-    opts = {"scripts": [], "workers": 1, "json": False, "strict": False, "max_rounds": None}
+    opts = {"scripts": [], "workers": 1, "json": False, "strict": False, "max_rounds": None,
+            "functions": None}
     numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
                "--max-rounds": ("max_rounds", 1, 10 ** 9)}
     i = 0
@@ -54,8 +60,18 @@ def parse_args(argv: list) -> dict:
             opts[key] = _number(a, argv[i + 1], low, high)
             i += 2
             continue
+        if a == "--functions":
+            if i + 1 >= len(argv):
+                raise UsageError("--functions needs a module name or a .py file")
+            opts["functions"] = argv[i + 1]
+            i += 2
+            continue
         name, eq, value = a.partition("=")
-        if eq and name in numbers and name.startswith("--"):
+        if name == "--functions" and eq:
+            if not value:
+                raise UsageError("--functions needs a module name or a .py file")
+            opts["functions"] = value
+        elif eq and name in numbers and name.startswith("--"):
             key, low, high = numbers[name]
             opts[key] = _number(name, value, low, high)
         elif a.startswith("-w") and len(a) > 2:
@@ -82,14 +98,37 @@ def _number(option: str, text: str, low: int, high: int) -> int:
     return n
 
 
-def check(files: list) -> int:
+def check(args: list) -> int:
+    """``ddir check [--functions MODULE] FILE...``: without ``--functions``
+    an ``@name(...)`` call is not checked (the server it is meant for may
+    have it); with it, a name the module lacks is a located error."""
+    files, functions = [], None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--functions" or a.startswith("--functions="):
+            value = args[i + 1] if a == "--functions" and i + 1 < len(args) else a[12:]
+            if not value:
+                print("usage: ddir check [--functions MODULE] FILE...", file=sys.stderr)
+                return 2
+            try:
+                functions = load_functions(value)
+            except CommandError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            i += 2 if a == "--functions" else 1
+            continue
+        files.append(a)
+        i += 1
     if not files:
-        print("usage: ddir check FILE...", file=sys.stderr)
+        print("usage: ddir check [--functions MODULE] FILE...", file=sys.stderr)
         return 2
     status = 0
     for path in files:
         try:
-            load_program(path)
+            program = load_program(path)
+            if functions is not None:
+                check_calls(program, functions, program.file, _source(path))
         except ProgramError as e:
             print(e.render())
             status = 1
@@ -99,6 +138,14 @@ def check(files: list) -> int:
         else:
             print(f"{path}: ok")
     return status
+
+
+def _source(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def explain_cmd(files: list) -> int:
@@ -172,7 +219,10 @@ def _main(argv: list | None) -> int:
         return 2
     sessions: list = []  # the session, once made: where a worker's death is reported
     try:
-        client = start_server(opts["workers"], opts["max_rounds"], sessions)
+        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"])
+    except CommandError as e:  # --functions MODULE could not be imported
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # e.g. too many open files for the worker mesh
         print(f"error: cannot start {opts['workers']} worker processes: {e.strerror or e}",
               file=sys.stderr)
@@ -200,14 +250,15 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through `finally`: the workers are stopped
 
 
-def start_server(workers: int, max_rounds, sessions: list):
+def start_server(workers: int, max_rounds, sessions: list, functions=None):
     """A :class:`ddir.Server`: ``-w 1`` runs the worker in this process; more
     start worker processes. A worker's death is printed (through the session
     in ``sessions``) as one error and ends the server at once, whatever the
-    intake was doing (even waiting at the prompt)."""
+    intake was doing (even waiting at the prompt). ``functions``: the
+    ``--functions`` module (imported before the workers are forked)."""
     from .api import Server
     if workers == 1:
-        return Server(1, max_rounds=max_rounds)
+        return Server(1, max_rounds=max_rounds, functions=functions)
     terminal = _terminal_state()
 
     def on_death(message: str) -> None:
@@ -221,7 +272,7 @@ def start_server(workers: int, max_rounds, sessions: list):
             termios.tcsetattr(terminal[0], termios.TCSADRAIN, terminal[1])
         os._exit(EXIT_WORKER_DIED)
 
-    return Server(workers, max_rounds=max_rounds, on_death=on_death)
+    return Server(workers, max_rounds=max_rounds, on_death=on_death, functions=functions)
 
 
 def _terminal_state():

@@ -3,7 +3,7 @@
 ::
 
     ddir serve [--host 127.0.0.1] [--port 7468] [-w N] [--token-file F]
-               [--max-rounds N] [--json] [SCRIPT...]
+               [--max-rounds N] [--subscriber-queue N] [--json] [SCRIPT...]
 
 Protocol: a client sends text frames, each a JSON object ``{"id": <any>,
 "line": "<command line>"}`` (optionally ``"source": "<program text>"`` for
@@ -52,7 +52,7 @@ from .server import commands as C
 from .server.output import render_json
 
 USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F] [--max-rounds N]
-                  [--json] [SCRIPT...]
+                  [--subscriber-queue N] [--json] [SCRIPT...]
 
   SCRIPT            scripts to run before serving (their output goes to stdout)
   --host HOST       address to listen on (default 127.0.0.1); an address that is

@@ -1,11 +1,12 @@
 """`ddir serve` and `ddir connect` (SPEC C3) with real websockets clients
-against a real server process (and, for the subscriber queue, a real
-websockets server in this process with a stand-in subscription hook)."""
+against a real server process (plus, for the subscriber queue's bookkeeping,
+a real websockets server in this process with a stand-in subscription hook)."""
 import asyncio
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,9 +23,10 @@ ECHO = 'export "echoed" = input 0;\n'
 
 
 class Served:
-    def __init__(self, *args, cwd=None):
+    def __init__(self, *args, cwd=None, **popen):
         self.proc = subprocess.Popen(PY + ["serve", "--port", "0", *args], cwd=cwd or ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     **popen)
         line = self.proc.stderr.readline()
         assert "serving on ws://" in line, line + self.proc.stderr.read()
         self.url = line.split()[-1]
@@ -217,6 +219,32 @@ def test_sigterm_stops_the_server_and_its_workers(served):
                    open(f"/proc/{c}/status").read() for c in children)
 
 
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigint_stops_the_server_and_its_workers(served, to):
+    """SIGINT to the server alone (`kill -INT`), or to its process group as
+    Ctrl-C in a terminal sends it (the workers get it too and ignore it)."""
+    s = served("-w", "2", start_new_session=True)
+    children = open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()
+    assert len(children) == 2
+    with s.client() as ws:
+        ask(ws, 1, "install e e.ddp", source=ECHO)
+        ask(ws, 2, "feed e 0 1")
+        assert ask(ws, 3, "tick")[-1]["epoch"] == 1
+        if to == "process":
+            s.proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(s.proc.pid, signal.SIGINT)
+        assert s.proc.wait(timeout=20) == 0, s.proc.stderr.read()
+        with pytest.raises(ConnectionClosed):  # the connection is closed, not left hanging
+            ws.recv(timeout=10)
+    assert "Traceback" not in s.proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{c}") for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{c}/status") and "zombie" not in
+                   open(f"/proc/{c}/status").read() for c in children)
+
+
 def test_scripts_run_before_serving(served):
     s = served("sessions/shared_trace.txt")
     with s.client() as ws:
@@ -328,6 +356,75 @@ def test_subscriptions_are_pushed_to_the_subscriber_tagged_with_its_id(served):
 
 
 # ---------------------------------------------------------------- the subscriber queue
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+# each tick moves "wide" from key i-1 to key i: a change record of 2,000 rows, ~640 KB of JSON
+WIDE = ('let n = import "iota:1000" | key(; $0);\n'
+        'export "wide" = input 0 | key(; $0) | join(n, ($1[0], $2[0] ; %s));\n'
+        % ", ".join(["1234567890123"] * 20))
+
+
+def test_a_subscriber_that_never_reads_is_ended_alone_by_the_real_server(served):
+    """A real `ddir serve` and its registry: one client subscribes and then
+    reads nothing (its socket's receive buffer small, its websockets client
+    holding at most one frame), another ticks 150 times, ~100 MB of changes
+    for the subscriber. Once the kernel's buffers are full its queue (5
+    records here) overflows: the subscription ends on the server, the
+    ticking client never waits on it, and the server's memory stays flat.
+    When the subscriber finally reads it gets the changes that had left the
+    server, in order, then one error record, and nothing after it."""
+    s = served("--subscriber-queue", "5")
+    port = int(s.url.rsplit(":", 1)[1])
+    with s.client() as fast:
+        assert ask(fast, 1, "install w w.ddp", source=WIDE)[0]["kind"] == "installed"
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        with connect(s.url, sock=sock, max_queue=1, max_size=None, ping_interval=None,
+                     compression=None, open_timeout=10) as slow:
+            assert ask(slow, "sub", "subscribe wide")[0]["kind"] == "subscribed"
+            # from here on `slow` reads nothing until the ticks are over
+            before = rss_mb(s.proc.pid)
+            rss, latencies = {}, []
+            for i in range(150):
+                lines = [f"feed w 0 {i}"] + ([f"feed w 0 {i - 1} diff=-1"] if i else [])
+                for line in lines + ["tick"]:
+                    t0 = time.monotonic()
+                    got = ask(fast, [i, line], line)
+                    latencies.append(time.monotonic() - t0)
+                    assert not [r for r in got if r["kind"] == "error"], got
+                if i % 25 == 24:
+                    rss[i + 1] = rss_mb(s.proc.pid)
+            # no notable delay for the ticking client (each tick is ~5-20 ms of work)
+            assert max(latencies) < 2.0, max(latencies)
+            # bounded: ~64 MB more were pushed after tick 50; the server grew by little
+            assert rss[150] - rss[50] < 16, (before, rss)
+            assert rss[150] - before < 48, (before, rss)
+
+            epochs = []
+            while (obj := json.loads(slow.recv(timeout=10)))["kind"] == "change":
+                assert obj["id"] == "sub" and len(obj["rows"]) in (1000, 2000)
+                epochs.append(obj["epoch"])
+            assert obj == {"id": "sub", "kind": "error",
+                           "message": 'subscription "wide" ended: the client did not keep up '
+                                      '(5 records queued)'}
+            # what had left the server, in order, no gap; far fewer than the 150 ticks
+            assert epochs == list(range(epochs[0], epochs[0] + len(epochs))) and len(epochs) < 100
+            # ended in the registry too: nothing more is pushed, nothing to unsubscribe
+            ask(fast, "f", "feed w 0 149 diff=-1")
+            ask(fast, "t", "tick")
+            assert ask(slow, "u", "unsubscribe wide") == [
+                {"id": "u", "kind": "error", "message": 'no subscription to "wide"'}]
+            assert ask(slow, "l", "list")[0]["epoch"] == 151
+            (again,) = ask(slow, "s2", "subscribe wide")  # and it may subscribe again
+            assert again["rows"] == []
 
 
 def test_a_subscriber_that_never_reads_is_ended_alone():

@@ -68,6 +68,8 @@ def _layout(t) -> tuple:
         return _POSTFIX, [(t.arg, _POSTFIX), f"[{t.index}]"]
     if isinstance(t, T.Call):
         return _ATOM, _call(t.name, t.args)
+    if isinstance(t, T.PyCall):
+        return _ATOM, _call("@" + t.name, t.args)
     if isinstance(t, T.Fold):
         return _ATOM, _call("fold", (t.items, t.init, t.step))
     if isinstance(t, T.Case):

@@ -64,10 +64,12 @@ def parse_term(source: str, file: str = "<term>", value: bool = False) -> T.Term
     a syntax error does not offer `$n`, `^k` or `case`: a value cannot use
     `$n`, and `^k`/`case` are never what a value is missing."""
     tree = _parse(source, file, "ddp", "term", hide=_NOT_FOR_VALUES if value else ())
-    return _Builder(file, source, "ddp").term(tree, ())
+    builder = _Builder(file, source, "ddp")
+    builder.value = value
+    return builder.term(tree, ())
 
 
-_NOT_FOR_VALUES = ("ROW", "BOUND", "CASE")
+_NOT_FOR_VALUES = ("ROW", "BOUND", "CASE", "AT")
 
 
 def _parse(source: str, file: str, syntax: str, start: str, hide=()):
@@ -112,6 +114,7 @@ class _Builder:
         self.syntax = syntax
         self.constructors: dict[str, tuple] = {}  # name -> (arity, tag)
         self.depth = 0  # nesting of the term or expression being built
+        self.value = False  # a command-line value: no `@f(...)` calls
 
     def error(self, message: str, node) -> ProgramError:
         line, col = _loc(node)
@@ -315,6 +318,12 @@ class _Builder:
             return self.call(c[0], args, env)
         if kind == "case":
             return self.case(c[0], c[1:], env, node)
+        if kind == "pycall":  # `@f(...)`: checked against the server's functions at install
+            if self.value:
+                raise self.error("a value cannot call a Python function (`@f(...)`)", node)
+            args = [] if c[1:] == [None] else c[1:]
+            line, col = _loc(node)
+            return T.PyCall(str(c[0]), tuple(self.term(a, env) for a in args), line, col)
         raise AssertionError(kind)
 
     def binder(self, name: Token, env: tuple) -> T.Term:

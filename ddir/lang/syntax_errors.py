@@ -89,13 +89,13 @@ def describe_unexpected(e, parser: Lark, source: str, hide=()):
             hint = " (`#` is not a comment in programs: use `--`)"
         return f"unexpected character `{ch}`{hint}", e.line, e.column
     if isinstance(e, UnexpectedEOF):
-        expected = sorted({_terminal_text(t, parser) for t in e.expected if t not in hide})
+        expected = sorted({_terminal_text(t, parser) for t in _quiet(set(e.expected)) if t not in hide})
         lines = source.splitlines() or [""]
         return (f"unexpected end of file, expected {_join(expected)}",
                 len(lines), len(lines[-1]) + 1)
     if isinstance(e, UnexpectedToken):
         token = e.token
-        expected_names = _acceptable(e) - set(hide)
+        expected_names = _quiet(_acceptable(e) - set(hide))
         line, col = _position(token, source)
         if token.type == "CMP_OP" and "CMP_OP" not in expected_names and "ADD_OP" in expected_names:
             return ("comparisons do not chain: write `a < b && b < c` or add parentheses",
@@ -121,6 +121,14 @@ def describe_unexpected(e, parser: Lark, source: str, hide=()):
             return f"unexpected {_found(token)}{where}{hint}", line, col
         return f"expected {_join(expected)}{where}, found {_found(token)}{hint}", line, col
     return str(e).splitlines()[0], getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1
+
+
+def _quiet(names: set) -> set:
+    """Where a name may come, so may `@name(...)` (a Python function, SPEC
+    C5): listing `@` too would only make the list longer."""
+    if "AT" in names and "NAME" in names:
+        names = names - {"AT"}
+    return names
 
 
 def _word_at(source: str, pos: int) -> tuple:

@@ -51,8 +51,8 @@ class LocalCluster:
 
     shards = 1
 
-    def __init__(self) -> None:
-        self.worker = Worker()
+    def __init__(self, functions: dict | None = None) -> None:
+        self.worker = Worker(functions=functions)
 
     def broadcast(self, message) -> list:
         return [self.worker.execute(message)]
@@ -65,7 +65,7 @@ class LocalCluster:
 
 
 class ProcessCluster:
-    def __init__(self, shards: int, on_death=None):
+    def __init__(self, shards: int, on_death=None, functions: dict | None = None):
         self.shards = shards
         self.on_death = on_death   # called once with the message; may not return
         self.dead: str | None = None
@@ -84,7 +84,8 @@ class ProcessCluster:
                      for j in range(shards) if j != w}
             inherited = every + list(_INTAKE_ENDS)
             process = context.Process(target=_worker_main, name=f"ddir-worker-{w}", daemon=True,
-                                      args=(w, shards, control[w][1], peers, inherited, os.getpid()))
+                                      args=(w, shards, control[w][1], peers, inherited, os.getpid(),
+                                            functions))
             process.start()
             self.processes.append(process)
         self.controls = [pair[0] for pair in control]
@@ -244,13 +245,16 @@ def _allow_open_files(needed: int) -> None:
 
 
 def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
-                 parent: int) -> None:
+                 parent: int, functions: dict | None = None) -> None:
+    """``functions``: the callables of ``--functions`` (SPEC C5), inherited
+    through the fork: the module was imported in the intake before it."""
     for s in inherited:  # keep only our own sockets, so a peer's death reads as end of stream
         if s is not control and s not in peers.values():
             s.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
-    worker = Worker(index, shards, Mesh(index, shards, peers) if shards > 1 else None)
+    worker = Worker(index, shards, Mesh(index, shards, peers) if shards > 1 else None,
+                    functions=functions)
     buffer = FrameBuffer()
     last = 0
     while True:

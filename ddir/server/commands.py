@@ -107,7 +107,8 @@ class Exit:
 
 
 HELP = {
-    "install": ("install <name> <file>", "parse, lower, validate and install a program"),
+    "install": ("install <name> <file>", "parse, lower, validate and install a program "
+                "(its terms may call `@f(...)`, the functions of --functions MODULE)"),
     "feed": ("feed <prog> <in#> <value> [val=<value>] [time=<t>] [diff=<int>]",
              "stage an input update"),
     "tick": ("tick", "close the current epoch, run every program to quiescence, print inspect events"),

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from . import commands as C
 from .cluster import LocalCluster
 from .cursor import Cursors
+from .functions import check_calls
 from .generated import Recipe, RecipeError, parse_recipe
 from ..engine.exchange import split_by_owner
-from ..errors import (CursorError, DdirError, DropRefused, InstallFailed, InvalidSource,
-                      NameTaken, ServerError, UnknownName, UpdateRefused)
+from ..errors import (CursorError, DdirError, DropRefused, InstallFailed, InvalidProgram,
+                      InvalidSource, NameTaken, ServerError, UnknownName, UpdateRefused)
 from ..values import INT_MAX, INT_MIN, format_value, order_key
 
 __all__ = ["Server", "ServerError", "Installed"]
@@ -45,6 +46,7 @@ class Installed:
     exports: tuple = ()
     seq: int = 0
     failed: str | None = None         # why it stopped (a tick it could not finish)
+    functions: tuple = ()             # the `@f` names it calls, sorted (SPEC C5)
 
 
 @dataclass
@@ -74,6 +76,9 @@ class Server:
     progress: object = no_progress
     subscriptions: dict = field(default_factory=dict)  # id -> Subscription, in order
     cursors: Cursors = field(default_factory=Cursors)   # peek cursors' secret and leases
+    # the Python functions terms may call (server.functions.Functions; None: none given);
+    # the cluster's workers were made with the same callables
+    functions: object = None
     _seq: int = 0
     _sub_seq: int = 0
 
@@ -126,6 +131,10 @@ class Server:
 
     def install(self, cmd: C.Install) -> list:
         program = cmd.program
+        try:
+            calls = check_calls(program, self.functions, program.file)
+        except C.ProgramError as e:
+            raise InvalidProgram(str(e)) from None
         if self._taken(cmd.name):
             raise NameTaken(f'a program named "{cmd.name}" is already installed')
         if parse_recipe(cmd.name) is not None:
@@ -159,7 +168,7 @@ class Server:
             raise InstallFailed(f'install "{cmd.name}": {failed[0]}')
         self._add(Installed(cmd.name, cmd.path, program.file, inputs=program.inputs,
                             imports=tuple(sorted({a for _, a in aliases})),
-                            exports=tuple(n for n, _ in program.exports)))
+                            exports=tuple(n for n, _ in program.exports), functions=calls))
         return [{"kind": "installed", "name": cmd.name}] + self._collect(replies)
 
     def _add(self, entry: Installed) -> None:

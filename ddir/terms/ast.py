@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 __all__ = [
     "Term", "Row", "Bound", "Lit", "Neg", "Arith", "Cmp", "And", "Index",
-    "Call", "Case", "Fold", "BUILTIN_ARITY", "children", "walk", "depth",
+    "Call", "PyCall", "Case", "Fold", "BUILTIN_ARITY", "children", "walk", "depth",
 ]
 
 
@@ -90,6 +90,17 @@ class Call(Term):
 
 
 @dataclass(frozen=True)
+class PyCall(Term):
+    """``@name(args...)``: a Python function the server was given
+    (``--functions``, SPEC C5). ``line``/``col`` locate the ``@`` in the
+    program, for the install error naming an unknown function."""
+    name: str
+    args: tuple
+    line: int = 0
+    col: int = 0
+
+
+@dataclass(frozen=True)
 class Case(Term):
     """``case s { ... }``: ``arms`` is a tuple of ``(tag, body)``; each body
     sees the payload as ``Bound(0)``. ``default`` sees no new binder."""
@@ -133,7 +144,7 @@ def children(term: Term) -> tuple:
         return (term.left, term.right)
     if isinstance(term, And):
         return term.args
-    if isinstance(term, Call):
+    if isinstance(term, (Call, PyCall)):
         return term.args
     if isinstance(term, Case):
         default = () if term.default is None else (term.default,)

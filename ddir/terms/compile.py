@@ -13,7 +13,7 @@ Binders: a ``case`` arm's payload is read from the walrus-bound scrutinee
 from __future__ import annotations
 
 from . import runtime as rt
-from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, Row, Term, depth
+from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, PyCall, Row, Term, depth
 from .interp import evaluate
 from ..values import List
 
@@ -26,7 +26,7 @@ GLOBALS = {
     "_fold": rt.fold, "_scrut": rt.case_scrutinee, "_noarm": rt.no_arm,
     "_norow": rt.no_row, "_hash": rt.hash_term, "_bits": rt.bit_length_u64,
     "_aslist": lambda v: rt.as_list(v, "`flatmap`"),
-    "_List": List, "TermError": rt.TermError,
+    "_List": List, "TermError": rt.TermError, "_pycall": rt.call_function,
 }
 
 _ARITH_FN = {"+": "_add", "-": "_sub", "*": "_mul"}
@@ -37,11 +37,14 @@ class Codegen:
     """Generates expression source; collects non-int constants in ``consts``.
 
     One instance per generated function so walrus names stay unique in it.
+    ``functions``: name -> callable for ``@name(...)`` (SPEC C5); each call
+    site gets its callable as a constant, so nothing is looked up per row.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, functions: dict | None = None) -> None:
         self.consts: list = []
         self._counter = 0
+        self.functions = functions or {}
 
     def fresh(self, prefix: str) -> str:
         self._counter += 1
@@ -85,6 +88,9 @@ class Codegen:
             return f"_ix({e(term.arg)}, {term.index})"
         if isinstance(term, Call):
             return self._call(term, e)
+        if isinstance(term, PyCall):
+            fn = self.const(self.functions.get(term.name))
+            return f"_pycall({term.name!r}, {fn}" + "".join(", " + e(a) for a in term.args) + ")"
         if isinstance(term, Case):
             c = self.fresh("_c")
             inner = binders + (f"{c}[1]",)
@@ -155,11 +161,12 @@ def compilable(*terms) -> bool:
     return all(depth(t) <= MAX_COMPILED_DEPTH for t in terms)
 
 
-def compile_term(term: Term, nrows: int):
+def compile_term(term: Term, nrows: int, functions: dict | None = None):
     """A Python function ``f(r0, ..., r{nrows-1})`` computing ``term``;
-    the interpreter behind the same signature for a term too deep to compile."""
+    the interpreter behind the same signature for a term too deep to compile.
+    ``functions``: what ``@name(...)`` calls."""
     if compilable(term):
-        gen = Codegen()
+        gen = Codegen(functions)
         rows = tuple(f"r{i}" for i in range(nrows))
         body = gen.expr(term, rows)
         source = f"def term({', '.join(rows)}):\n    return {body}\n"
@@ -167,4 +174,4 @@ def compile_term(term: Term, nrows: int):
             return build_function("term", source, gen.consts)
         except CannotCompile:
             pass
-    return lambda *rows: evaluate(term, rows)
+    return lambda *rows: evaluate(term, rows, (), functions)

@@ -8,13 +8,14 @@ the two can only disagree where code generation is wrong.
 from __future__ import annotations
 
 from . import runtime as rt
-from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, Row, Term
+from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, PyCall, Row, Term
 from ..values import List
 
 
-def evaluate(term: Term, rows: tuple, binders: tuple = ()):
-    """Value of ``term`` with input rows ``rows``; ``binders`` innermost last."""
-    ev = lambda t: evaluate(t, rows, binders)  # noqa: E731
+def evaluate(term: Term, rows: tuple, binders: tuple = (), functions: dict | None = None):
+    """Value of ``term`` with input rows ``rows``; ``binders`` innermost last;
+    ``functions``: name -> callable for ``@name(...)`` (SPEC C5)."""
+    ev = lambda t: evaluate(t, rows, binders, functions)  # noqa: E731
     if isinstance(term, Row):
         if term.n < len(rows):
             return rows[term.n]
@@ -39,11 +40,14 @@ def evaluate(term: Term, rows: tuple, binders: tuple = ()):
         return rt.index(ev(term.arg), term.index)
     if isinstance(term, Call):
         return _call(term, ev)
+    if isinstance(term, PyCall):
+        fn = functions.get(term.name) if functions else None
+        return rt.call_function(term.name, fn, *[ev(a) for a in term.args])
     if isinstance(term, Case):
         v = rt.case_scrutinee(ev(term.scrutinee))
         for tag, body in term.arms:
             if v[0] == tag:
-                return evaluate(body, rows, binders + (v[1],))
+                return evaluate(body, rows, binders + (v[1],), functions)
         if term.default is not None:
             return ev(term.default)
         rt.no_arm(v)
@@ -51,7 +55,7 @@ def evaluate(term: Term, rows: tuple, binders: tuple = ()):
         items = ev(term.items)
         acc = ev(term.init)
         for item in rt.as_list(items, "`fold`"):
-            acc = evaluate(term.step, rows, binders + (acc, item))
+            acc = evaluate(term.step, rows, binders + (acc, item), functions)
         return acc
     raise TypeError(f"not a term: {term!r}")
 

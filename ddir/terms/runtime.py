@@ -202,3 +202,77 @@ def hash_term(bound, *keys) -> int:
 def bit_length_u64(v) -> int:
     """``bits`` of SPEC A5 (enter_at): bit length as an unsigned 64-bit number."""
     return (check_int(v, "`enter_at`") & MASK64).bit_length()
+
+
+# ------------------------------------------------------------ Python functions (SPEC C5)
+
+MAX_RESULT_DEPTH = 100  # as a value on the command line (lang.value_token.MAX_VALUE_DEPTH)
+_SHOWN = 200            # at most this much of a function's exception message
+
+
+def call_function(name: str, fn, *args):
+    """``@name(args...)``: call ``fn`` and check that it returned a value.
+    Anything it raises, and anything it returns that is not a value, is a
+    :class:`TermError` (the row is dropped and counted, SPEC A3), so a
+    function can never stop a worker. ``None`` for ``fn``: no such function
+    (the install check makes this unreachable)."""
+    if fn is None:
+        raise TermError(f"unknown function `@{name}`")
+    try:
+        result = fn(*args)
+    except (Exception, SystemExit) as e:  # SystemExit too: a worker outlives sys.exit()
+        text = str(e)
+        if len(text) > _SHOWN:
+            text = text[:_SHOWN - 3] + "..."
+        raise TermError(f"`@{name}` raised {type(e).__name__}" + (f": {text}" if text else "")) \
+            from None
+    if type(result) is int:
+        if INT_MIN <= result <= INT_MAX:
+            return result
+    elif type(result) is bool:  # a predicate's answer is the Int 1 or 0 (top level only)
+        return 1 if result else 0
+    check_result(name, result)
+    return result
+
+
+def check_result(name: str, result) -> None:
+    """Raise :class:`TermError` unless ``result`` is a value: Ints in i64,
+    tuples, :class:`List`, :class:`Variant` (non-negative Int tag), nested at
+    most :data:`MAX_RESULT_DEPTH` levels. Iterative: no recursion limit."""
+    stack = [(result, 1)]
+    while stack:
+        v, d = stack.pop()
+        t = type(v)
+        if t is int:
+            if not INT_MIN <= v <= INT_MAX:
+                raise TermError(f"`@{name}` returned an integer that does not fit in 64 bits: "
+                                f"{_clip(str(v))}")
+            continue
+        if d > MAX_RESULT_DEPTH:
+            raise TermError(f"`@{name}` returned a value nested more than {MAX_RESULT_DEPTH} "
+                            "levels deep")
+        if t is tuple or t is List:
+            stack.extend((x, d + 1) for x in v)
+        elif t is Variant:
+            tag = v[0]
+            if type(tag) is not int or not 0 <= tag <= INT_MAX:
+                raise TermError(f"`@{name}` returned a Variant whose tag is not a non-negative "
+                                f"Int: {_clip(repr(tag))}")
+            stack.append((v[1], d + 1))
+        else:
+            what = "" if v is result else " inside its result"
+            raise TermError(f"`@{name}` returned {_python_kind(v)}{what}, not a value (an int, "
+                            "a tuple, a ddir.List or a ddir.Variant)")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _python_kind(v) -> str:
+    if v is None:
+        return "None"
+    t = type(v)
+    if t in (float, str, bytes):  # a repr that shows no object address
+        return f"a Python {t.__name__} {_clip(repr(v))}"
+    return f"a Python {t.__name__}"
