@@ -4,13 +4,23 @@ median and p99 latency per command, and a subscriber's delay from a `tick`
 being sent to its `change` record arriving. Compared with the same commands
 (every client's, in one order) sent as one script to `ddir` in the same run.
 
+Server memory (RSS of the `ddir serve` process, from /proc; with -w N > 1 the
+workers' RSS is shown apart): with 100 subscribers connected and reading
+while a driver feeds and ticks, and with one subscriber that never reads
+(its socket's receive buffer small, its client paused) while 2 others read
+and a driver ticks past the subscriber queue (default 10,000 records): RSS
+over the ticks, and what the non-reader finally receives.
+
     python bench/serve.py [--clients 16] [--commands 2000] [-w 1]
+                          [--part all|throughput|memory] [--ticks 300]
+                          [--stall-ticks 14000] [--subscriber-queue 10000]
 """
 
 import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -88,12 +98,240 @@ async def run_clients(url: str, n_clients: int, n_commands: int) -> dict:
     return {"elapsed": elapsed, "latencies": latencies, "delays": delays}
 
 
+# ---------------------------------------------------------------- memory
+
+# each tick moves "wide" from key i-1 to key i: a change of 2 x WIDTH rows
+MEMORY_PROGRAM = ('let n = import "iota:{width}" | key(; $0);\n'
+                  'export "wide" = input 0 | key(; $0) | join(n, ($1[0], $2[0] ;));\n')
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def workers_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return sum(rss_mb(int(c)) for c in f.read().split())
+    except OSError:
+        return 0.0
+
+
+def start_server(tmp: str, workers: str, program: str, *extra) -> tuple:
+    prog = os.path.join(tmp, "m.ddp")
+    with open(prog, "w") as f:
+        f.write(program)
+    setup = os.path.join(tmp, "msetup.txt")
+    with open(setup, "w") as f:
+        f.write(f"install m {prog}\n")
+    server = subprocess.Popen([sys.executable, "-m", "ddir", "serve", "--port", "0",
+                               "-w", workers, *extra, setup],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return server, server.stderr.readline().split()[-1]
+
+
+async def drive(ws, first: int, ticks: int, on_tick=None, window: int = 20) -> None:
+    """Feed key i, retract key i-1, tick; ``window`` ticks pipelined at a time."""
+    i = first
+    while i < first + ticks:
+        n = min(window, first + ticks - i)
+        sent = 0
+        for k in range(i, i + n):
+            lines = [f"feed m 0 {k}"] + ([f"feed m 0 {k - 1} diff=-1"] if k else []) + ["tick"]
+            for line in lines:
+                await ws.send(json.dumps({"id": sent, "line": line}))
+                sent += 1
+        done = 0
+        while done < sent:
+            obj = json.loads(await ws.recv())
+            if obj["kind"] == "error":
+                raise SystemExit(f"error from the server: {obj}")
+            done += obj["kind"] == "done"
+        i += n
+        if on_tick is not None:
+            on_tick(i)
+
+
+async def reader(url: str, counts: dict, key, ready: asyncio.Event | None = None):
+    from websockets.asyncio.client import connect
+    async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
+        await ws.send(json.dumps({"id": "sub", "line": "subscribe wide"}))
+        while json.loads(await ws.recv())["kind"] != "done":
+            pass
+        counts[key] = 0
+        if ready is not None:
+            ready.set()
+        async for message in ws:
+            obj = json.loads(message)
+            if obj["kind"] == "change":
+                counts[key] = obj["epoch"] + 1
+            elif obj["kind"] == "error":
+                counts[key] = obj["message"]
+                return
+
+
+async def memory_subscribers(url: str, pid: int, n_subs: int, ticks: int) -> dict:
+    from websockets.asyncio.client import connect
+    out = {"start": (rss_mb(pid), workers_mb(pid))}
+    counts: dict = {}
+    readies = [asyncio.Event() for _ in range(n_subs)]
+    tasks = [asyncio.create_task(reader(url, counts, k, readies[k])) for k in range(n_subs)]
+    for r in readies:
+        await r.wait()
+    await asyncio.sleep(0.5)
+    out["subscribed"] = (rss_mb(pid), workers_mb(pid))
+    series = []
+    async with connect(url, max_size=None, compression=None) as ws:
+        t0 = time.perf_counter()
+
+        def sample(i):
+            if i * 10 // ticks > (series[-1][0] if series else 0) * 10 // ticks:
+                series.append((i, rss_mb(pid)))
+        await drive(ws, 0, ticks, sample)
+        deadline = time.perf_counter() + 60
+        while min(counts.values()) < ticks and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        out["elapsed"] = time.perf_counter() - t0
+    out["delivered"] = sum(min(v, ticks) for v in counts.values() if isinstance(v, int))
+    out["series"] = series
+    out["end"] = (rss_mb(pid), workers_mb(pid))
+    out["peak"] = rss_mb(pid, "VmHWM")
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return out
+
+
+async def memory_stalled(url: str, pid: int, n_readers: int, ticks: int) -> dict:
+    from websockets.asyncio.client import connect
+    out = {"start": rss_mb(pid)}
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    stalled = await connect(url, sock=sock, max_size=None, max_queue=1, compression=None,
+                            ping_interval=None)
+    await stalled.send(json.dumps({"id": "stalled", "line": "subscribe wide"}))
+    while json.loads(await stalled.recv())["kind"] != "done":
+        pass
+    # from here on `stalled` is not read (its client stops reading the socket)
+    counts: dict = {}
+    readies = [asyncio.Event() for _ in range(n_readers)]
+    tasks = [asyncio.create_task(reader(url, counts, k, readies[k])) for k in range(n_readers)]
+    for r in readies:
+        await r.wait()
+    series, lat = [], []
+    async with connect(url, max_size=None, compression=None) as ws:
+        def sample(i):
+            if i * 14 // ticks > (series[-1][0] if series else 0) * 14 // ticks:
+                series.append((i, rss_mb(pid)))
+        t0 = time.perf_counter()
+        await drive(ws, 0, ticks, sample)
+        out["elapsed"] = time.perf_counter() - t0
+        for j in range(50):  # a command's latency with the stalled one still connected
+            t1 = time.perf_counter()
+            await ws.send(json.dumps({"id": j, "line": "peek wide limit=1"}))
+            while json.loads(await ws.recv())["kind"] != "done":
+                pass
+            lat.append(time.perf_counter() - t1)
+    out["series"], out["peak"], out["end"] = series, rss_mb(pid, "VmHWM"), rss_mb(pid)
+    out["peek_ms"] = (statistics.median(lat) * 1e3, max(lat) * 1e3)
+    deadline = time.perf_counter() + 60
+    while min(counts.values()) < ticks and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    out["readers_complete"] = all(v == ticks for v in counts.values())
+    changes, last = 0, None
+    while True:  # now read what reached the stalled subscriber
+        try:
+            obj = json.loads(await asyncio.wait_for(stalled.recv(), 5))
+        except asyncio.TimeoutError:
+            last = "nothing more (its queue never overflowed: more --stall-ticks)"
+            break
+        if obj["kind"] == "change":
+            changes += 1
+        else:
+            last = obj
+            break
+    out["stalled_changes"], out["stalled_last"] = changes, last
+    await stalled.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return out
+
+
+def run_memory(args) -> None:
+    w = args.workers
+    program = MEMORY_PROGRAM.format(width=args.width)
+    stall_program = MEMORY_PROGRAM.format(width=args.stall_width)
+    extra = ["--subscriber-queue", str(args.subscriber_queue)]
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_server(tmp, w, program, *extra)
+        try:
+            r = asyncio.run(memory_subscribers(url, server.pid, 100, args.ticks))
+        finally:
+            server.terminate()
+            server.wait()
+        apart = int(w) > 1
+        wk = (lambda pair: f" (+ workers {pair[1]:.1f} MB)") if apart else (lambda pair: "")
+        print(f"ddir serve -w {w} memory: 100 subscribers reading \"wide\" "
+              f"({2 * args.width} rows a change), a driver feeding and ticking {args.ticks} times")
+        print(f"  RSS of the serve process: started {r['start'][0]:.1f} MB{wk(r['start'])}; "
+              f"100 subscribed {r['subscribed'][0]:.1f} MB{wk(r['subscribed'])} "
+              f"(= {(r['subscribed'][0] - r['start'][0]) * 1024 / 100:.0f} KB a subscriber); "
+              f"after the ticks {r['end'][0]:.1f} MB{wk(r['end'])}; peak {r['peak']:.1f} MB")
+        print("  over the ticks: " + ", ".join(f"{i}: {m:.1f}" for i, m in r["series"]))
+        print(f"  {r['delivered']:,} change records delivered in {r['elapsed']:.2f} s")
+
+        server, url = start_server(tmp, w, stall_program, *extra)
+        try:
+            r = asyncio.run(memory_stalled(url, server.pid, args.readers, args.stall_ticks))
+        finally:
+            server.terminate()
+            server.wait()
+        print(f"ddir serve -w {w} memory: one subscriber that never reads (queue "
+              f"{args.subscriber_queue:,} records of {2 * args.stall_width} rows), "
+              f"{args.readers} reading, a driver ticking {args.stall_ticks:,} times "
+              f"({r['elapsed']:.1f} s)")
+        print(f"  RSS of the serve process: started {r['start']:.1f} MB, peak {r['peak']:.1f} MB, "
+              f"after the ticks {r['end']:.1f} MB")
+        print("  over the ticks: " + ", ".join(f"{i}: {m:.1f}" for i, m in r["series"]))
+        print(f"  the {args.readers} readers got every change: {r['readers_complete']}; a peek meanwhile: "
+              f"median {r['peek_ms'][0]:.2f} ms, max {r['peek_ms'][1]:.2f} ms")
+        print(f"  the non-reader, reading at last: {r['stalled_changes']:,} changes, then "
+              f"{json.dumps(r['stalled_last'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--commands", type=int, default=2000)
     ap.add_argument("-w", "--workers", default="1")
+    ap.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
+    ap.add_argument("--ticks", type=int, default=300, help="ticks with 100 subscribers")
+    ap.add_argument("--stall-ticks", type=int, default=14000,
+                    help="ticks with one subscriber that never reads")
+    ap.add_argument("--subscriber-queue", type=int, default=10000)
+    ap.add_argument("--width", type=int, default=10,
+                    help="a change is 2 x WIDTH rows (100 subscribers)")
+    ap.add_argument("--stall-width", type=int, default=100,
+                    help="a change is 2 x WIDTH rows (the non-reader)")
+    ap.add_argument("--readers", type=int, default=2,
+                    help="subscribers that read, beside the non-reader")
     args = ap.parse_args()
+    if args.part in ("all", "throughput"):
+        run_throughput(args)
+    if args.part in ("all", "memory"):
+        run_memory(args)
+
+
+def run_throughput(args) -> None:
     total = args.clients * args.commands
     with tempfile.TemporaryDirectory() as tmp:
         prog = os.path.join(tmp, "e.ddp")
