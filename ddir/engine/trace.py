@@ -30,6 +30,13 @@ class Trace:
 
     def insert(self, rows, t: tuple) -> None:
         data = self.data
+        if not data and len(rows) > 64:
+            # the first batch of a fresh trace (a load): built by a
+            # comprehension, twice as fast as the loop, when its keys are distinct
+            fresh = {k: [(v, t, d)] for k, v, d in rows}
+            if len(fresh) == len(rows):
+                data.update(fresh)
+                return
         dirty = None
         for k, v, d in rows:
             hist = data.get(k)
