@@ -187,6 +187,26 @@ class Server:
         self._init(_Core(max_rounds=max_rounds, cluster=cluster, functions=table), owns=True)
 
     @classmethod
+    def restore(cls, path, workers: int = 1, *, max_rounds: int | None = None, on_death=None,
+                functions=None) -> "Server":
+        """A server started from the checkpoint directory ``path`` (SPEC C5),
+        with any number of workers; ``max_rounds`` defaults to the
+        checkpointed server's."""
+        from .server.checkpoint import restore_into
+        server = cls(workers, max_rounds=max_rounds, on_death=on_death, functions=functions)
+        try:
+            _deferring_interrupts(lambda: restore_into(server.core, str(path)))
+        except BaseException:
+            server.close()
+            raise
+        return server
+
+    def checkpoint(self, path) -> dict:
+        """``checkpoint <dir>``: the record (dir, epoch, programs, rows)."""
+        (record,) = self._call(C.Checkpoint(str(path)))
+        return record
+
+    @classmethod
     def attach(cls, core: _Core) -> "Server":
         """A client of an existing server state (whoever made it closes it)."""
         self = cls.__new__(cls)
@@ -270,7 +290,8 @@ class Server:
                                                 syntax or (None if path is not None else "ddp"))
             except C.ProgramError as e:
                 raise E.InvalidProgram(str(e)) from None
-        return self._result(self._call(C.Install(name, str(path or "<source>"), program)))
+        text = source if source is not None else C.read_source(str(path))
+        return self._result(self._call(C.Install(name, str(path or "<source>"), program, text)))
 
     def feed(self, program: str, input: int, key, val=(), *, time: int | None = None,
              diff: int = 1) -> None:

@@ -17,6 +17,7 @@ from .server.functions import check_calls, load_functions
 from .server.session import Session
 
 USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N] [--functions MODULE]
+                 [--restore DIR]
        ddir check [--functions MODULE] FILE...
        ddir explain FILE
        ddir serve [--host H] [--port P] [-w N] [--token-file F] [SCRIPT...]
@@ -31,6 +32,7 @@ USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N] [
                   a Python module (a name importable from here, or a .py file) whose
                   public functions terms may call as @name(args...); with check,
                   an @name the module lacks is an error
+  --restore DIR   start from a checkpoint (written by `checkpoint DIR`), with any -w N
   --json          one JSON object per output line
   --strict        stop at the first error, exit status 1
   --version       print the version
@@ -47,7 +49,7 @@ class UsageError(Exception):
 
 def parse_args(argv: list) -> dict:
     opts = {"scripts": [], "workers": 1, "json": False, "strict": False, "max_rounds": None,
-            "functions": None}
+            "functions": None, "restore": None}
     numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
                "--max-rounds": ("max_rounds", 1, 10 ** 9)}
     i = 0
@@ -58,6 +60,12 @@ def parse_args(argv: list) -> dict:
                 raise UsageError(f"{a} needs a number")
             key, low, high = numbers[a]
             opts[key] = _number(a, argv[i + 1], low, high)
+            i += 2
+            continue
+        if a == "--restore":
+            if i + 1 >= len(argv):
+                raise UsageError("--restore needs a checkpoint directory")
+            opts["restore"] = argv[i + 1]
             i += 2
             continue
         if a == "--functions":
@@ -219,8 +227,9 @@ def _main(argv: list | None) -> int:
         return 2
     sessions: list = []  # the session, once made: where a worker's death is reported
     try:
-        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"])
-    except CommandError as e:  # --functions MODULE could not be imported
+        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
+                              opts["restore"])
+    except CommandError as e:  # --functions MODULE could not be imported, a bad --restore
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. too many open files for the worker mesh
@@ -250,15 +259,19 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through `finally`: the workers are stopped
 
 
-def start_server(workers: int, max_rounds, sessions: list, functions=None):
+def start_server(workers: int, max_rounds, sessions: list, functions=None, restore=None):
     """A :class:`ddir.Server`: ``-w 1`` runs the worker in this process; more
     start worker processes. A worker's death is printed (through the session
     in ``sessions``) as one error and ends the server at once, whatever the
     intake was doing (even waiting at the prompt). ``functions``: the
     ``--functions`` module (imported before the workers are forked)."""
     from .api import Server
+    if restore is not None:
+        make = lambda *a, **k: Server.restore(restore, *a, **k)  # noqa: E731
+    else:
+        make = Server
     if workers == 1:
-        return Server(1, max_rounds=max_rounds, functions=functions)
+        return make(1, max_rounds=max_rounds, functions=functions)
     terminal = _terminal_state()
 
     def on_death(message: str) -> None:
@@ -272,7 +285,7 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None):
             termios.tcsetattr(terminal[0], termios.TCSADRAIN, terminal[1])
         os._exit(EXIT_WORKER_DIED)
 
-    return Server(workers, max_rounds=max_rounds, on_death=on_death, functions=functions)
+    return make(workers, max_rounds=max_rounds, on_death=on_death, functions=functions)
 
 
 def _terminal_state():

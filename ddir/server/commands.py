@@ -29,6 +29,7 @@ class Install:
     name: str
     path: str
     program: Any  # ddir.ir.nodes.Program
+    source: Optional[str] = None  # its text, when known (kept for checkpoints)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class Save:
 @dataclass(frozen=True)
 class Tick:
     pass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: str
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ HELP = {
              "stage one update per row of a .parquet/.arrow/.feather/.ipc/.csv file"),
     "save": ("save <trace> <file>", "write a trace's consolidated contents to a "
              ".parquet/.arrow/.feather/.ipc/.csv file"),
+    "checkpoint": ("checkpoint <dir>", "write the whole server (programs, their inputs, the "
+                   "epoch) to a directory, atomically; `ddir --restore <dir>` starts from it"),
     "list": ("list", "epoch, traces with importer counts, programs"),
     "help": ("help [command]", "the command table, or one command"),
     "exit": ("exit", "stop (also `quit`)"),
@@ -210,6 +218,15 @@ def load_program(path: str, script_dir: str | None = None):
     return program_from_source(source, path)
 
 
+def read_source(path: str):
+    """A program file's text (None if it cannot be read now)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def program_from_source(source: str, path: str, syntax: str | None = None):
     """Parse, lower and validate program text; ``path`` labels errors and
     its extension chooses `.ddp` or `.ddir` unless ``syntax`` says
@@ -252,7 +269,7 @@ def parse_command(line: str, script_dir: str | None = None):
             program = load_program(path, script_dir)
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
-        return Install(name, path, program)
+        return Install(name, path, program, read_source(resolve_path(path, script_dir)))
     if cmd == "feed":
         _arity(cmd, positional, 3, 3)
         prog, n, key = positional
@@ -273,6 +290,9 @@ def parse_command(line: str, script_dir: str | None = None):
     if cmd == "save":
         _arity(cmd, positional, 2, 2)
         return Save(*positional)
+    if cmd == "checkpoint":
+        _arity(cmd, positional, 1, 1)
+        return Checkpoint(positional[0])
     if cmd == "peek" and "cursor" in options:
         if len(positional) > 2:
             raise CommandError(f"usage: {HELP['peek cursor'][0]}")

@@ -63,6 +63,9 @@ def render_text(record: dict) -> str:
         return f'subscription "{record["trace"]}" ended: {record["reason"]}'
     if kind == "loaded":
         return f'loaded {record["rows"]} rows into "{record["program"]}" input {record["input"]}'
+    if kind == "checkpoint":
+        return (f'checkpoint "{record["dir"]}" at epoch {record["epoch"]} '
+                f'({record["programs"]} programs, {record["rows"]} rows)')
     if kind == "saved":
         return f'saved {record["rows"]} rows of "{record["trace"]}" to {record["file"]}'
     if kind == "help":

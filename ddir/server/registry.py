@@ -47,6 +47,9 @@ class Installed:
     seq: int = 0
     failed: str | None = None         # why it stopped (a tick it could not finish)
     functions: tuple = ()             # the `@f` names it calls, sorted (SPEC C5)
+    since: int = 0                    # the epoch it was installed at (checkpoints replay it)
+    source: str | None = None         # its program text, when known (for checkpoints)
+    program: object = None            # its IR program (for checkpoints)
 
 
 @dataclass
@@ -79,6 +82,9 @@ class Server:
     # the Python functions terms may call (server.functions.Functions; None: none given);
     # the cluster's workers were made with the same callables
     functions: object = None
+    # name -> [(input, time, rows or bulk.IntColumns)]: every update staged for each
+    # installed program, what a checkpoint stores (server.checkpoint)
+    journal: dict = field(default_factory=dict)
     _seq: int = 0
     _sub_seq: int = 0
 
@@ -115,7 +121,7 @@ class Server:
         handler = {
             C.Install: self.install, C.Feed: self.feed, C.Tick: self.tick, C.Drop: self.drop,
             C.Peek: self.peek, C.ListCmd: self.list, C.Help: self.help,
-            C.Load: self.load, C.Save: self.save,
+            C.Load: self.load, C.Save: self.save, C.Checkpoint: self.checkpoint,
         }[type(cmd)]
         try:
             if isinstance(cmd, C.Peek):
@@ -168,12 +174,14 @@ class Server:
             raise InstallFailed(f'install "{cmd.name}": {failed[0]}')
         self._add(Installed(cmd.name, cmd.path, program.file, inputs=program.inputs,
                             imports=tuple(sorted({a for _, a in aliases})),
-                            exports=tuple(n for n, _ in program.exports), functions=calls))
+                            exports=tuple(n for n, _ in program.exports), functions=calls,
+                            source=getattr(cmd, "source", None), program=program))
         return [{"kind": "installed", "name": cmd.name}] + self._collect(replies)
 
     def _add(self, entry: Installed) -> None:
         self._seq += 1
         entry.seq = self._seq
+        entry.since = self.epoch
         self.programs[entry.name] = entry
         for name in entry.exports:
             self.traces[name] = entry.name
@@ -207,6 +215,7 @@ class Server:
                                   f" (drop {'them' if len(users) > 1 else 'it'} first)")
         self.cluster.broadcast(("drop", entry.name))
         del self.programs[entry.name]
+        self.journal.pop(entry.name, None)
         for trace in entry.exports:
             self.traces.pop(trace, None)
             self.cursors.release_trace(trace)
@@ -228,6 +237,7 @@ class Server:
         ``time`` (default: the current epoch), each row on the worker owning
         its key: one message per worker however many rows."""
         time = self.check_target(program, n, time)
+        self.journal.setdefault(program, []).append((n, time, rows))
         for owner, batch in enumerate(split_by_owner(rows, self.cluster.shards)):
             if batch:
                 self.cluster.send(owner, ("stage", program, n, time, batch))
@@ -258,6 +268,7 @@ class Server:
         from . import bulk  # numpy and pyarrow load only when bulk data is used
         shards = self.cluster.shards
         done = 0
+        self.journal.setdefault(program, []).append((n, time, batch))
         if isinstance(batch, bulk.IntColumns):
             for owner, part in enumerate(bulk.split_columns(batch, shards)):
                 for start in range(0, part.count, bulk.CHUNK):
@@ -554,6 +565,10 @@ class Server:
         else:
             self.cursors.renew(name, epoch, owner)
         return [record]
+
+    def checkpoint(self, cmd: C.Checkpoint) -> list:
+        from .checkpoint import write_checkpoint
+        return [write_checkpoint(self, cmd.path)]
 
     def list(self, cmd=None) -> list:
         traces = [{"name": t, "importers": len(self.importers(t))} for t in sorted(self.traces)]
