@@ -23,6 +23,8 @@ Python: ``int``, ``tuple``, :class:`ddir.List`, :class:`ddir.Variant`.
 
 from __future__ import annotations
 
+import os
+
 import collections
 import signal
 import threading
@@ -167,6 +169,20 @@ class Subscription:
         return f"<Subscription {self.trace!r} from epoch {self.epoch} ({state})>"
 
 
+def _program(path, source, syntax) -> tuple:
+    """(lowered program, its text) from a file or from ``source`` (``path``,
+    if given too, labels errors and chooses `.ddp`/`.ddir`; without it the
+    source is `.ddp` unless ``syntax="ddir"``)."""
+    try:
+        if source is None:
+            return C.load_program(str(path)), C.read_source(str(path))
+        label = str(path) if path is not None else "<source>"
+        return (C.program_from_source(source, label,
+                                      syntax or (None if path is not None else "ddp")), source)
+    except C.ProgramError as e:
+        raise E.InvalidProgram(str(e)) from None
+
+
 class Server:
     """A running ddir server; ``with`` it (or call :meth:`close`) to stop its
     worker processes."""
@@ -276,22 +292,28 @@ class Server:
         if given too, labels errors and chooses `.ddp`/`.ddir`; without it
         the source is `.ddp` unless ``syntax="ddir"``)."""
         _name(name, "a program name")
-        if source is None:
-            if path is None:
-                raise E.CommandError("install needs a file or source=")
-            try:
-                program = C.load_program(str(path))
-            except C.ProgramError as e:
-                raise E.InvalidProgram(str(e)) from None
-        else:
-            label = str(path) if path is not None else "<source>"
-            try:
-                program = C.program_from_source(source, label,
-                                                syntax or (None if path is not None else "ddp"))
-            except C.ProgramError as e:
-                raise E.InvalidProgram(str(e)) from None
-        text = source if source is not None else C.read_source(str(path))
+        if source is None and path is None:
+            raise E.CommandError("install needs a file or source=")
+        program, text = _program(path, source, syntax)
         return self._result(self._call(C.Install(name, str(path or "<source>"), program, text)))
+
+    def reinstall(self, name: str, path: str | None = None, *, source: str | None = None,
+                  syntax: str | None = None, functions: str | None = None) -> Result:
+        """Make a read-only program live again (``reinstall <name> [<file>]
+        [functions=<module>]``): from its stored program, or from
+        ``path``/``source`` exporting the same traces; it catches up from its
+        stored inputs. ``functions``: a module name or ``.py`` path to import
+        first (in every worker too), for the functions it was missing."""
+        _name(name, "a program name")
+        if functions is not None and not isinstance(functions, (str, os.PathLike)):
+            raise E.CommandError("reinstall functions= needs a module name or a .py path "
+                                 "(workers import it by name)")
+        module = None if functions is None else os.fspath(functions)
+        if source is None and path is None:
+            return self._result(self._call(C.Reinstall(name, None, functions=module)))
+        program, text = _program(path, source, syntax)
+        return self._result(self._call(C.Reinstall(name, str(path or "<source>"), program, text,
+                                                   module)))
 
     def feed(self, program: str, input: int, key, val=(), *, time: int | None = None,
              diff: int = 1) -> None:

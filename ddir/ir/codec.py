@@ -70,6 +70,11 @@ def _ext_hook(code: int, data: bytes):
     return msgpack.ExtType(code, data)
 
 
+# The IR's encoded form: bumped whenever a node's fields change, so that a
+# checkpoint written by another version is recognised rather than misread.
+IR_VERSION = 1
+
+
 def packb(obj) -> bytes:
     """Encode values / IR / plain containers (tuples and lists become arrays)."""
     return msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=True)

@@ -35,6 +35,7 @@ import shutil
 
 from . import commands as C
 from .generated import parse_recipe
+from .journal import rows_of
 from ..errors import CommandError, DdirError
 from ..values import INT_MAX, INT_MIN, format_value, parse_printed
 
@@ -54,22 +55,12 @@ def _point(name: str) -> None:
 
 # ---------------------------------------------------------------- writing
 
-def _rows(batch):
-    """(key, val, diff) rows of a journal batch (a list of rows or IntColumns)."""
-    if isinstance(batch, list):
-        return batch
-    keys = list(zip(*(c.tolist() for c in batch.keys))) if batch.keys else [()] * batch.count
-    vals = list(zip(*(c.tolist() for c in batch.vals))) if batch.vals else [()] * batch.count
-    diffs = batch.diffs.tolist() if batch.diffs is not None else [1] * batch.count
-    return zip(keys, vals, diffs)
-
-
 def consolidated(entries) -> dict:
     """input -> {(time, key text, val text): diff} with zero diffs gone."""
     out: dict = {}
     for n, time, batch in entries:
         acc = out.setdefault(n, {})
-        for k, v, d in _rows(batch):
+        for k, v, d in rows_of(batch):
             key = (time, format_value(k), format_value(v))
             acc[key] = acc.get(key, 0) + d
     return {n: {k: d for k, d in acc.items() if d} for n, acc in out.items()}
@@ -123,6 +114,73 @@ def _exchange(a: str, b: str) -> bool:
     return False
 
 
+def _program_record(core, entry, i: int, tmp: str) -> tuple:
+    """(manifest record, input rows, of them staged for the future) of one
+    program, its input and export files written into ``tmp``."""
+    from ..ir.codec import IR_VERSION, packb
+    record = {"name": entry.name, "origin": entry.origin, "path": entry.path,
+              "file": entry.file, "since": entry.since, "inputs": list(entry.inputs),
+              "imports": list(entry.imports), "exports": list(entry.exports),
+              "functions": list(entry.functions), "failed": entry.failed,
+              "readonly": entry.readonly}
+    if entry.origin != "program":
+        record["recipe"] = entry.name
+        return record, 0, 0
+    record["source"] = entry.source
+    if entry.program is not None:
+        record["ir_version"] = IR_VERSION
+        record["ir"] = base64.b64encode(packb(entry.program)).decode("ascii")
+    else:  # read-only because its IR could not be read: kept as it came
+        record["ir_version"], record["ir"] = entry.stored_ir
+    journal = core.journal.get(entry.name)
+    record["folded_at"] = journal.frontier if journal is not None else None
+    files, rows, future = {}, 0, 0
+    for n, updates in sorted(consolidated(journal.entries() if journal else ()).items()):
+        name = f"p{i}_input{n}.arrow"
+        _write_arrow(os.path.join(tmp, name), updates)
+        files[str(n)] = {"file": name, "rows": len(updates)}
+        rows += len(updates)
+        future += sum(1 for (t, _, _) in updates if t >= core.epoch)
+    record["input_files"] = files
+    exports = {}
+    for j, trace in enumerate(entry.exports):
+        _, contents, _ = core.contents(trace)
+        name = f"p{i}_export{j}.arrow"
+        _write_trace(os.path.join(tmp, name), contents)
+        exports[trace] = {"file": name, "rows": len(contents)}
+    record["export_files"] = exports
+    return record, rows, future
+
+
+def _write_trace(path: str, rows: list) -> None:
+    """A trace's consolidated contents with save's columns (plain pyarrow
+    reads them: int64 ``key_i``/``val_i`` or printed ``key``/``val``, and
+    ``diff``)."""
+    import pyarrow.ipc as ipc
+    from .bulk import rows_to_table
+    table = rows_to_table(rows)
+    with open(path, "wb") as f:
+        with ipc.new_file(f, table.schema) as writer:
+            writer.write_table(table)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_trace(path: str) -> list:
+    """[(key, val, diff)] of a file :func:`_write_trace` wrote."""
+    import pyarrow.ipc as ipc
+    with open(path, "rb") as f:
+        cols = ipc.open_file(f).read_all().to_pydict()
+    diffs = cols["diff"]
+    if "key" in cols:
+        return [(parse_printed(k), parse_printed(v), d)
+                for k, v, d in zip(cols["key"], cols["val"], diffs)]
+    def fields(prefix):
+        named = sorted((c for c in cols if c.startswith(prefix)), key=lambda c: int(c[len(prefix):]))
+        return list(zip(*(cols[c] for c in named))) if named else [()] * len(diffs)
+    return list(zip(fields("key_"), fields("val_"), diffs))
+
+
 def write_checkpoint(core, path: str) -> dict:
     """Write ``core`` (a registry Server) to directory ``path``; the
     ``checkpoint`` record."""
@@ -148,28 +206,12 @@ def write_checkpoint(core, path: str) -> dict:
     except OSError as e:
         raise CommandError(f'checkpoint "{path}": cannot write beside it: {e.strerror}') from None
     try:
-        programs, total = [], 0
-        staged = 0
+        programs, total, staged = [], 0, 0
         for i, entry in enumerate(core.programs.values()):
-            record = {"name": entry.name, "origin": entry.origin, "path": entry.path,
-                      "file": entry.file, "since": entry.since, "inputs": list(entry.inputs),
-                      "imports": list(entry.imports), "exports": list(entry.exports),
-                      "functions": list(entry.functions), "failed": entry.failed}
-            if entry.origin == "program":
-                from ..ir.codec import packb
-                record["source"] = entry.source
-                record["ir"] = base64.b64encode(packb(entry.program)).decode("ascii")
-                files = {}
-                for n, updates in sorted(consolidated(core.journal.get(entry.name, ())).items()):
-                    name = f"p{i}_input{n}.arrow"
-                    _write_arrow(os.path.join(tmp, name), updates)
-                    files[str(n)] = {"file": name, "rows": len(updates)}
-                    total += len(updates)
-                    staged += sum(1 for (t, _, _) in updates if t >= core.epoch)
-                record["input_files"] = files
-            else:
-                record["recipe"] = entry.name
+            record, rows, future = _program_record(core, entry, i, tmp)
             programs.append(record)
+            total += rows
+            staged += future
         _point("files")
         manifest = {"format": FORMAT, "version": VERSION, "epoch": core.epoch,
                     "max_rounds": core.max_rounds, "programs": programs,
@@ -230,40 +272,95 @@ def _read_updates(path: str) -> list:
             for t, k, v, d in zip(cols["time"], cols["key"], cols["val"], cols["diff"])]
 
 
+REPLAY_BOUND = 1 << 62   # the restore's replay runs without an iteration bound
+
+
 def restore_into(core, path: str) -> None:
     """Rebuild the checkpoint at ``path`` into ``core``, a fresh registry
-    Server (any number of workers). Raises :class:`CommandError`."""
+    Server (any number of workers). Raises :class:`CommandError`.
+
+    Programs are installed in their order, each at its epoch; the epochs
+    between are closed in single steps (``Server.advance``): only the
+    contents at the checkpoint's epoch matter, and they depend on the
+    accumulated inputs alone. Failed and read-only programs come back as
+    stand-ins with their exported traces' stored contents. The replay runs
+    without an iteration bound (every live program converged at every
+    epoch it is replaying, and a folded journal may need more rounds in
+    one step); the bound is set once the replay is done."""
     directory, manifest = _read_manifest(path)
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CommandError(f'restore "{path}": not a ddir checkpoint of version {VERSION}')
-    from ..ir.codec import unpackb
     epoch = manifest["epoch"]
-    if core.max_rounds is None:
-        core.max_rounds = manifest.get("max_rounds")
-    by_epoch: dict = {}
+    bound = core.max_rounds if core.max_rounds is not None else manifest.get("max_rounds")
+    core.max_rounds = REPLAY_BOUND
     for p in manifest["programs"]:
-        by_epoch.setdefault(p["since"], []).append(p)
-    for e in range(epoch + 1):
-        for p in by_epoch.get(e, ()):
-            try:
-                _install(core, p, directory, unpackb)
-            except DdirError as err:
-                raise CommandError(f'restore "{path}": program "{p["name"]}": {err}') from None
-        if e < epoch:
-            core.tick(C.Tick())  # its records (inspect events, errors) are history: dropped
+        if p["since"] > core.epoch:
+            core.advance(p["since"])
+        try:
+            _install(core, p, directory)
+        except DdirError as err:
+            raise CommandError(f'restore "{path}": program "{p["name"]}": {err}') from None
+    if epoch > core.epoch:
+        core.advance(epoch)
+    core.max_rounds = bound
+    core.cluster.broadcast(("bound", bound))
     assert core.epoch == epoch
 
 
-def _install(core, p: dict, directory: str, unpackb) -> None:
+def _readonly_reason(core, p: dict):
+    """(IR program or None, why it cannot run or None)."""
+    from ..ir.codec import IR_VERSION, unpackb
+    version = p.get("ir_version", 1)
+    if version != IR_VERSION:
+        return None, f"its program is stored in IR format {version}; this ddir reads format {IR_VERSION}"
+    try:
+        program = unpackb(base64.b64decode(p["ir"]))
+    except Exception as e:  # noqa: BLE001 - any undecodable IR makes it read-only
+        return None, f"its stored program cannot be read ({e})"
+    table = core.functions.table if core.functions is not None else {}
+    missing = [f for f in p.get("functions", ()) if f not in table]
+    if missing:
+        where = (f"not among the functions of {core.functions.label}" if core.functions is not None
+                 else "not available: no functions were given (--functions MODULE)")
+        return program, f"it calls @{missing[0]}, which is {where}"
+    return program, None
+
+
+def _install(core, p: dict, directory: str) -> None:
+    from .registry import Installed
+    from .journal import Journal
     if p["origin"] != "program":
         if p["name"] not in core.programs:
             core._install_source(parse_recipe(p["recipe"]))
         return
-    program = unpackb(base64.b64decode(p["ir"]))
-    core.install(C.Install(p["name"], p["path"], program, p.get("source")))
-    for n, info in sorted(p.get("input_files", {}).items(), key=lambda i: int(i[0])):
-        by_time: dict = {}
-        for t, k, v, d in _read_updates(os.path.join(directory, info["file"])):
-            by_time.setdefault(t, []).append((k, v, d))
-        for t, rows in sorted(by_time.items()):
-            core.stage_batch(p["name"], int(n), t, rows)
+    program, reason = _readonly_reason(core, p)
+    inputs = sorted(p.get("input_files", {}).items(), key=lambda i: int(i[0]))
+    if reason is None and not p.get("failed"):
+        core.install(C.Install(p["name"], p["path"], program, p.get("source")))
+        for n, info in inputs:
+            for t, rows in _by_time(os.path.join(directory, info["file"])):
+                core.stage_batch(p["name"], int(n), t, rows)
+        return
+    entry = Installed(p["name"], p["path"], p["file"], inputs=tuple(p["inputs"]),
+                      imports=tuple(p["imports"]), exports=tuple(p["exports"]),
+                      failed=p.get("failed"), readonly=None if p.get("failed") else reason,
+                      functions=tuple(p.get("functions", ())), source=p.get("source"),
+                      program=program)
+    if program is None:
+        entry.stored_ir = (p.get("ir_version", 1), p["ir"])
+    journal = core.journal[entry.name] = Journal()
+    for n, info in inputs:
+        for t, rows in _by_time(os.path.join(directory, info["file"])):
+            journal.add(int(n), t, rows)
+    files = p.get("export_files", {})
+    contents = [_read_trace(os.path.join(directory, files[t]["file"])) if t in files else []
+                for t in entry.exports]
+    core.install_standin(entry, contents)
+
+
+def _by_time(path: str) -> list:
+    """[(time, rows)] of one input file, in time order."""
+    by_time: dict = {}
+    for t, k, v, d in _read_updates(path):
+        by_time.setdefault(t, []).append((k, v, d))
+    return sorted(by_time.items())

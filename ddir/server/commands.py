@@ -33,6 +33,17 @@ class Install:
 
 
 @dataclass(frozen=True)
+class Reinstall:
+    """``reinstall <name> [<file>]``: a read-only program made live again,
+    from its stored IR (``program`` None) or from a new file."""
+    name: str
+    path: Optional[str]
+    program: Any = None
+    source: Optional[str] = None
+    functions: Optional[str] = None  # a module to import first (where `@f` comes from)
+
+
+@dataclass(frozen=True)
 class Feed:
     program: str
     input: int
@@ -115,6 +126,9 @@ class Exit:
 HELP = {
     "install": ("install <name> <file>", "parse, lower, validate and install a program "
                 "(its terms may call `@f(...)`, the functions of --functions MODULE)"),
+    "reinstall": ("reinstall <name> [<file>] [functions=<module>]",
+                  "make a read-only program live again (once its functions are there, or from "
+                  "a new file with the same exports); it catches up from its stored inputs"),
     "feed": ("feed <prog> <in#> <value> [val=<value>] [time=<t>] [diff=<int>]",
              "stage an input update"),
     "tick": ("tick", "close the current epoch, run every program to quiescence, print inspect events"),
@@ -137,7 +151,7 @@ HELP = {
 }
 COMMANDS = tuple(t for t in HELP if " " not in t) + ("quit",)
 OPTION_KEYS = {"feed": ("val", "time", "diff"), "peek": ("limit", "offset", "cursor"),
-               "load": ("key", "val", "diff", "time")}
+               "load": ("key", "val", "diff", "time"), "reinstall": ("functions",)}
 
 
 def is_skipped(line: str) -> bool:
@@ -270,6 +284,19 @@ def parse_command(line: str, script_dir: str | None = None):
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
         return Install(name, path, program, read_source(resolve_path(path, script_dir)))
+    if cmd == "reinstall":
+        _arity(cmd, positional, 1, 2)
+        module = options.get("functions")
+        if module is not None and not module:
+            raise CommandError("functions= needs a module name or a .py file")
+        if len(positional) == 1:
+            return Reinstall(positional[0], None, functions=module)
+        name, path = positional
+        try:
+            program = load_program(path, script_dir)
+        except ProgramError as e:
+            raise InvalidProgram(str(e)) from None
+        return Reinstall(name, path, program, read_source(resolve_path(path, script_dir)), module)
     if cmd == "feed":
         _arity(cmd, positional, 3, 3)
         prog, n, key = positional

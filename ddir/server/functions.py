@@ -35,20 +35,29 @@ class Functions:
         self.table = dict(sorted(table.items()))
         self.label = label
 
+    def merged(self, other: "Functions | None") -> "Functions":
+        """These and ``other``'s (which win a name clash)."""
+        if other is None:
+            return self
+        labels = [label for label in (self.label, other.label) if label]
+        return Functions({**self.table, **other.table}, " + ".join(dict.fromkeys(labels)))
+
     def __repr__(self) -> str:
         return f"<Functions {self.label!r}: {', '.join(self.table)}>"
 
 
-def load_functions(spec) -> Functions:
+def load_functions(spec, fresh: bool = False) -> Functions:
     """``spec``: a module object, a module name (importable from the current
     directory too) or a path to a ``.py`` file. Import failures are one
-    :class:`CommandError` naming the module and the reason."""
+    :class:`CommandError` naming the module and the reason. ``fresh``: read
+    the module again even if it was imported before (``reinstall
+    functions=``: the function may have been added since)."""
     if isinstance(spec, Functions):
         return spec
     if isinstance(spec, types.ModuleType):
         module = spec
     elif isinstance(spec, (str, os.PathLike)):
-        module = _import(os.fspath(spec))
+        module = _import(os.fspath(spec), fresh)
     else:
         raise CommandError(f"functions needs a module, a module name or a .py path, "
                            f"got {type(spec).__name__}")
@@ -63,7 +72,7 @@ def load_functions(spec) -> Functions:
     return Functions(table, module.__name__)
 
 
-def _import(text: str):
+def _import(text: str, fresh: bool = False):
     try:
         if text.endswith(".py") or os.sep in text or os.path.isfile(text):
             path = os.path.abspath(text)
@@ -79,6 +88,9 @@ def _import(text: str):
             return module
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.append(os.getcwd())  # `ddir --functions mymod` run where mymod.py is
+        if fresh and text in sys.modules:
+            importlib.invalidate_caches()
+            return importlib.reload(sys.modules[text])
         return importlib.import_module(text)
     except CommandError:
         raise

@@ -20,6 +20,8 @@ def render_text(record: dict) -> str:
     kind = record["kind"]
     if kind == "installed":
         return f'installed "{record["name"]}"'
+    if kind == "reinstalled":
+        return f'reinstalled "{record["name"]}"'
     if kind == "dropped":
         return f'dropped "{record["name"]}"'
     if kind == "tick":
@@ -41,6 +43,8 @@ def render_text(record: dict) -> str:
             tag = f" [{p['origin']}]" if p["origin"] != "program" else ""
             if p.get("failed"):
                 tag += f" [failed: {p['failed']}]"
+            if p.get("readonly"):
+                tag += f" [read-only: {p['readonly']}]"
             inputs = "[" + ", ".join(str(i) for i in p["inputs"]) + "]"
             imports = "[" + ", ".join(f'"{i}"' for i in p["imports"]) + "]"
             exports = "[" + ", ".join(f'"{e}"' for e in p["exports"]) + "]"

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from . import commands as C
 from .cluster import LocalCluster
 from .cursor import Cursors
-from .functions import check_calls
+from .functions import check_calls, load_functions
 from .generated import Recipe, RecipeError, parse_recipe
+from .journal import Journal
 from ..engine.exchange import split_by_owner
 from ..errors import (CursorError, DdirError, DropRefused, InstallFailed, InvalidProgram,
                       InvalidSource, NameTaken, ServerError, UnknownName, UpdateRefused)
@@ -46,10 +47,12 @@ class Installed:
     exports: tuple = ()
     seq: int = 0
     failed: str | None = None         # why it stopped (a tick it could not finish)
+    readonly: str | None = None       # why it cannot run (restored without a function...)
     functions: tuple = ()             # the `@f` names it calls, sorted (SPEC C5)
     since: int = 0                    # the epoch it was installed at (checkpoints replay it)
     source: str | None = None         # its program text, when known (for checkpoints)
     program: object = None            # its IR program (for checkpoints)
+    stored_ir: tuple | None = None    # (format, base64) of an IR this version cannot read
 
 
 @dataclass
@@ -82,8 +85,8 @@ class Server:
     # the Python functions terms may call (server.functions.Functions; None: none given);
     # the cluster's workers were made with the same callables
     functions: object = None
-    # name -> [(input, time, rows or bulk.IntColumns)]: every update staged for each
-    # installed program, what a checkpoint stores (server.checkpoint)
+    # name -> Journal: every update staged for each installed program, its past
+    # folded (server.journal); what a checkpoint stores and reinstall replays
     journal: dict = field(default_factory=dict)
     _seq: int = 0
     _sub_seq: int = 0
@@ -122,6 +125,7 @@ class Server:
             C.Install: self.install, C.Feed: self.feed, C.Tick: self.tick, C.Drop: self.drop,
             C.Peek: self.peek, C.ListCmd: self.list, C.Help: self.help,
             C.Load: self.load, C.Save: self.save, C.Checkpoint: self.checkpoint,
+            C.Reinstall: self.reinstall,
         }[type(cmd)]
         try:
             if isinstance(cmd, C.Peek):
@@ -192,6 +196,81 @@ class Server:
         self._add(Installed(recipe.name, recipe.name, f"<{recipe.name}>", origin=recipe.origin,
                             recipe=recipe, inputs=(0,), exports=(recipe.name,)))
 
+    def install_standin(self, entry: Installed, contents: list) -> None:
+        """Install ``entry`` (read-only or failed, from a checkpoint) as a
+        stand-in holding ``contents``: rows per export, in order
+        (server.standin); they are in the closed past at once."""
+        self.cluster.broadcast(("standin", entry.name, list(entry.exports)))
+        for i, rows in enumerate(contents):
+            self.stage_batch(entry.name, i, 0, rows, journal=False)
+        if self.epoch > 0:
+            self.cluster.broadcast(("settle", entry.name, self.epoch - 1))
+        self._add(entry)
+
+    def reinstall(self, cmd: C.Reinstall) -> list:
+        """Make a read-only program live (SPEC C5): from its stored IR or a
+        new file, exporting the same names; it catches up from its stored
+        inputs and its stand-in's traces follow it (importers stay)."""
+        entry = self.programs.get(self.canonical(cmd.name))
+        if entry is None:
+            raise UnknownName(f'no program named "{cmd.name}"')
+        if not entry.readonly:
+            state = f"has failed ({entry.failed})" if entry.failed else "is live"
+            raise UpdateRefused(f'"{entry.name}" {state}: only a read-only program can be '
+                                "reinstalled")
+        program = cmd.program if cmd.program is not None else entry.program
+        if program is None:
+            raise InvalidProgram(f'reinstall "{entry.name}": its stored program cannot be used '
+                                 f"({entry.readonly}); give its source: reinstall {entry.name} <file>")
+        functions = self.functions
+        if cmd.functions is not None:  # validated here, imported by the workers only if it is used
+            added = load_functions(cmd.functions, fresh=True)
+            functions = added if functions is None else functions.merged(added)
+        try:
+            calls = check_calls(program, functions, program.file)
+        except C.ProgramError as e:
+            raise InvalidProgram(str(e)) from None
+        exports = tuple(n for n, _ in program.exports)
+        if sorted(exports) != sorted(entry.exports):
+            shown = lambda names: ", ".join(f'"{n}"' for n in names) or "nothing"  # noqa: E731
+            raise InvalidProgram(f'reinstall "{entry.name}": it must export the same traces '
+                                 f"({shown(entry.exports)}), not {shown(exports)}")
+        aliases = []
+        for trace in program.imports:
+            name = self.canonical(trace)
+            producer = self.programs.get(self.traces.get(name, ""))
+            if producer is None:
+                raise UnknownName(f'reinstall "{entry.name}": imports unknown trace "{trace}"')
+            if producer.seq >= entry.seq:  # it runs before its importers, as installed
+                raise InvalidProgram(f'reinstall "{entry.name}": it imports "{name}", which '
+                                     f'"{producer.name}" publishes, installed after it')
+            aliases.append((trace, name))
+        journal = self.journal.get(entry.name)
+        stored = journal.entries() if journal is not None else []
+        unread = sorted({n for n, _, _ in stored} - set(program.inputs))
+        if unread:
+            raise InvalidProgram(f'reinstall "{entry.name}": it has stored updates for input '
+                                 f"{unread[0]}, which the program does not read")
+        if functions is not self.functions:
+            refused = [r["error"] for r in self.cluster.broadcast(("functions", cmd.functions))
+                       if "error" in r]
+            if refused:
+                raise InvalidProgram(f'reinstall "{entry.name}": {refused[0]}')
+            self.functions = functions
+        self.cluster.broadcast(("reinstall", entry.name, program, aliases, self.max_rounds))
+        for n, time, batch in stored:
+            self.stage_batch(entry.name, n, time, batch, journal=False)
+        replies = self.cluster.broadcast(("reconnect", entry.name, self.epoch))
+        failed = sorted(r["failed"] for r in replies if "failed" in r)
+        if failed:  # every worker has put the stand-in back
+            raise InstallFailed(f'reinstall "{entry.name}": {failed[0]}')
+        entry.readonly = None
+        entry.program, entry.functions, entry.inputs = program, calls, program.inputs
+        entry.imports = tuple(sorted({a for _, a in aliases}))
+        if cmd.program is not None:
+            entry.path, entry.file, entry.source = cmd.path, program.file, cmd.source
+        return [{"kind": "reinstalled", "name": entry.name}] + self._collect(replies)
+
     def canonical(self, name: str) -> str:
         """``name`` itself, or a recipe's canonical spelling (any key order,
         omitted defaults) when that is what is installed."""
@@ -237,7 +316,7 @@ class Server:
         ``time`` (default: the current epoch), each row on the worker owning
         its key: one message per worker however many rows."""
         time = self.check_target(program, n, time)
-        self.journal.setdefault(program, []).append((n, time, rows))
+        self.journal.setdefault(program, Journal()).add(n, time, rows)
         for owner, batch in enumerate(split_by_owner(rows, self.cluster.shards)):
             if batch:
                 self.cluster.send(owner, ("stage", program, n, time, batch))
@@ -253,6 +332,9 @@ class Server:
         if entry.failed:
             raise UpdateRefused(f'"{program}" has failed and cannot be fed ({entry.failed}); '
                                 "drop it and install it again")
+        if entry.readonly:
+            raise UpdateRefused(f'"{program}" is read-only and cannot be fed ({entry.readonly}); '
+                                f'`reinstall {program}` once it can run')
         if n not in entry.inputs:
             reads = ", ".join(str(i) for i in entry.inputs) or "none"
             raise UnknownName(f'"{program}" has no input {n} (it reads: {reads})')
@@ -261,14 +343,18 @@ class Server:
             raise UpdateRefused(f"time={time} is in the closed past (the current epoch is {self.epoch})")
         return time
 
-    def stage_batch(self, program: str, n: int, time: int, batch, update=None) -> None:
+    def stage_batch(self, program: str, n: int, time: int, batch, update=None,
+                    journal: bool = True) -> None:
         """Stage a validated batch (:class:`bulk.IntColumns` or a list of rows)
         on the owners of its keys, in messages of at most ``bulk.CHUNK`` rows;
-        ``update(done)`` after each. Nothing here can refuse: check first."""
+        ``update(done)`` after each. Nothing here can refuse: check first.
+        ``journal=False``: updates the journal already holds (a reinstall's
+        catch-up) or that are not inputs (a stand-in's contents)."""
         from . import bulk  # numpy and pyarrow load only when bulk data is used
         shards = self.cluster.shards
         done = 0
-        self.journal.setdefault(program, []).append((n, time, batch))
+        if journal:
+            self.journal.setdefault(program, Journal()).add(n, time, batch)
         if isinstance(batch, bulk.IntColumns):
             for owner, part in enumerate(bulk.split_columns(batch, shards)):
                 for start in range(0, part.count, bulk.CHUNK):
@@ -321,7 +407,29 @@ class Server:
             at = sum(1 for r in records if r["kind"] == "inspect")
             records[at:at] = self._changes(replies, closing)
         records.append({"kind": "tick", "epoch": self.epoch})
+        self._fold(closing)
         return records
+
+    def _fold(self, closed: int) -> None:
+        """Keep the journal bounded (server.journal): a failed program's is
+        never folded (nothing is fed to it any more)."""
+        for name, journal in self.journal.items():
+            entry = self.programs.get(name)
+            if entry is not None and not entry.failed:
+                journal.maybe_fold(closed)
+
+    def advance(self, epoch: int) -> list:
+        """Close every epoch up to ``epoch - 1`` in one step (a restore's
+        replay, where no one sees the epochs between): the records of a tick
+        closing ``epoch - 1``."""
+        closing = epoch - 1
+        if closing <= self.epoch:
+            return self.tick(C.Tick()) if closing == self.epoch else []
+        replies = self.cluster.broadcast(("advance", self.epoch - 1, closing))
+        self.epoch = epoch
+        records = self._collect(replies) + self._fail(replies, closing)
+        self._fold(closing)
+        return records + [{"kind": "tick", "epoch": self.epoch}]
 
     # ------------------------------------------------------------ subscriptions
 
@@ -574,7 +682,8 @@ class Server:
         traces = [{"name": t, "importers": len(self.importers(t))} for t in sorted(self.traces)]
         programs = [{"name": p.name, "origin": p.origin, "inputs": list(p.inputs),
                      "imports": list(p.imports), "exports": list(p.exports),
-                     **({"failed": p.failed} if p.failed else {})}
+                     **({"failed": p.failed} if p.failed else {}),
+                     **({"readonly": p.readonly} if p.readonly else {})}
                     for p in sorted(self.programs.values(), key=lambda p: p.name)]
         return [{"kind": "list", "epoch": self.epoch, "traces": traces, "programs": programs}]
 

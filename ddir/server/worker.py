@@ -24,6 +24,18 @@ Messages:
 * ``("page", trace, epoch, key, has_key, after, n)`` - the first ``n`` rows after
   ``after`` (a ``(key, val)`` or None) as of ``epoch``, in (key, val) order
 * ``("fail", names, epoch)`` - freeze programs that failed closing ``epoch``
+* ``("standin", name, exports)`` - a read-only or failed program restored from a
+  checkpoint: only its exported traces (:mod:`ddir.server.standin`), filled by
+  ``stage`` at time 0 and ``settle``
+* ``("settle", name, closed)`` - run one dataflow to ``closed`` and compact it
+* ``("functions", module)`` - import a functions module (``reinstall functions=``)
+* ``("reinstall", name, program, aliases, max_rounds)`` - the live dataflow of a
+  read-only program, beside its stand-in; staged like an install, then
+* ``("reconnect", name, epoch)`` - catch it up to ``epoch - 1`` and make the
+  stand-in's traces follow it (or, when it does not converge, undo the reinstall)
+* ``("advance", closed, epoch)`` - a tick closing ``epoch`` right after ``closed``
+  (epochs between them had nothing to do: a restore's replay)
+* ``("bound", max_rounds)`` - set every dataflow's iteration bound
 * ``("stats",)`` - stored and pending updates, collective steps taken, peak
   memory: for tests and benchmarks
 """
@@ -38,6 +50,7 @@ from ..engine.exchange import split_by_owner
 from ..engine.memory import settle
 from ..engine.scope import NonConvergence
 from .generated import Recipe, source_program
+from .standin import Republished, standin_program
 from ..values import INT_MAX, INT_MIN, order_key
 
 
@@ -114,6 +127,66 @@ class Worker:
         if name in self.clocks:
             self.clocks.remove(name)
         dataflow.dispose()  # frees its memory now, frozen for the collector or not
+        return {}
+
+    def do_standin(self, name, exports) -> dict:
+        self._add(name, self._dataflow(standin_program(name, exports), {}, None))
+        return {}
+
+    def do_settle(self, name, closed) -> dict:
+        dataflow = self.dataflows[name]
+        dataflow.run(closed)
+        dataflow.compact(closed)
+        settle()
+        return {}
+
+    def do_functions(self, spec) -> dict:
+        """Import a functions module here too (``reinstall functions=``): the
+        dataflows built from now on can call its functions."""
+        from ..errors import CommandError
+        from .functions import load_functions
+        try:
+            self.functions.update(load_functions(spec, fresh=True).table)
+        except CommandError as e:
+            return {"error": str(e)}
+        return {}
+
+    def do_reinstall(self, name, program, aliases, max_rounds) -> dict:
+        """Build the live dataflow; it keeps the stand-in's place in the run
+        order (importers run after it), and the stand-in publishes."""
+        imports = {alias: self.exports[trace] for alias, trace in aliases}
+        standin = self.dataflows[name]
+        self.dataflows[name] = Republished(self._dataflow(program, imports, max_rounds), standin)
+        return {}
+
+    def do_reconnect(self, name, epoch) -> dict:
+        pair = self.dataflows[name]
+        if epoch > 0:
+            try:
+                pair.live.catch_up(epoch - 1)
+            except NonConvergence as e:  # undone here; the intake reports it
+                pair.live.dispose()
+                self.dataflows[name] = pair.standin
+                return {"failed": str(e), "events": [], "errors": []}
+            pair.live.compact(epoch - 1)
+        pair.connect(epoch)
+        settle()
+        return self._collect([name])
+
+    def do_advance(self, closed, epoch) -> dict:
+        """Close ``epoch`` when the last tick closed ``closed`` < ``epoch - 1``:
+        every pending time up to ``epoch`` is processed in order, and each
+        clock jumps to show ``epoch``."""
+        for name in self.clocks:
+            self._stage_clock(name, closed + 1, epoch)
+        return self._tick(epoch)
+
+    def do_bound(self, max_rounds) -> dict:
+        for dataflow in self.dataflows.values():
+            for part in (getattr(dataflow, "live", None), getattr(dataflow, "standin", dataflow)):
+                if part is not None and part.frozen_at is None and part.scopes:
+                    for scope in part.scopes.values():
+                        scope.max_rounds = max_rounds or DEFAULT_MAX_ROUNDS
         return {}
 
     # ------------------------------------------------------------ feed / tick
