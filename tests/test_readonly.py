@@ -207,7 +207,7 @@ def test_column_folding_equals_row_folding():
             n = int(rng.integers(0, 60))
             batches.append(IntColumns([rng.integers(-3, 3, n)], [rng.integers(0, 2, n)],
                                       rng.integers(-2, 3, n), n))
-        merged = J._consolidate(batches)
+        merged = J.consolidate(batches)
         assert isinstance(merged, IntColumns)
         expected: dict = {}
         for b in batches:
@@ -220,7 +220,7 @@ def test_column_folding_equals_row_folding():
 def test_folding_near_int64_takes_the_exact_path():
     big = 2 ** 62
     batch = IntColumns([np.array([1, 1])], [], np.array([big, big]), 2)
-    assert J._consolidate([batch]) == [((1,), (), 2 * big)]
+    assert J.consolidate([batch]) == [((1,), (), 2 * big)]
 
 
 @pytest.mark.parametrize("seed", range(3))

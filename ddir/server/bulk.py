@@ -446,6 +446,20 @@ def _int_shape(keys: list, vals: list):
     return None if m is None else (n, m)
 
 
+def rows_to_columns(rows: list):
+    """``[(key, val, diff)]`` as :class:`IntColumns` when every key and val
+    is a Tuple of Ints of one arity (None otherwise)."""
+    count = len(rows)
+    keys, vals, diffs = (list(c) for c in zip(*rows)) if rows else ([], [], [])
+    shape = _int_shape(keys, vals)
+    if shape is None:
+        return None
+    n, m = shape
+    kmat, vmat = _int_matrix(keys, count, n), _int_matrix(vals, count, m)
+    return IntColumns([kmat[:, i].copy() for i in range(n)], [vmat[:, i].copy() for i in range(m)],
+                      np.fromiter(diffs, dtype=np.int64, count=count), count)
+
+
 def write_table(table: pa.Table, path: str) -> None:
     """Write ``table`` to ``path`` in the format its extension names,
     atomically: into a temporary sibling file, then renamed into place."""

@@ -1,22 +1,26 @@
 """Checkpoints (SPEC C5): ``checkpoint <dir>`` and ``ddir --restore <dir>``.
 
 A checkpoint is a directory: ``manifest.json`` (format, epoch, every
-program in install order with its origin, source text, IR, inputs, imports,
-exports, the functions it calls, why it failed; generated sources by their
-recipe) and one Arrow IPC file per program input holding every update ever
-staged for it, consolidated per (time, key, val): columns ``time`` (int64),
-``key`` and ``val`` (the printed value), ``diff`` (int64, or its decimal
-text if it left the 64-bit range). Updates at times >= the epoch are the
-staged future updates.
+program in install order with its origin, source text, IR and its format
+version, inputs, imports, exports, the functions it calls, why it failed or
+is read-only; generated sources by their recipe), one Arrow IPC file per
+program input holding its journal (server.journal: every update staged for
+it, the past folded), consolidated per (time, key, val), and one per
+exported trace with its contents (save's columns). Input files have int64
+columns ``time``, ``key_i``, ``val_i``, ``diff`` when every key and val is
+a Tuple of Ints of one arity, else ``time``, printed ``key`` and ``val``,
+and ``diff``. Updates at times >= the epoch are the staged future updates.
 
 Restore replays history rather than loading operator state: a fresh server
-installs each program at the epoch it was installed at (the same catch-up
-as the original), stages all of its stored updates right after, and ticks
-epoch by epoch up to the checkpoint's epoch, discarding every record the
-replay makes (inspect events, term errors, failures). Dataflows are
-deterministic functions of their timed inputs, so afterwards every trace,
-every program's failure and every later tick is what the original server
-would show — for any number of workers.
+installs each program at the epoch it was installed at and stages its
+stored updates; the epochs in between are closed in one step each
+(dataflows are deterministic functions of their accumulated timed inputs,
+so only the contents at each install and at the end matter), and every
+record the replay makes is discarded. Programs that had failed, and
+programs that cannot run here (read-only), come back as stand-ins holding
+their exports' stored contents (server.standin). Afterwards every command
+prints what the original server would have printed, for any number of
+workers.
 
 Atomicity: everything is written into a sibling temporary directory and
 fsynced, then swapped with the target in one ``renameat2(RENAME_EXCHANGE)``
@@ -55,30 +59,50 @@ def _point(name: str) -> None:
 
 # ---------------------------------------------------------------- writing
 
-def consolidated(entries) -> dict:
-    """input -> {(time, key text, val text): diff} with zero diffs gone."""
-    out: dict = {}
-    for n, time, batch in entries:
-        acc = out.setdefault(n, {})
+def _input_table(batches: list):
+    """One input's updates ``[(time, rows or IntColumns)]``, consolidated per
+    (time, key, val), as a table: int64 ``time``, ``key_i``, ``val_i``,
+    ``diff`` when every key and val is a Tuple of Ints of one arity (read
+    back without a Python object per row), else ``key``/``val`` in the
+    printed form and ``diff`` (its decimal text if a sum left int64)."""
+    import numpy as np
+    import pyarrow as pa
+    from . import bulk
+    from .journal import consolidate
+    timed = []
+    for time, batch in batches:
+        cols = batch if isinstance(batch, bulk.IntColumns) else bulk.rows_to_columns(batch)
+        if cols is None:
+            break
+        timed.append(bulk.IntColumns([np.full(cols.count, time, dtype=np.int64)] + list(cols.keys),
+                                     cols.vals, cols.diffs, cols.count))
+    if len(timed) == len(batches) and len({(len(c.keys), len(c.vals)) for c in timed}) == 1:
+        merged = consolidate(timed)
+        if isinstance(merged, bulk.IntColumns):
+            data = {"time": merged.keys[0]}
+            data.update({f"key_{i}": c for i, c in enumerate(merged.keys[1:])})
+            data.update({f"val_{i}": c for i, c in enumerate(merged.vals)})
+            data["diff"] = merged.diffs
+            return pa.table({k: pa.array(v, type=pa.int64()) for k, v in data.items()})
+    acc: dict = {}
+    for time, batch in batches:
         for k, v, d in rows_of(batch):
             key = (time, format_value(k), format_value(v))
             acc[key] = acc.get(key, 0) + d
-    return {n: {k: d for k, d in acc.items() if d} for n, acc in out.items()}
-
-
-def _write_arrow(path: str, updates: dict) -> None:
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
-    items = sorted(updates.items())
+    items = sorted((item for item in acc.items() if item[1]))
     diffs = [d for _, d in items]
     wide = any(not INT_MIN <= d <= INT_MAX for d in diffs)
-    table = pa.table({
+    return pa.table({
         "time": pa.array([t for (t, _, _), _ in items], type=pa.int64()),
         "key": pa.array([k for (_, k, _), _ in items], type=pa.string()),
         "val": pa.array([v for (_, _, v), _ in items], type=pa.string()),
         "diff": (pa.array([str(d) for d in diffs], type=pa.string()) if wide
                  else pa.array(diffs, type=pa.int64())),
     })
+
+
+def _write_ipc(path: str, table) -> None:
+    import pyarrow.ipc as ipc
     with open(path, "wb") as f:
         with ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
@@ -135,12 +159,19 @@ def _program_record(core, entry, i: int, tmp: str) -> tuple:
     journal = core.journal.get(entry.name)
     record["folded_at"] = journal.frontier if journal is not None else None
     files, rows, future = {}, 0, 0
-    for n, updates in sorted(consolidated(journal.entries() if journal else ()).items()):
+    by_input: dict = {}
+    for n, time, batch in (journal.entries() if journal else ()):
+        by_input.setdefault(n, []).append((time, batch))
+    for n, batches in sorted(by_input.items()):
         name = f"p{i}_input{n}.arrow"
-        _write_arrow(os.path.join(tmp, name), updates)
-        files[str(n)] = {"file": name, "rows": len(updates)}
-        rows += len(updates)
-        future += sum(1 for (t, _, _) in updates if t >= core.epoch)
+        table = _input_table(batches)
+        if table.num_rows == 0:
+            continue
+        _write_ipc(os.path.join(tmp, name), table)
+        files[str(n)] = {"file": name, "rows": table.num_rows}
+        rows += table.num_rows
+        times = table.column("time").to_numpy()
+        future += int((times >= core.epoch).sum())
     record["input_files"] = files
     exports = {}
     for j, trace in enumerate(entry.exports):
@@ -156,14 +187,8 @@ def _write_trace(path: str, rows: list) -> None:
     """A trace's consolidated contents with save's columns (plain pyarrow
     reads them: int64 ``key_i``/``val_i`` or printed ``key``/``val``, and
     ``diff``)."""
-    import pyarrow.ipc as ipc
     from .bulk import rows_to_table
-    table = rows_to_table(rows)
-    with open(path, "wb") as f:
-        with ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_ipc(path, rows_to_table(rows))
 
 
 def _read_trace(path: str) -> list:
@@ -262,14 +287,33 @@ def _read_manifest(path: str) -> tuple:
     raise CommandError(f'restore "{path}": no checkpoint there (no {MANIFEST})')
 
 
-def _read_updates(path: str) -> list:
-    """[(time, key, val, diff)] of one input file."""
+def _by_time(path: str) -> list:
+    """[(time, rows or IntColumns)] of one input file, in time order."""
+    import numpy as np
     import pyarrow.ipc as ipc
+    from .bulk import IntColumns
     with open(path, "rb") as f:
         table = ipc.open_file(f).read_all()
-    cols = table.to_pydict()
-    return [(t, parse_printed(k), parse_printed(v), int(d))
-            for t, k, v, d in zip(cols["time"], cols["key"], cols["val"], cols["diff"])]
+    if "key" in table.column_names:
+        cols = table.to_pydict()
+        by_time: dict = {}
+        for t, k, v, d in zip(cols["time"], cols["key"], cols["val"], cols["diff"]):
+            by_time.setdefault(t, []).append((parse_printed(k), parse_printed(v), int(d)))
+        return sorted(by_time.items())
+    cols = {name: table.column(name).to_numpy() for name in table.column_names}
+    keys = [cols[f"key_{i}"] for i in range(sum(n.startswith("key_") for n in cols))]
+    vals = [cols[f"val_{i}"] for i in range(sum(n.startswith("val_") for n in cols))]
+    times, diffs = cols["time"], cols["diff"]
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]]) if len(times) else []
+    ends = list(starts[1:]) + [len(times)]
+    out = []
+    for a, b in zip(starts, ends):
+        index = order[a:b]
+        out.append((int(times[a]), IntColumns([c[index] for c in keys], [c[index] for c in vals],
+                                              diffs[index], int(b - a))))
+    return out
 
 
 REPLAY_BOUND = 1 << 62   # the restore's replay runs without an iteration bound
@@ -356,11 +400,3 @@ def _install(core, p: dict, directory: str) -> None:
     contents = [_read_trace(os.path.join(directory, files[t]["file"])) if t in files else []
                 for t in entry.exports]
     core.install_standin(entry, contents)
-
-
-def _by_time(path: str) -> list:
-    """[(time, rows)] of one input file, in time order."""
-    by_time: dict = {}
-    for t, k, v, d in _read_updates(path):
-        by_time.setdefault(t, []).append((k, v, d))
-    return sorted(by_time.items())

@@ -66,7 +66,7 @@ class Journal:
                 keep.append((n, time, batch))
         for n, batch in self.folded.items():
             by_input.setdefault(n, []).insert(0, batch)
-        self.folded = {n: _consolidate(batches) for n, batches in by_input.items()}
+        self.folded = {n: consolidate(batches) for n, batches in by_input.items()}
         self.folded = {n: b for n, b in self.folded.items() if _count(b)}
         self.frontier = upto
         self.recent = keep
@@ -78,7 +78,7 @@ def _count(batch) -> int:
     return len(batch) if isinstance(batch, list) else batch.count
 
 
-def _consolidate(batches: list):
+def consolidate(batches: list):
     """One consolidated batch of ``batches``: int64 columns when they all are
     (and of one shape), else rows."""
     from . import bulk
