@@ -82,8 +82,8 @@ def random_stream(seed: int, inputs: dict, epochs: int, domain: int = 6):
 class EngineDriver:
     """One :class:`Dataflow` in this process."""
 
-    def __init__(self, program):
-        self.df = Dataflow(program, max_rounds=10_000)
+    def __init__(self, program, functions=None):
+        self.df = Dataflow(program, max_rounds=10_000, functions=functions)
 
     def stage(self, n, t, key, d):
         self.df.stage(n, (t,), [(key, (), d)])
@@ -126,8 +126,11 @@ class ServerDriver:
         assert self.server.execute(C.Drop(self.name)) == [{"kind": "dropped", "name": self.name}]
 
 
-def check_against_oracle(program, inputs: dict, seed: int, epochs: int = 7, driver=None):
-    driver = driver or EngineDriver(program)
+def check_against_oracle(program, inputs: dict, seed: int, epochs: int = 7, driver=None,
+                         functions=None):
+    """``functions``: name -> callable for ``@name(...)``, given to the
+    oracle (and to the default in-process driver)."""
+    driver = driver or EngineDriver(program, functions)
     acc = {n: {} for n in program.inputs}
     pending = []
     for epoch, batch in random_stream(seed, inputs, epochs):
@@ -140,7 +143,7 @@ def check_against_oracle(program, inputs: dict, seed: int, epochs: int = 7, driv
             a[(key, ())] = a.get((key, ()), 0) + d
             if not a[(key, ())]:
                 del a[(key, ())]
-        want = evaluate(program, acc)
+        want = evaluate(program, acc, functions=functions)
         for name, _ in program.exports:
             assert driver.export(name) == want[name], (seed, epoch, name)
     return driver

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import ddir
-from conftest import ROOT
+from conftest import ROOT, UPSTREAM
 from ddir.server.session import Session
 
 SESSIONS = sorted(p.stem for p in (ROOT / "sessions").glob("*.txt"))
@@ -41,10 +41,10 @@ def run_lines(server, path, lines):
     return out.getvalue()
 
 
-def in_process_split(lines, k, snap, workers):
+def in_process_split(lines, k, snap, workers, cwd=ROOT):
     """Output of lines[:k], checkpoint, restore with ``workers``, lines[k:]
     (padded so that error locations keep their line numbers)."""
-    os.chdir(ROOT)
+    os.chdir(cwd)
     with ddir.Server(1) as s:
         first = run_lines(s, "s.txt", lines[:k])
         record = s.checkpoint(snap)
@@ -66,6 +66,26 @@ def test_session_split_anywhere_in_process(name, tmp_path):
         assert in_process_split(lines, k, str(tmp_path / f"snap{k}"), 1) == whole, k
     k = points[len(points) // 2]
     assert in_process_split(lines, k, str(tmp_path / "snap3w"), 3) == whole
+
+
+UPSTREAM_SESSIONS = sorted(p.stem for p in (UPSTREAM / "examples/server/sessions").glob("*.txt"))
+
+
+@pytest.mark.parametrize("name", UPSTREAM_SESSIONS)
+def test_upstream_session_split_anywhere(name, tmp_path):
+    """The upstream sessions, run from their folder (their paths are relative
+    to it): cut anywhere, restored with 1 worker, and in the middle with 3."""
+    path = UPSTREAM / "examples/server/sessions" / f"{name}.txt"
+    lines = path.read_text().splitlines()
+    os.chdir(UPSTREAM)
+    with ddir.Server(1) as s:
+        whole = run_lines(s, "s.txt", lines)
+    points = split_points(lines)
+    assert points
+    for k in points:
+        assert in_process_split(lines, k, str(tmp_path / f"snap{k}"), 1, UPSTREAM) == whole, k
+    k = points[len(points) // 2]
+    assert in_process_split(lines, k, str(tmp_path / "snap3w"), 3, UPSTREAM) == whole
 
 
 @pytest.mark.parametrize("name", SESSIONS)

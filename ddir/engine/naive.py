@@ -35,7 +35,7 @@ def _add(acc: dict, kv, d: int) -> None:
         acc.pop(kv, None)
 
 
-def _project(proj, rows: tuple):
+def _project(proj, rows: tuple, functions=None):
     def side(fs):
         out = []
         for f in fs:
@@ -44,7 +44,7 @@ def _project(proj, rows: tuple):
                     raise TermError(f"`${f.n}` does not exist here")
                 out.extend(fields(rows[f.n]))
             else:
-                out.append(eval_term(f, rows))
+                out.append(eval_term(f, rows, functions=functions))
         return tuple(out)
     return side(proj.key), side(proj.val)
 
@@ -142,7 +142,7 @@ class _ScopeEval:
             for (k, a), d1 in inputs[0].items():
                 for b, d2 in right.get(k, ()):
                     try:
-                        _add(out, _project(node.proj, (k, a, b)), d1 * d2)
+                        _add(out, _project(node.proj, (k, a, b), self.oracle.functions), d1 * d2)
                     except TermError:
                         pass
             return out
@@ -152,7 +152,8 @@ class _ScopeEval:
             out = {}
             for (k, v), d in inputs[0].items():
                 try:
-                    delay = 256 * bit_length_u64(eval_term(node.term, (k, v)))
+                    value = eval_term(node.term, (k, v), functions=self.oracle.functions)
+                    delay = 256 * bit_length_u64(value)
                 except TermError:
                     continue
                 if delay <= rnd:
@@ -167,13 +168,13 @@ class _ScopeEval:
         if isinstance(step, N.MapStep):
             for (k, v), d in coll.items():
                 try:
-                    _add(out, _project(step.proj, (k, v)), d)
+                    _add(out, _project(step.proj, (k, v), self.oracle.functions), d)
                 except TermError:
                     pass
         elif isinstance(step, N.FilterStep):
             for (k, v), d in coll.items():
                 try:
-                    keep = eval_term(step.term, (k, v))
+                    keep = eval_term(step.term, (k, v), functions=self.oracle.functions)
                 except TermError:
                     continue
                 if type(keep) is int and keep != 0:
@@ -183,7 +184,7 @@ class _ScopeEval:
         elif isinstance(step, N.FlatMapStep):
             for (k, v), d in coll.items():
                 try:
-                    items = eval_term(step.term, (k, v))
+                    items = eval_term(step.term, (k, v), functions=self.oracle.functions)
                 except TermError:
                     continue
                 if type(items) is not List:
@@ -209,17 +210,21 @@ class _ScopeEval:
 
 
 class Oracle:
-    def __init__(self, program: N.Program, inputs: dict, imports: dict | None = None):
-        """``inputs``: input number -> {(key, val): diff}; likewise ``imports``."""
+    def __init__(self, program: N.Program, inputs: dict, imports: dict | None = None,
+                 functions: dict | None = None):
+        """``inputs``: input number -> {(key, val): diff}; likewise ``imports``;
+        ``functions``: name -> callable, what ``@name(...)`` calls."""
         self.program = program
         self.inputs = inputs
         self.imports = imports or {}
+        self.functions = functions or {}
 
     def exports(self) -> dict:
         env = _ScopeEval(self, self.program.scopes[0], {}).run()
         return {name: env[i] for name, i in self.program.exports}
 
 
-def evaluate(program: N.Program, inputs: dict, imports: dict | None = None) -> dict:
+def evaluate(program: N.Program, inputs: dict, imports: dict | None = None,
+             functions: dict | None = None) -> dict:
     """Export name -> {(key, val): diff}, computed from scratch."""
-    return Oracle(program, inputs, imports).exports()
+    return Oracle(program, inputs, imports, functions).exports()
