@@ -263,12 +263,21 @@ _PLAIN_FEED = re.compile(r"[ \t]*feed[ \t]+([^\s=]+)[ \t]+([0-9]{1,18})[ \t]+"
                          r"(-?[0-9]{1,18}(?:,-?[0-9]{1,18})*)\s*")
 
 
+def plain_feed(line: str):
+    """The :class:`Feed` of a plain ``feed P N a,b,...`` line (integers, no
+    options), else None: such lines can be staged together (a script's bulk)."""
+    plain = _PLAIN_FEED.fullmatch(line)
+    if plain is None:
+        return None
+    prog, n, key = plain.groups()
+    return Feed(prog, int(n), tuple(map(int, key.split(","))), (), None, 1)
+
+
 def parse_command(line: str, script_dir: str | None = None):
     """One command line -> a command (``None`` for blank/comment lines)."""
-    plain = _PLAIN_FEED.fullmatch(line)
+    plain = plain_feed(line)
     if plain is not None:
-        prog, n, key = plain.groups()
-        return Feed(prog, int(n), tuple(map(int, key.split(","))), (), None, 1)
+        return plain
     if is_skipped(line):
         return None
     words = line.split()
