@@ -324,14 +324,17 @@ class Hub:
 
     def _deliver(self, conn: Connection, frames: list, pushes: list, ended: list) -> None:
         """On the loop: the reply to ``conn`` and the pushes of its command,
-        in the sequencer's order."""
+        in the sequencer's order. The reply's records go first and its
+        ``done`` last, after the pushes: a client that ticks has every change
+        its tick made by the time it sees that tick's ``done`` (``ddir
+        connect`` prints them where the local CLI does, before `tick ->`)."""
         for sub in ended:
             sub.ended = True
             if sub in sub.conn.subs:
                 sub.conn.subs.remove(sub)
         if conn is not None:
             conn.in_flight.release()
-            conn.outbox.put(frames)
+            conn.outbox.put(frames[:-1])
         for sub, record in pushes:
             c = sub.conn
             if c.gone or sub.ended:
@@ -351,6 +354,8 @@ class Hub:
                     "kind": "error",
                     "message": f'subscription "{sub.trace}" ended: the client did not keep up '
                                f"({self.limit} records queued)"})])
+        if conn is not None:
+            conn.outbox.put(frames[-1:])
 
     # ---------------------------------------------------------- sequencer side
 
