@@ -435,8 +435,7 @@ def test_a_subscriber_that_never_reads_is_ended_alone():
     goes on without delay."""
     import ddir
     from websockets.asyncio.client import connect as aconnect
-    from websockets.asyncio.server import serve
-    from ddir.serve import HARD_FRAME, Hub, Subscription, SubscriptionHook, _handler
+    from ddir.serve import Hub, Subscription, SubscriptionHook, listen
 
     class Hook(SubscriptionHook):
         def __init__(self):
@@ -461,18 +460,10 @@ def test_a_subscriber_that_never_reads_is_ended_alone():
         with ddir.Server() as client:
             loop = asyncio.get_running_loop()
             hub = Hub(client, loop, subscriber_queue=20, hook=hook)
-            server = await serve(lambda ws: _handler(hub, ws), "127.0.0.1", 0,
-                                 max_size=HARD_FRAME, compression=None)
+            server = await listen(hub, "127.0.0.1", 0)
             url = "ws://127.0.0.1:%d" % next(iter(server.sockets)).getsockname()[1]
             slow = await aconnect(url, max_size=None, max_queue=1)
             fast = await aconnect(url, max_size=None)
-
-            async def ask_async(ws, req_id, line):
-                await ws.send(json.dumps({"id": req_id, "line": line}))
-                out = []
-                while (obj := json.loads(await ws.recv()))["kind"] != "done":
-                    out.append(obj)
-                return out
 
             assert (await ask_async(slow, "s", "subscribe t"))[0]["kind"] == "subscribed"
             (slow_conn,) = [c for c in hub.connections if c.subs]
@@ -503,3 +494,89 @@ def test_a_subscriber_that_never_reads_is_ended_alone():
             await loop.run_in_executor(None, hub.stop)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+async def ask_async(ws, req_id, line, **extra):
+    await ws.send(json.dumps({"id": req_id, "line": line, **extra}))
+    out = []
+    while (obj := json.loads(await ws.recv()))["kind"] != "done":
+        assert obj["id"] == req_id, obj
+        out.append(obj)
+    return out
+
+
+def test_a_non_reader_outlives_keepalive_and_gets_the_overflow_record():
+    """The server's own code (Hub, listen, the registry) with keepalive
+    pings every 50 ms: a real websockets client subscribes, then reads
+    nothing, so it answers no ping either. Its subscription ends when its
+    queue is full (here by bytes: 2 MiB of ~640 KB changes), not when pongs
+    are missing: after many unanswered pings the connection is still open,
+    the client reads the changes that had left the server, then the one
+    overflow record, and its next command is answered. Meanwhile the other
+    client's every command is answered and the non-reader's queue never
+    holds more than the bound. (websockets' default pong timeout cut such a
+    client off before its queue could overflow.)"""
+    import ddir
+    from websockets.asyncio.client import connect as aconnect
+    from ddir.serve import Hub, listen
+
+    async def scenario():
+        with ddir.Server() as client:
+            loop = asyncio.get_running_loop()
+            hub = Hub(client, loop, subscriber_queue=10_000, subscriber_bytes=2 << 20)
+            server = await listen(hub, "127.0.0.1", 0, ping_interval=0.05)
+            try:
+                await non_reader(client, loop, hub, server)
+            finally:  # a failure must not leave the loop with a blocked writer
+                server.close()
+                await server.wait_closed()
+                await loop.run_in_executor(None, hub.stop)
+
+    async def non_reader(client, loop, hub, server):
+        port = next(iter(server.sockets)).getsockname()[1]
+        url = f"ws://127.0.0.1:{port}"
+        fast = await aconnect(url, max_size=None)
+        assert (await ask_async(fast, 1, "install w w.ddp", source=WIDE))[0]["kind"] == \
+            "installed"
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        slow = await aconnect(url, sock=sock, max_size=None, max_queue=1,
+                              ping_interval=None, compression=None)
+        assert (await ask_async(slow, "sub", "subscribe wide"))[0]["kind"] == "subscribed"
+        (slow_conn,) = [c for c in hub.connections if c.subs]
+        server_side = slow_conn.ws.transport.get_extra_info("socket")
+        assert server_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        # from here on `slow` reads nothing: its client stops reading the socket
+        i, most = 0, 0
+        while slow_conn.subs:  # ends by its queue bound, or this test times out
+            lines = [f"feed w 0 {i}"] + ([f"feed w 0 {i - 1} diff=-1"] if i else [])
+            for line in lines + ["tick"]:
+                got = await ask_async(fast, [i, line], line)
+                assert not [r for r in got if r["kind"] == "error"], got
+            most = max(most, sum(len(t) for s, t in slow_conn.outbox.frames
+                                 if s is not None))
+            i += 1
+        assert most <= 2 << 20
+        assert not slow_conn.outbox.frames or all(
+            s is None for s, _ in slow_conn.outbox.frames)  # its changes were freed
+        assert not hub.hook.by_id and not client.core.subscriptions
+        # a ping has waited for its pong for 20 ping intervals (websockets'
+        # default pong timeout is one interval): the connection stays
+        pending = slow_conn.ws.pending_pings
+        assert pending
+        while loop.time() - min(sent for _, sent in pending.values()) < 20 * 0.05:
+            await asyncio.sleep(0.05)
+        assert not slow_conn.gone and slow_conn.ws.state.name == "OPEN"
+        epochs = []
+        while (obj := json.loads(await asyncio.wait_for(slow.recv(), 10)))["kind"] == "change":
+            epochs.append(obj["epoch"])
+        assert epochs == list(range(epochs[0], epochs[0] + len(epochs))), epochs
+        assert obj["id"] == "sub" and obj["kind"] == "error"
+        assert obj["message"].startswith(
+            'subscription "wide" ended: the client did not keep up (')
+        assert obj["message"].endswith(" MiB queued)")
+        assert (await ask_async(slow, "l", "list"))[0]["epoch"] == i  # still connected
+        await slow.close()
+        await fast.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
