@@ -524,8 +524,9 @@ class Server:
                 index=False):
         """A token for the rows after ``after`` as of ``epoch``, with the
         lease that keeps the epoch readable."""
-        if index and not has_key:  # the workers sort the keys once, not at every page
-            self.cluster.broadcast(("cursor_index", name, epoch))
+        if index:  # each worker prepares the lease's pages once (cursor.PageIndex)
+            self.cluster.broadcast(("cursor_index", name, epoch, key, has_key,
+                                    None if after is None else list(after)))
         self.cursors.renew(name, epoch, owner)
         seq = self.programs[self.traces[name]].seq
         return self.cursors.encode(name, seq, epoch, has_key, key, after, offset, total, limit)
