@@ -245,8 +245,8 @@ class Server:
     def execute(self, cmd, owner=None, deliver=None) -> list:
         """Run a typed command (:mod:`ddir.server.commands`): its output
         records, or a :class:`ddir.DdirError` with nothing changed.
-        ``owner``/``deliver``: whose subscriptions and cursor leases these
-        are, and where a ``subscribe``'s later records go (see
+        ``owner``/``deliver``: whose subscriptions these are, and where a
+        ``subscribe``'s later records go (see
         :meth:`ddir.server.registry.Server.run`)."""
         if self._closed:
             raise E.ServerStopped("the server is closed")

@@ -192,8 +192,8 @@ class SubscriptionHook:
     the connection as ``owner`` and :meth:`_deliver` collecting the ``change``
     / ``ended`` records a tick or drop produces (each carries ``"sub"``, the
     registry's id of the subscription), ``end_subscription(id)`` and
-    ``release_owner(conn)`` (subscriptions and cursor leases of a client that
-    went away)."""
+    ``release_owner(conn)`` (the subscriptions of a client that went away;
+    cursor leases outlive it, so its cursors work after a reconnect)."""
 
     def __init__(self):
         self.by_id: dict = {}     # registry subscription id -> Subscription
@@ -236,7 +236,8 @@ class SubscriptionHook:
             client.core.end_subscription(sub.handle)
 
     def release_owner(self, client, conn) -> None:
-        """A client went away: its subscriptions and cursor leases go."""
+        """A client went away: its subscriptions go (not its cursors' leases:
+        a token works after a reconnect, SPEC C4; the lease ends unused)."""
         for key in [k for k, s in self.by_id.items() if s.conn is conn]:
             del self.by_id[key]
         client.core.release_owner(conn)

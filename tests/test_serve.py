@@ -253,6 +253,35 @@ def test_scripts_run_before_serving(served):
     assert s.proc.stdout.read().startswith('installed "prod"\ninstalled "reach"\n')
 
 
+def test_a_cursor_pages_on_after_its_client_reconnects(served):
+    """SPEC C4: the token is self-contained, so a client whose connection
+    dropped goes on paging on a new one, as of the first page's epoch, while
+    others tick in between; the lease outlives the connection (it ends only
+    unused or with a drop)."""
+    s = served("-w", "2")
+    edges = 'export "edges" = input 0 | key($0[0] ; $0[1]);\n'
+    with s.client() as a:
+        ask(a, 1, "install prod p.ddp", source=edges)
+        for i in range(10):
+            ask(a, [2, i], f"feed prod 0 {i},{i}")
+        ask(a, 3, "tick")
+        (whole,) = ask(a, 4, "peek edges")
+        (first,) = ask(a, 5, "peek edges limit=3")
+    with s.client() as b:  # a is gone; b changes the trace and ticks
+        for i in range(10):
+            ask(b, [6, i], f"feed prod 0 {i},{i} diff=-1")
+        ask(b, 7, "tick")
+    with s.client() as a:
+        rows, token = first["rows"], first["cursor"]
+        while token:
+            (page,) = ask(a, 8, f"peek edges cursor={token} limit=4")
+            rows += page["rows"]
+            token = page.get("cursor")
+        assert rows == whole["rows"] and len(rows) == 10
+        (now,) = ask(a, 9, "peek edges")
+        assert now["rows"] == []
+
+
 # ---------------------------------------------------------------- ddir connect
 
 SCRIPT = """install p prog.ddp

@@ -56,7 +56,10 @@ class Cursors:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.secret = secret if secret is not None else _secret()
-        self.leases: dict = {}   # (trace, epoch) -> {owner: last used}
+        # (trace, epoch) -> when a page last used it. No client owns a lease:
+        # a token is self-contained, so it works on another connection or
+        # after a reconnect (SPEC C4), and a lease ends only by disuse or drop.
+        self.leases: dict = {}
 
     # ------------------------------------------------------------ tokens
 
@@ -94,30 +97,20 @@ class Cursors:
     def expire(self) -> None:
         """Release the leases unused for ``lease_seconds``."""
         now = self.clock()
-        for lease in list(self.leases):
-            users = self.leases[lease]
-            for owner in [o for o, used in users.items() if now - used >= self.lease_seconds]:
-                del users[owner]
-            if not users:
-                del self.leases[lease]
+        for lease in [lease for lease, used in self.leases.items()
+                      if now - used >= self.lease_seconds]:
+            del self.leases[lease]
 
     def held(self, trace: str, epoch: int) -> bool:
         self.expire()
         return (trace, epoch) in self.leases
 
-    def renew(self, trace: str, epoch: int, owner=None) -> None:
-        self.leases.setdefault((trace, epoch), {})[owner] = self.clock()
+    def renew(self, trace: str, epoch: int) -> None:
+        self.leases[(trace, epoch)] = self.clock()
 
     def release_trace(self, trace: str) -> None:
         for lease in [lease for lease in self.leases if lease[0] == trace]:
             del self.leases[lease]
-
-    def release_owner(self, owner) -> None:
-        """A client went away: its uses of the leases end (others' remain)."""
-        for lease in list(self.leases):
-            self.leases[lease].pop(owner, None)
-            if not self.leases[lease]:
-                del self.leases[lease]
 
     def active(self) -> list:
         """``[[trace, epoch], ...]`` of the held leases, for the workers."""
