@@ -238,3 +238,30 @@ def test_later_pages_cost_the_page_not_the_key():
         assert rows == whole[6045:6095]
         # (each row is one history entry and one index row; plus the key it resumes after)
         assert PAGE_STATS["touched"] - touched <= 2 * 50 + 1
+
+
+def test_api_peek_with_limit_hands_its_cursor_to_the_caller():
+    """`Server.peek(limit=)` returns a Page: the rows (a list, as before),
+    and the cursor of the lease it took, so the caller can page on (`next`,
+    `pages`) as of the first page's epoch, after ticks too."""
+    with server(3) as s:
+        for i in range(10):
+            s.feed("prod", 0, (i, i))
+        s.tick()
+        whole = s.peek("edges")
+        assert type(whole) is list
+        first = s.peek("edges", limit=3, offset=1)
+        assert first == whole[1:4] and first.rows == whole[1:4]
+        assert (first.trace, first.total, first.offset) == ("edges", 10, 1)
+        assert first.cursor and f"total=10, offset=1, cursor={first.cursor!r}" in repr(first)
+        for i in range(10):
+            s.feed("prod", 0, (i, i), diff=-1)
+        s.tick()
+        pages = list(first.pages(limit=4))
+        assert [len(p) for p in pages] == [3, 4, 2] and pages[-1].cursor is None
+        assert [r for p in pages for r in p] == whole[1:]
+        assert pages[-1].next() is None
+        assert first.next(limit=1) == whole[4:5]   # a cursor may be read again
+        keyed = s.peek("edges", (3,), limit=5)      # everything shown: no cursor, no lease
+        assert keyed == [] and keyed.cursor is None and keyed.next() is None
+        assert s.page("edges", limit=2) == []
