@@ -3,7 +3,8 @@
 ::
 
     ddir serve [--host 127.0.0.1] [--port 7468] [-w N] [--token-file F]
-               [--max-rounds N] [--subscriber-queue N] [--json] [SCRIPT...]
+               [--max-rounds N] [--functions MODULE] [--subscriber-queue N]
+               [--json] [SCRIPT...]
 
 Protocol: a client sends text frames, each a JSON object ``{"id": <any>,
 "line": "<command line>"}`` (optionally ``"source": "<program text>"`` for
@@ -52,10 +53,11 @@ from http import HTTPStatus
 from .errors import DdirError, InvalidProgram, ServerStopped
 from .lang.errors import ProgramError
 from .server import commands as C
+from .server.functions import check_calls
 from .server.output import render_json
 
 USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F] [--max-rounds N]
-                  [--subscriber-queue N] [--json] [SCRIPT...]
+                  [--functions MODULE] [--subscriber-queue N] [--json] [SCRIPT...]
 
   SCRIPT            scripts to run before serving (their output goes to stdout)
   --host HOST       address to listen on (default 127.0.0.1); an address that is
@@ -64,6 +66,9 @@ USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F]
   --token-file F    clients must send `Authorization: Bearer <the file's text>`
   -w N, --workers N worker processes (1 to 64, default 1)
   --max-rounds N    as for `ddir`
+  --functions MODULE
+                    as for `ddir`: terms of every client's programs may call the
+                    module's public functions as @name(args...); `check` checks them
   --subscriber-queue N
                     records queued per subscription before it is ended (default 10000;
                     past 64 MiB queued it is ended too)
@@ -93,11 +98,12 @@ class UsageError(Exception):
 def parse_args(argv: list) -> dict:
     from .cli import _number
     opts = {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": 1, "token_file": None,
-            "max_rounds": None, "json": False, "scripts": [], "subscriber_queue": SUBSCRIBER_QUEUE}
+            "max_rounds": None, "json": False, "scripts": [], "subscriber_queue": SUBSCRIBER_QUEUE,
+            "functions": None}
     numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
                "--port": ("port", 0, 65535), "--max-rounds": ("max_rounds", 1, 10 ** 9),
                "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9)}
-    texts = {"--host": "host", "--token-file": "token_file"}
+    texts = {"--host": "host", "--token-file": "token_file", "--functions": "functions"}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -464,9 +470,11 @@ class Hub:
             path = positional[0]
             try:
                 if source is None:
-                    C.load_program(path)
+                    program = C.load_program(path)
                 else:
-                    C.program_from_source(source, path)
+                    program = C.program_from_source(source, path)
+                # what install would refuse: an @name this server was not given
+                check_calls(program, self.client.core.functions, path, source)
             except ProgramError as e:
                 raise InvalidProgram(str(e)) from None
             return [{"kind": "checked", "file": path}]
@@ -668,7 +676,10 @@ def main(argv: list) -> int:
         return 2
     sessions: list = []
     try:
-        client = start_server(opts["workers"], opts["max_rounds"], sessions)
+        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"])
+    except DdirError as e:  # --functions MODULE could not be imported
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"error: cannot start {opts['workers']} worker processes: {e.strerror or e}",
               file=sys.stderr)

@@ -282,6 +282,36 @@ def test_a_cursor_pages_on_after_its_client_reconnects(served):
         assert now["rows"] == []
 
 
+def test_serve_with_functions(served):
+    """`ddir serve --functions MODULE`: every client's programs may call the
+    module's functions (in the workers too, -w 2); `check` and `install`
+    refuse an @name the server was not given, located; a module that cannot
+    be imported stops the start with one error line."""
+    s = served("-w", "2", "--functions", "tests/fn_module.py")
+    with s.client() as ws:
+        prog = 'export "scored" = input 0 | map($0[0] ; @score($0[0]));\n'
+        assert ask(ws, 1, "check s.ddp", source=prog) == [{"id": 1, "kind": "checked",
+                                                           "file": "s.ddp"}]
+        (err,) = ask(ws, 2, "check bad.ddp", source=prog.replace("@score", "@nope"))
+        assert err["kind"] == "error" and err["message"].startswith(
+            "bad.ddp:1:41: unknown function `@nope`: the functions given (fn_module) are @")
+        (err,) = ask(ws, 3, "install b bad.ddp", source=prog.replace("@score", "@nope"))
+        assert err["message"].startswith("bad.ddp:1:41: unknown function `@nope`")
+        assert ask(ws, 4, "install s s.ddp", source=prog)[0]["kind"] == "installed"
+        for i in range(4):
+            ask(ws, [5, i], f"feed s 0 {i}")
+        ask(ws, 6, "tick")
+        assert ask(ws, 7, "peek scored")[0]["rows"] == [[[i], [i * 10 + 1], 1] for i in range(4)]
+    r = subprocess.run(PY + ["serve", "--port", "0", "--functions", "tests/nowhere.py"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr == 'error: cannot import functions from "tests/nowhere.py": no such file\n'
+    plain = served()  # without --functions, check says what install would
+    with plain.client() as ws:
+        (err,) = ask(ws, 1, "check s.ddp", source=prog)
+        assert "unknown function `@score`: no functions were given" in err["message"]
+
+
 # ---------------------------------------------------------------- ddir connect
 
 SCRIPT = """install p prog.ddp
