@@ -11,9 +11,18 @@ while a driver feeds and ticks, and with one subscriber that never reads
 and a driver ticks past the subscriber queue (default 10,000 records): RSS
 over the ticks, and what the non-reader finally receives.
 
+Cursor pages (SPEC C4, through the Python API, the same registry and
+workers): a trace with one key of R rows beside 1,000 one-row keys; the time
+of `peek key` whole, of its first page (`limit=100`, which takes the lease
+and prepares the pages), and of the 50 pages after it, for a key cursor and
+for an all-keys cursor inside the big key; with -w 1 also the rows each page
+touched (`cursor.PAGE_STATS`). `--checkout DIR` runs this part on another
+checkout's `ddir` (for a before/after in one run).
+
     python bench/serve.py [--clients 16] [--commands 2000] [-w 1]
-                          [--part all|throughput|memory] [--ticks 300]
+                          [--part all|throughput|memory|cursor] [--ticks 300]
                           [--stall-ticks 14000] [--subscriber-queue 10000]
+                          [--key-rows 10000,100000,1000000] [--checkout DIR]
 """
 
 import argparse
@@ -308,12 +317,54 @@ def run_memory(args) -> None:
               f"{json.dumps(r['stalled_last'])}")
 
 
+# ---------------------------------------------------------------- cursor pages
+
+
+def run_cursor(args) -> None:
+    import ddir
+    try:
+        from ddir.server.cursor import PAGE_STATS
+    except ImportError:  # a checkout from before the counter
+        PAGE_STATS = None
+    w = int(args.workers)
+    where = f" ({args.checkout})" if args.checkout else ""
+    print(f"cursor pages -w {w}{where}: one key of R rows beside 1,000 one-row keys; "
+          f"pages of 100 rows")
+    for rows in [int(r) for r in args.key_rows.split(",")]:
+        with ddir.Server(workers=w) as s:
+            s.install("p", source='export "t" = input 0 | key($0[0] ; $0[1]);\n')
+            s.feed_many("p", 0, keys=[(0, v) for v in range(rows)]
+                        + [(k, 0) for k in range(1, 1001)])
+            s.tick()
+            t0 = time.perf_counter()
+            whole = s.peek("t", (0,))
+            full = time.perf_counter() - t0
+            assert len(whole) == rows
+            for label, key in (("key cursor", (0,)), ("all-keys cursor", None)):
+                t0 = time.perf_counter()
+                cursor = s.page("t", key, limit=100).cursor
+                first = time.perf_counter() - t0
+                touched = PAGE_STATS["touched"] if PAGE_STATS else 0
+                times = []
+                for _ in range(50):
+                    t0 = time.perf_counter()
+                    cursor = s.page(cursor=cursor).cursor
+                    times.append(time.perf_counter() - t0)
+                per_page = ""
+                if PAGE_STATS and w == 1:
+                    per_page = f"; {(PAGE_STATS['touched'] - touched) / 50:,.0f} rows touched a page"
+                print(f"  R={rows:>9,} {label:>15}: peek key {full * 1e3:8.1f} ms; first page "
+                      f"{first * 1e3:8.1f} ms; later pages median "
+                      f"{statistics.median(times) * 1e3:7.2f} ms, p99 {pct(times, 99) * 1e3:7.2f} ms"
+                      f"{per_page}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--commands", type=int, default=2000)
     ap.add_argument("-w", "--workers", default="1")
-    ap.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
+    ap.add_argument("--part", choices=["all", "throughput", "memory", "cursor"], default="all")
     ap.add_argument("--ticks", type=int, default=300, help="ticks with 100 subscribers")
     ap.add_argument("--stall-ticks", type=int, default=14000,
                     help="ticks with one subscriber that never reads")
@@ -324,11 +375,18 @@ def main() -> None:
                     help="a change is 2 x WIDTH rows (the non-reader)")
     ap.add_argument("--readers", type=int, default=2,
                     help="subscribers that read, beside the non-reader")
+    ap.add_argument("--key-rows", default="10000,100000,1000000",
+                    help="rows of the big key, for the cursor pages")
+    ap.add_argument("--checkout", help="run the cursor part on this checkout's ddir")
     args = ap.parse_args()
+    if args.checkout:
+        sys.path.insert(0, os.path.abspath(args.checkout))
     if args.part in ("all", "throughput"):
         run_throughput(args)
     if args.part in ("all", "memory"):
         run_memory(args)
+    if args.part in ("all", "cursor"):
+        run_cursor(args)
 
 
 def run_throughput(args) -> None:
