@@ -614,8 +614,8 @@ async def listen(hub: Hub, host: str, port: int, token: str | None = None,
     pong says nothing useful here: a client that stops reading cannot answer,
     and one that reads slowly answers only after the backlog queued before
     the ping. With a pong timeout (websockets' default, 20 s) such a client
-    was cut off after ~40 s, before its subscriber queue could overflow, so
-    it never got the overflow record. Now its subscriptions end by their
+    could be cut off before its subscriber queue overflowed, so it never got
+    the overflow record. Now its subscriptions end by their
     queue bound alone (records and bytes), which also bounds the server's
     memory, and a host that vanished is found by TCP keepalive."""
     from websockets.asyncio.server import serve
