@@ -118,6 +118,10 @@ class Cursors:
         return sorted([t, e] for t, e in self.leases)
 
 
+def _val_order(row) -> tuple:
+    return order_key(row[0])
+
+
 class PageIndex:
     """One worker's reading state for the pages of one lease: the trace as
     of ``before`` (the lease's epoch; a frozen program's, if earlier). The
@@ -144,7 +148,7 @@ class PageIndex:
         self.trace = trace
         self.before = before
         self.okeys = self.keys = None
-        self.kept: OrderedDict = OrderedDict()  # key -> (order keys of vals, [(val, diff)])
+        self.kept: OrderedDict = OrderedDict()  # key -> [(val, diff)] sorted by val
 
     def prepare(self, key, has_key: bool, after) -> None:
         """At the first page: the sorted keys, and the rows of the key the
@@ -172,16 +176,16 @@ class PageIndex:
         rows: list = []
         for i in range(start, len(keys)):
             k = keys[i]
-            entry = self._rows(k)
-            ovals, vals = entry
-            j = bisect.bisect_right(ovals, after_val) if (i == start and okeys[i] == after_key) \
-                else 0
+            vals = self._rows(k)
+            j = 0
+            if i == start and okeys[i] == after_key:  # (order keys of log n vals only)
+                j = bisect.bisect_right(vals, after_val, key=_val_order)
             take = vals[j:j + n - len(rows)]
             PAGE_STATS["touched"] += len(take)
             rows.extend((k, v, d) for v, d in take)
             if len(rows) >= n:
                 if j + len(take) < len(vals):  # the next page starts inside k
-                    self._keep(k, entry)
+                    self._keep(k, vals)
                 break
         return rows
 
@@ -194,9 +198,9 @@ class PageIndex:
             self.keys = [p[1] for p in ranked]
         return self.okeys, self.keys
 
-    def _rows(self, key) -> tuple:
-        """(order keys of the vals, [(val, diff)]) of ``key`` as of
-        ``before``, sorted by val: kept, or summed from its history."""
+    def _rows(self, key) -> list:
+        """``[(val, diff)]`` of ``key`` as of ``before``, sorted by val: kept,
+        or summed from its history."""
         entry = self.kept.get(key)
         if entry is not None:
             self.kept.move_to_end(key)
@@ -209,9 +213,8 @@ class PageIndex:
             if s[0] < before:
                 acc[v] = acc.get(v, 0) + d
         # a net diff outside i64 is left out, as peek leaves it out
-        ranked = sorted(((order_key(v), v, d) for v, d in acc.items()
-                         if d and INT_MIN <= d <= INT_MAX), key=lambda x: x[0])
-        return [x[0] for x in ranked], [(x[1], x[2]) for x in ranked]
+        return sorted(((v, d) for v, d in acc.items() if d and INT_MIN <= d <= INT_MAX),
+                      key=_val_order)
 
     def _keep(self, key, entry) -> None:
         self.kept[key] = entry
