@@ -7,20 +7,28 @@ being sent to its `change` record arriving. Compared with the same commands
 Server memory (RSS of the `ddir serve` process, from /proc; with -w N > 1 the
 workers' RSS is shown apart): with 100 subscribers connected and reading
 while a driver feeds and ticks, and with one subscriber that never reads
-(its socket's receive buffer small, its client paused) while 2 others read
+(its client paused, so it answers no keepalive ping either) while 2 others read
 and a driver ticks past the subscriber queue (default 10,000 records): RSS
 over the ticks, and what the non-reader finally receives.
 
+Cursor pages (SPEC C4, through the Python API, the same registry and
+workers): a trace with one key of R rows beside 1,000 one-row keys; the time
+of `peek key` whole, of its first page (`limit=100`, which takes the lease
+and prepares the pages), and of the 50 pages after it, for a key cursor and
+for an all-keys cursor inside the big key; with -w 1 also the rows each page
+touched (`cursor.PAGE_STATS`). `--checkout DIR` runs this part on another
+checkout's `ddir` (for a before/after in one run).
+
     python bench/serve.py [--clients 16] [--commands 2000] [-w 1]
-                          [--part all|throughput|memory] [--ticks 300]
+                          [--part all|throughput|memory|cursor] [--ticks 300]
                           [--stall-ticks 14000] [--subscriber-queue 10000]
+                          [--key-rows 10000,100000,1000000] [--checkout DIR]
 """
 
 import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -212,10 +220,11 @@ async def memory_subscribers(url: str, pid: int, n_subs: int, ticks: int) -> dic
 async def memory_stalled(url: str, pid: int, n_readers: int, ticks: int) -> dict:
     from websockets.asyncio.client import connect
     out = {"start": rss_mb(pid)}
-    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    stalled = await connect(url, sock=sock, max_size=None, max_queue=1, compression=None,
+    # The non-reader keeps the kernel's default socket buffers: shrinking its
+    # receive buffer (as the tests do, to overflow sooner) leaves TCP after a
+    # long zero window sending ~5 frames per 200 ms persist probe once it
+    # reads again, so it seemed to get nothing more.
+    stalled = await connect(url, max_size=None, max_queue=1, compression=None,
                             ping_interval=None)
     await stalled.send(json.dumps({"id": "stalled", "line": "subscribe wide"}))
     while json.loads(await stalled.recv())["kind"] != "done":
@@ -247,11 +256,12 @@ async def memory_stalled(url: str, pid: int, n_readers: int, ticks: int) -> dict
         await asyncio.sleep(0.01)
     out["readers_complete"] = all(v == ticks for v in counts.values())
     changes, last = 0, None
+    t0 = time.perf_counter()
     while True:  # now read what reached the stalled subscriber
         try:
-            obj = json.loads(await asyncio.wait_for(stalled.recv(), 5))
+            obj = json.loads(await asyncio.wait_for(stalled.recv(), 30))
         except asyncio.TimeoutError:
-            last = "nothing more (its queue never overflowed: more --stall-ticks)"
+            last = "nothing more for 30 s (its queue never overflowed: more --stall-ticks)"
             break
         if obj["kind"] == "change":
             changes += 1
@@ -259,6 +269,7 @@ async def memory_stalled(url: str, pid: int, n_readers: int, ticks: int) -> dict
             last = obj
             break
     out["stalled_changes"], out["stalled_last"] = changes, last
+    out["stalled_read_s"] = time.perf_counter() - t0
     await stalled.close()
     for t in tasks:
         t.cancel()
@@ -304,8 +315,51 @@ def run_memory(args) -> None:
         print("  over the ticks: " + ", ".join(f"{i}: {m:.1f}" for i, m in r["series"]))
         print(f"  the {args.readers} readers got every change: {r['readers_complete']}; a peek meanwhile: "
               f"median {r['peek_ms'][0]:.2f} ms, max {r['peek_ms'][1]:.2f} ms")
-        print(f"  the non-reader, reading at last: {r['stalled_changes']:,} changes, then "
+        print(f"  the non-reader, connected all along, reading at last: "
+              f"{r['stalled_changes']:,} changes in {r['stalled_read_s']:.2f} s, then "
               f"{json.dumps(r['stalled_last'])}")
+
+
+# ---------------------------------------------------------------- cursor pages
+
+
+def run_cursor(args) -> None:
+    import ddir
+    try:
+        from ddir.server.cursor import PAGE_STATS
+    except ImportError:  # a checkout from before the counter
+        PAGE_STATS = None
+    w = int(args.workers)
+    where = f" ({args.checkout})" if args.checkout else ""
+    print(f"cursor pages -w {w}{where}: one key of R rows beside 1,000 one-row keys; "
+          f"pages of 100 rows")
+    for rows in [int(r) for r in args.key_rows.split(",")]:
+        with ddir.Server(workers=w) as s:
+            s.install("p", source='export "t" = input 0 | key($0[0] ; $0[1]);\n')
+            s.feed_many("p", 0, keys=[(0, v) for v in range(rows)]
+                        + [(k, 0) for k in range(1, 1001)])
+            s.tick()
+            t0 = time.perf_counter()
+            whole = s.peek("t", (0,))
+            full = time.perf_counter() - t0
+            assert len(whole) == rows
+            for label, key in (("key cursor", (0,)), ("all-keys cursor", None)):
+                t0 = time.perf_counter()
+                cursor = s.page("t", key, limit=100).cursor
+                first = time.perf_counter() - t0
+                touched = PAGE_STATS["touched"] if PAGE_STATS else 0
+                times = []
+                for _ in range(50):
+                    t0 = time.perf_counter()
+                    cursor = s.page(cursor=cursor).cursor
+                    times.append(time.perf_counter() - t0)
+                per_page = ""
+                if PAGE_STATS and w == 1:
+                    per_page = f"; {(PAGE_STATS['touched'] - touched) / 50:,.0f} rows touched a page"
+                print(f"  R={rows:>9,} {label:>15}: peek key {full * 1e3:8.1f} ms; first page "
+                      f"{first * 1e3:8.1f} ms; later pages median "
+                      f"{statistics.median(times) * 1e3:7.2f} ms, p99 {pct(times, 99) * 1e3:7.2f} ms"
+                      f"{per_page}")
 
 
 def main() -> None:
@@ -313,7 +367,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--commands", type=int, default=2000)
     ap.add_argument("-w", "--workers", default="1")
-    ap.add_argument("--part", choices=["all", "throughput", "memory"], default="all")
+    ap.add_argument("--part", choices=["all", "throughput", "memory", "cursor"], default="all")
     ap.add_argument("--ticks", type=int, default=300, help="ticks with 100 subscribers")
     ap.add_argument("--stall-ticks", type=int, default=14000,
                     help="ticks with one subscriber that never reads")
@@ -324,11 +378,18 @@ def main() -> None:
                     help="a change is 2 x WIDTH rows (the non-reader)")
     ap.add_argument("--readers", type=int, default=2,
                     help="subscribers that read, beside the non-reader")
+    ap.add_argument("--key-rows", default="10000,100000,1000000",
+                    help="rows of the big key, for the cursor pages")
+    ap.add_argument("--checkout", help="run the cursor part on this checkout's ddir")
     args = ap.parse_args()
+    if args.checkout:
+        sys.path.insert(0, os.path.abspath(args.checkout))
     if args.part in ("all", "throughput"):
         run_throughput(args)
     if args.part in ("all", "memory"):
         run_memory(args)
+    if args.part in ("all", "cursor"):
+        run_cursor(args)
 
 
 def run_throughput(args) -> None:

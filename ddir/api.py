@@ -12,8 +12,8 @@
         s.peek_arrow("result")                         # a pyarrow.Table
         with s.subscribe("result") as sub:             # replay, then each tick's changes
             for change in sub: ...                     # what has arrived (see Subscription)
-        page = s.page("result", limit=100)             # .rows .total .offset .cursor
-        page = s.page(cursor=page.cursor)              # the next page, as of page's epoch
+        page = s.peek("result", limit=100)             # a list of rows, + .total .cursor
+        page = page.next()                             # the next page, as of page's epoch
 
 Every command runs through :meth:`Server.execute` (typed command -> output
 records, or a :class:`ddir.DdirError`); the CLI, the prompt and scripts are
@@ -79,16 +79,49 @@ class Change:
     replay: bool = False
 
 
-@dataclass(frozen=True)
-class Page:
-    """One page of :meth:`Server.page`: ``rows``, the trace's ``total`` rows
-    as of the page's epoch, the ``offset`` of the first row, and the
-    ``cursor`` of the next page (None on the last)."""
-    trace: str
-    rows: list
-    total: int
-    offset: int
-    cursor: str | None
+class Page(list):
+    """One page of a trace (:meth:`Server.peek` with ``limit=``,
+    :meth:`Server.page`): the rows ``(key, val, diff)`` themselves (a
+    ``list``, as ``peek`` returns them), and
+
+    * ``trace``, ``total`` (the trace's rows as of the page's epoch),
+      ``offset`` (of the first row);
+    * ``cursor``: the token of the next page (SPEC C4), None on the last.
+      It reads the trace as of this page's epoch, even after ticks, on any
+      client of this server, until unused for 60 s;
+    * :meth:`next`: that page (None after the last); :meth:`pages`: this
+      page and every one after it.
+
+    ``rows`` is the page itself (the name it had before ``Page`` was a list)."""
+
+    def __init__(self, rows, trace: str, total: int, offset: int, cursor: str | None,
+                 server: "Server | None" = None):
+        super().__init__(rows)
+        self.trace, self.total, self.offset, self.cursor = trace, total, offset, cursor
+        self._server = server
+
+    @property
+    def rows(self) -> "Page":
+        return self
+
+    def next(self, limit: int | None = None) -> "Page | None":
+        """The next page (``limit`` rows, by default this page's), or None
+        if this is the last; :class:`ddir.CursorError` if the cursor
+        expired."""
+        if self.cursor is None:
+            return None
+        return self._server.page(cursor=self.cursor, limit=limit)
+
+    def pages(self, limit: int | None = None):
+        """This page, then each next one, to the end."""
+        page = self
+        while page is not None:
+            yield page
+            page = page.next(limit)
+
+    def __repr__(self) -> str:
+        return (f"Page(trace={self.trace!r}, rows={list.__repr__(self)}, total={self.total}, "
+                f"offset={self.offset}, cursor={self.cursor!r})")
 
 
 class Subscription:
@@ -261,8 +294,8 @@ class Server:
     def execute(self, cmd, owner=None, deliver=None) -> list:
         """Run a typed command (:mod:`ddir.server.commands`): its output
         records, or a :class:`ddir.DdirError` with nothing changed.
-        ``owner``/``deliver``: whose subscriptions and cursor leases these
-        are, and where a ``subscribe``'s later records go (see
+        ``owner``/``deliver``: whose subscriptions these are, and where a
+        ``subscribe``'s later records go (see
         :meth:`ddir.server.registry.Server.run`)."""
         if self._closed:
             raise E.ServerStopped("the server is closed")
@@ -398,18 +431,24 @@ class Server:
 
     def peek(self, trace: str, key=None, *, limit: int | None = None, offset: int = 0) -> list:
         """The trace's consolidated contents as of the closed past, sorted:
-        ``[(key, val, diff), ...]`` (with ``key``, only that key's rows)."""
+        ``[(key, val, diff), ...]`` (with ``key``, only that key's rows).
+        With ``limit=``: a :class:`Page` of at most ``limit`` rows from
+        ``offset`` on (a list too), whose ``.cursor`` / ``.next()`` give the
+        rest as of this page's epoch, even after ticks (SPEC C4)."""
         _name(trace, "a trace name")
         cmd = C.Peek(trace, None if key is None else _value(key, "key"), key is not None,
                      None if limit is None else _integer(limit, "limit=", 0),
                      _integer(offset, "offset=", 0))
         records = self._call(cmd)
         _warn(records)
+        if limit is not None:
+            return self._page(records[-1])
         return [tuple(r) for r in records[-1]["rows"]]
 
     def page(self, trace: str | None = None, key=None, *, limit: int | None = None,
              offset: int = 0, cursor: str | None = None) -> Page:
-        """One page of a trace (``peek ... limit=``) or, with ``cursor``, the
+        """One page of a trace (as :meth:`peek` with ``limit=``) or, with
+        ``cursor`` (a :attr:`Page.cursor`, from this client or another), the
         page after it as of the cursor's epoch, even after ticks (SPEC C4;
         ``limit`` defaults to the cursor's). A cursor unused for 60 s expires
         (:class:`ddir.CursorError`)."""
@@ -417,22 +456,23 @@ class Server:
             _name(trace, "a trace name")
             if limit is None:
                 raise E.CommandError("page needs limit= (or cursor=)")
-        else:
-            if type(cursor) is not str or not cursor:
-                raise E.CommandError(f"cursor must be a token string, got {_show(cursor)}")
-            if trace is not None:
-                _name(trace, "a trace name")
-            if offset:
-                raise E.CommandError("`offset=` cannot be combined with `cursor=` (a cursor "
-                                     "knows where it is)")
+            return self.peek(trace, key, limit=limit, offset=offset)
+        if type(cursor) is not str or not cursor:
+            raise E.CommandError(f"cursor must be a token string, got {_show(cursor)}")
+        if trace is not None:
+            _name(trace, "a trace name")
+        if offset:
+            raise E.CommandError("`offset=` cannot be combined with `cursor=` (a cursor "
+                                 "knows where it is)")
         cmd = C.Peek(trace or "", None if key is None else _value(key, "key"), key is not None,
-                     None if limit is None else _integer(limit, "limit=", 0),
-                     _integer(offset, "offset=", 0), cursor)
+                     None if limit is None else _integer(limit, "limit=", 0), 0, cursor)
         records = self._call(cmd)
         _warn(records)
-        r = records[-1]
-        return Page(r["trace"], [tuple(x) for x in r["rows"]], r["total"], r["offset"],
-                    r.get("cursor"))
+        return self._page(records[-1])
+
+    def _page(self, r: dict) -> Page:
+        return Page([tuple(x) for x in r["rows"]], r["trace"], r["total"], r["offset"],
+                    r.get("cursor"), self)
 
     def subscribe(self, trace: str, key=None) -> Subscription:
         """Replay the trace's contents (as :meth:`peek`), then its net changes

@@ -20,8 +20,8 @@ USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N] [
                  [--restore DIR]
        ddir check [--functions MODULE] FILE...
        ddir explain FILE
-       ddir serve [--host H] [--port P] [-w N] [--token-file F] [SCRIPT...]
-       ddir connect ws://HOST:PORT [--token-file F] [SCRIPT...]
+       ddir serve [--host H] [--port P] [-w N] [--token-file F] [--functions MODULE] [SCRIPT...]
+       ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT...]
 
   SCRIPT          session scripts to replay, one after the other (stdin if none)
   -w N, --workers N

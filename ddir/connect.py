@@ -75,6 +75,8 @@ class RemoteSession:
         self._ids = itertools.count(1)
         self._waiting: set = set()
         self._pushed: list = []
+        self._busy = False       # a line's reply is on its way to the screen
+        self._late: list = []    # pushes that came meanwhile, after its done
         self._replies: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._receiver = threading.Thread(target=self._receive, daemon=True)
@@ -93,14 +95,24 @@ class RemoteSession:
                 with self._lock:
                     mine = obj.get("id") in self._waiting
                     if not mine and self._waiting:
-                        # pushed while a request runs (its tick or drop made it):
-                        # printed with its reply, where the local CLI prints it
+                        # pushed while a request runs (its tick or drop made it,
+                        # or a command sequenced before it): printed with its
+                        # reply, where the local CLI prints it
                         self._pushed.append(obj)
                         continue
-                if mine:
-                    self._replies.put(obj)
-                else:  # pushed at the prompt: another client's tick
-                    self.emit([rebuild(obj)])
+                    if mine and obj.get("kind") == "done":
+                        # the server sends a command's pushes before its done;
+                        # what comes after belongs to later commands, so the
+                        # request ends here, not when the caller wakes up
+                        self._waiting.discard(obj["id"])
+                        obj["_pushed"], self._pushed = self._pushed, []
+                    if not mine and self._busy:  # printed after that reply
+                        self._late.append(obj)
+                        continue
+                    if not mine:  # pushed at the prompt: another client's tick
+                        self.emit([rebuild(obj)])
+                        continue
+                self._replies.put(obj)
         except Exception:
             pass
         self._replies.put(None)
@@ -126,17 +138,17 @@ class RemoteSession:
             if obj.get("id") != req_id:
                 continue
             if obj.get("kind") == "done":
-                with self._lock:
-                    self._waiting.discard(req_id)
-                    pushed, self._pushed = self._pushed, []
-                return merge(records, pushed)
+                return merge(records, obj["_pushed"])
             obj.pop("id", None)
             records.append(obj)
 
     def refresh(self) -> None:
-        listing = [r for r in self.request("list") if r.get("kind") == "list"]
+        records = self.request("list")
+        listing = [r for r in records if r.get("kind") == "list"]
         if listing:
             self.server.update(listing[0])
+        with self._lock:  # pushes that came with the list are printed after the line
+            self._late += [r for r in records if r.get("kind") != "list"]
 
     # ---------------------------------------------------------- lines
 
@@ -169,11 +181,19 @@ class RemoteSession:
         elif (words[0] == "peek" and self.interactive
               and not any(w.startswith(("limit=", "cursor=")) for w in words[1:])):
             line = f"{line.rstrip()} limit={PAGE}"
-        records = [rebuild(r) for r in self.request(line, source)]
-        if self.interactive:
-            self.refresh()
-        ok = self._report(records, file, lineno)
-        return ok
+        with self._lock:
+            self._busy = True
+        try:
+            records = [rebuild(r) for r in self.request(line, source)]
+            if self.interactive:
+                self.refresh()
+            self._report(records, file, lineno)
+        finally:
+            with self._lock:  # (the receiver emits under the lock too: one order)
+                self._busy = False
+                late, self._late = self._late, []
+                self.emit([rebuild(r) for r in late])
+        return True
 
     def _report(self, records, file, lineno) -> bool:
         if file is not None:

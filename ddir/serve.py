@@ -3,7 +3,8 @@
 ::
 
     ddir serve [--host 127.0.0.1] [--port 7468] [-w N] [--token-file F]
-               [--max-rounds N] [--subscriber-queue N] [--json] [SCRIPT...]
+               [--max-rounds N] [--functions MODULE] [--subscriber-queue N]
+               [--json] [SCRIPT...]
 
 Protocol: a client sends text frames, each a JSON object ``{"id": <any>,
 "line": "<command line>"}`` (optionally ``"source": "<program text>"`` for
@@ -27,8 +28,10 @@ Structure (one sequencer, SPEC C3):
   requests a connection may have in flight (``MAX_IN_FLIGHT``; past it the
   reader stops reading, so TCP pushes back on that client only); subscription
   pushes are bounded per subscription (``--subscriber-queue``, default
-  10,000 records): the one that overflows is dropped from the outbox, ended
-  on the server, and the client gets one error record.
+  10,000 records, and 64 MiB): the one that overflows is dropped from the
+  outbox, ended on the server, and the client gets one error record. A
+  client is never cut off for not answering keepalive pings (see
+  :func:`listen`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import ipaddress
 import json
 import queue
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -49,10 +53,11 @@ from http import HTTPStatus
 from .errors import DdirError, InvalidProgram, ServerStopped
 from .lang.errors import ProgramError
 from .server import commands as C
+from .server.functions import check_calls
 from .server.output import render_json
 
 USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F] [--max-rounds N]
-                  [--subscriber-queue N] [--json] [SCRIPT...]
+                  [--functions MODULE] [--subscriber-queue N] [--json] [SCRIPT...]
 
   SCRIPT            scripts to run before serving (their output goes to stdout)
   --host HOST       address to listen on (default 127.0.0.1); an address that is
@@ -61,8 +66,12 @@ USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F]
   --token-file F    clients must send `Authorization: Bearer <the file's text>`
   -w N, --workers N worker processes (1 to 64, default 1)
   --max-rounds N    as for `ddir`
+  --functions MODULE
+                    as for `ddir`: terms of every client's programs may call the
+                    module's public functions as @name(args...); `check` checks them
   --subscriber-queue N
-                    records queued per subscription before it is ended (default 10000)
+                    records queued per subscription before it is ended (default 10000;
+                    past 64 MiB queued it is ended too)
   --json            scripts' output as JSON lines
 
 The address served is printed on stderr once the server listens:
@@ -74,6 +83,9 @@ MAX_FRAME = 1 << 20          # SPEC C3: a bigger frame gets an error record
 HARD_FRAME = 16 << 20        # past this websockets closes the connection (1009)
 MAX_IN_FLIGHT = 64           # requests of one connection queued or running
 SUBSCRIBER_QUEUE = 10_000    # records queued per subscription
+SUBSCRIBER_BYTES = 64 << 20  # ... and bytes: 10,000 records of 1 MB each are not "bounded"
+PING_INTERVAL = 20.0         # websockets keepalive pings (no pong timeout: see listen())
+TCP_KEEPALIVE = (60, 10, 6)  # idle s, interval s, probes: a vanished host is found in ~2 min
 
 
 # ============================================================ arguments
@@ -86,11 +98,12 @@ class UsageError(Exception):
 def parse_args(argv: list) -> dict:
     from .cli import _number
     opts = {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": 1, "token_file": None,
-            "max_rounds": None, "json": False, "scripts": [], "subscriber_queue": SUBSCRIBER_QUEUE}
+            "max_rounds": None, "json": False, "scripts": [], "subscriber_queue": SUBSCRIBER_QUEUE,
+            "functions": None}
     numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
                "--port": ("port", 0, 65535), "--max-rounds": ("max_rounds", 1, 10 ** 9),
                "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9)}
-    texts = {"--host": "host", "--token-file": "token_file"}
+    texts = {"--host": "host", "--token-file": "token_file", "--functions": "functions"}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -171,6 +184,7 @@ class Subscription:
     trace: str
     handle: object = None
     queued: int = 0        # records of it in the outbox
+    queued_bytes: int = 0  # and their size
     ended: bool = False
 
 
@@ -184,8 +198,8 @@ class SubscriptionHook:
     the connection as ``owner`` and :meth:`_deliver` collecting the ``change``
     / ``ended`` records a tick or drop produces (each carries ``"sub"``, the
     registry's id of the subscription), ``end_subscription(id)`` and
-    ``release_owner(conn)`` (subscriptions and cursor leases of a client that
-    went away)."""
+    ``release_owner(conn)`` (the subscriptions of a client that went away;
+    cursor leases outlive it, so its cursors work after a reconnect)."""
 
     def __init__(self):
         self.by_id: dict = {}     # registry subscription id -> Subscription
@@ -228,7 +242,8 @@ class SubscriptionHook:
             client.core.end_subscription(sub.handle)
 
     def release_owner(self, client, conn) -> None:
-        """A client went away: its subscriptions and cursor leases go."""
+        """A client went away: its subscriptions go (not its cursors' leases:
+        a token works after a reconnect, SPEC C4; the lease ends unused)."""
         for key in [k for k, s in self.by_id.items() if s.conn is conn]:
             del self.by_id[key]
         client.core.release_owner(conn)
@@ -239,38 +254,54 @@ class SubscriptionHook:
 
 class Outbox:
     """Frames waiting for one connection's writer. Replies are bounded by
-    the requests in flight; pushes per subscription by ``limit``."""
+    the requests in flight; pushes per subscription by ``limit`` records and
+    ``byte_limit`` bytes (a record is always taken when none of that
+    subscription is queued, so one huge change does not end a client that
+    keeps up)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, byte_limit: int = SUBSCRIBER_BYTES):
         self.frames: deque = deque()   # (Subscription or None, text)
         self.limit = limit
+        self.byte_limit = byte_limit
         self.ready = asyncio.Event()
         self.closed = False
 
-    def put(self, texts, sub: Subscription | None = None) -> bool:
-        """False when ``sub`` would overflow (nothing is added then)."""
+    def put(self, texts, sub: Subscription | None = None) -> str | None:
+        """None, or what ``sub`` has queued when ``texts`` would overflow it
+        (nothing is added then), for the error record."""
         if self.closed:
-            return True
+            return None
         if sub is not None:
             if sub.ended:
-                return True
-            if sub.queued + len(texts) > self.limit:
-                return False
+                return None
+            size = sum(len(t) for t in texts)
+            if sub.queued:
+                if sub.queued + len(texts) > self.limit:
+                    return f"{sub.queued} records queued"
+                if sub.queued_bytes + size > self.byte_limit:
+                    return f"{sub.queued_bytes / (1 << 20):.1f} MiB queued"
             sub.queued += len(texts)
+            sub.queued_bytes += size
         self.frames.extend((sub, t) for t in texts)
         self.ready.set()
-        return True
+        return None
+
+    def sent(self, sub: Subscription | None, text: str) -> None:
+        """The writer took ``text`` off the queue."""
+        if sub is not None:
+            sub.queued -= 1
+            sub.queued_bytes -= len(text)
 
     def drop(self, sub: Subscription) -> None:
         """Forget every queued frame of ``sub`` (its memory is freed)."""
         self.frames = deque(item for item in self.frames if item[0] is not sub)
-        sub.queued = 0
+        sub.queued = sub.queued_bytes = 0
 
 
 class Connection:
-    def __init__(self, ws, limit: int):
+    def __init__(self, ws, limit: int, byte_limit: int = SUBSCRIBER_BYTES):
         self.ws = ws
-        self.outbox = Outbox(limit)
+        self.outbox = Outbox(limit, byte_limit)
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.subs: list = []
         self.closing = False    # exit/quit was asked: close after its done
@@ -284,10 +315,11 @@ class Hub:
     """The sequencer and the connections it answers."""
 
     def __init__(self, client, loop, subscriber_queue: int = SUBSCRIBER_QUEUE,
-                 hook: SubscriptionHook | None = None):
+                 hook: SubscriptionHook | None = None, subscriber_bytes: int = SUBSCRIBER_BYTES):
         self.client = client
         self.loop = loop
         self.limit = subscriber_queue
+        self.byte_limit = subscriber_bytes
         self.hook = hook or SubscriptionHook()
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.connections: set = set()
@@ -324,14 +356,17 @@ class Hub:
 
     def _deliver(self, conn: Connection, frames: list, pushes: list, ended: list) -> None:
         """On the loop: the reply to ``conn`` and the pushes of its command,
-        in the sequencer's order."""
+        in the sequencer's order. The reply's records go first and its
+        ``done`` last, after the pushes: a client that ticks has every change
+        its tick made by the time it sees that tick's ``done`` (``ddir
+        connect`` prints them where the local CLI does, before `tick ->`)."""
         for sub in ended:
             sub.ended = True
             if sub in sub.conn.subs:
                 sub.conn.subs.remove(sub)
         if conn is not None:
             conn.in_flight.release()
-            conn.outbox.put(frames)
+            conn.outbox.put(frames[:-1])
         for sub, record in pushes:
             c = sub.conn
             if c.gone or sub.ended:
@@ -342,7 +377,8 @@ class Hub:
                 if sub in c.subs:
                     c.subs.remove(sub)
                 continue
-            if not c.outbox.put([frame(sub.req_id, record)], sub):
+            full = c.outbox.put([frame(sub.req_id, record)], sub)
+            if full is not None:
                 # overflow (SPEC C3): drop what it queued, end it, say so once
                 self._end(sub)
                 if sub in c.subs:
@@ -350,7 +386,9 @@ class Hub:
                 c.outbox.put([frame(sub.req_id, {
                     "kind": "error",
                     "message": f'subscription "{sub.trace}" ended: the client did not keep up '
-                               f"({self.limit} records queued)"})])
+                               f"({full})"})])
+        if conn is not None:
+            conn.outbox.put(frames[-1:])
 
     # ---------------------------------------------------------- sequencer side
 
@@ -432,9 +470,11 @@ class Hub:
             path = positional[0]
             try:
                 if source is None:
-                    C.load_program(path)
+                    program = C.load_program(path)
                 else:
-                    C.program_from_source(source, path)
+                    program = C.program_from_source(source, path)
+                # what install would refuse: an @name this server was not given
+                check_calls(program, self.client.core.functions, path, source)
             except ProgramError as e:
                 raise InvalidProgram(str(e)) from None
             return [{"kind": "checked", "file": path}]
@@ -483,8 +523,27 @@ class _BadFrame(Exception):
         self.req_id = req_id
 
 
+def _tcp_keepalive(ws) -> None:
+    """Dead peers are found by the kernel, not by websockets' pings (see
+    :func:`listen`): TCP keepalive probes are answered by the client's
+    kernel whether or not the client reads."""
+    sock = ws.transport.get_extra_info("socket") if ws.transport else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = TCP_KEEPALIVE
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                            ("TCP_KEEPCNT", count)):
+            if hasattr(socket, name):  # Linux; elsewhere the system's defaults
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass
+
+
 async def _handler(hub: Hub, ws) -> None:
-    conn = Connection(ws, hub.limit)
+    _tcp_keepalive(ws)
+    conn = Connection(ws, hub.limit, hub.byte_limit)
     hub.connections.add(conn)
     writer = asyncio.create_task(_writer(conn))
     try:
@@ -520,8 +579,7 @@ async def _writer(conn: Connection) -> None:
             box.ready.clear()
             while box.frames:
                 sub, text = box.frames.popleft()
-                if sub is not None:
-                    sub.queued -= 1
+                box.sent(sub, text)
                 await conn.ws.send(text)
             if conn.closing:
                 await conn.ws.close(1000, "exit")
@@ -546,18 +604,36 @@ def _authorizer(token: str | None):
     return process_request
 
 
-async def _serve(client, opts: dict, token: str | None) -> int:
+async def listen(hub: Hub, host: str, port: int, token: str | None = None,
+                 ping_interval: float | None = PING_INTERVAL):
+    """The websockets server answering through ``hub``.
+
+    Keepalive (a choice; SPEC C3 leaves it open): websockets pings every
+    ``ping_interval`` seconds (keeping NAT and proxy mappings alive) but
+    never closes a connection for a missing pong (``ping_timeout=None``). A
+    pong says nothing useful here: a client that stops reading cannot answer,
+    and one that reads slowly answers only after the backlog queued before
+    the ping. With a pong timeout (websockets' default, 20 s) such a client
+    could be cut off before its subscriber queue overflowed, so it never got
+    the overflow record. Now its subscriptions end by their
+    queue bound alone (records and bytes), which also bounds the server's
+    memory, and a host that vanished is found by TCP keepalive."""
     from websockets.asyncio.server import serve
     import logging
-    loop = asyncio.get_running_loop()
-    hub = Hub(client, loop, opts["subscriber_queue"])
     logger = logging.getLogger("ddir.serve")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False  # handshake failures (a 401, a port scan) are not our errors
+    return await serve(lambda ws: _handler(hub, ws), host, port,
+                       process_request=_authorizer(token), max_size=HARD_FRAME,
+                       compression=None, logger=logger, ping_interval=ping_interval,
+                       ping_timeout=None)
+
+
+async def _serve(client, opts: dict, token: str | None) -> int:
+    loop = asyncio.get_running_loop()
+    hub = Hub(client, loop, opts["subscriber_queue"])
     try:
-        server = await serve(lambda ws: _handler(hub, ws), opts["host"], opts["port"],
-                             process_request=_authorizer(token), max_size=HARD_FRAME,
-                             compression=None, logger=logger)
+        server = await listen(hub, opts["host"], opts["port"], token)
     except OSError as e:
         hub.stop()
         print(f"error: cannot listen on {opts['host']}:{opts['port']}: {e.strerror or e}",
@@ -600,7 +676,10 @@ def main(argv: list) -> int:
         return 2
     sessions: list = []
     try:
-        client = start_server(opts["workers"], opts["max_rounds"], sessions)
+        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"])
+    except DdirError as e:  # --functions MODULE could not be imported
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"error: cannot start {opts['workers']} worker processes: {e.strerror or e}",
               file=sys.stderr)

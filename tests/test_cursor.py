@@ -202,3 +202,66 @@ def test_script_output_and_parsing():
         assert last == ['peek "edges" (3 rows):', "  (2) ; (2)  x1"]
         # a peek that shows everything has no cursor
         assert "cursor" not in s.command("peek edges limit=3")[0]
+
+
+def test_later_pages_cost_the_page_not_the_key():
+    """One key holds 6,000 rows (over two epochs) beside 200 small keys. A
+    key cursor's later pages, and an all-keys cursor's pages inside that
+    key, touch about the rows they return (``PAGE_STATS``: history entries
+    read and index rows stepped over, counted by the worker, which -w 1 runs
+    in this process), not the key's 6,000 - so a regression to summing the
+    key's history at every page fails here, without timing anything."""
+    from ddir.server.cursor import PAGE_STATS
+    with server(1) as s:
+        s.feed_many("prod", 0, keys=[(0, v) for v in range(5000)] + [(k, 0) for k in range(1, 201)])
+        s.tick()
+        s.feed_many("prod", 0, keys=[(0, v) for v in range(5000, 6000)])
+        s.feed("prod", 0, (0, 7), diff=-1)
+        s.tick()
+        whole, key_rows = s.peek("edges"), s.peek("edges", (0,))
+        assert len(key_rows) == 5999
+        for key, expected in (((0,), key_rows), (None, whole)):
+            page = s.page("edges", key, limit=10)
+            rows, pages = list(page.rows), 0
+            touched = PAGE_STATS["touched"]
+            while page.cursor and pages < 30:
+                page = s.page(cursor=page.cursor)
+                rows += page.rows
+                pages += 1
+            touched = PAGE_STATS["touched"] - touched
+            assert pages == 30 and rows == expected[:310]
+            assert touched <= 2 * 30 * 10, touched   # the page's rows, not the key's
+        # and past the big key, small keys cost their own rows
+        page = s.page(cursor=s.page("edges", limit=5995).cursor, limit=50)
+        touched = PAGE_STATS["touched"]
+        rows = s.page(cursor=page.cursor, limit=50).rows
+        assert rows == whole[6045:6095]
+        # (each row is one history entry and one index row; plus the key it resumes after)
+        assert PAGE_STATS["touched"] - touched <= 2 * 50 + 1
+
+
+def test_api_peek_with_limit_hands_its_cursor_to_the_caller():
+    """`Server.peek(limit=)` returns a Page: the rows (a list, as before),
+    and the cursor of the lease it took, so the caller can page on (`next`,
+    `pages`) as of the first page's epoch, after ticks too."""
+    with server(3) as s:
+        for i in range(10):
+            s.feed("prod", 0, (i, i))
+        s.tick()
+        whole = s.peek("edges")
+        assert type(whole) is list
+        first = s.peek("edges", limit=3, offset=1)
+        assert first == whole[1:4] and first.rows == whole[1:4]
+        assert (first.trace, first.total, first.offset) == ("edges", 10, 1)
+        assert first.cursor and f"total=10, offset=1, cursor={first.cursor!r}" in repr(first)
+        for i in range(10):
+            s.feed("prod", 0, (i, i), diff=-1)
+        s.tick()
+        pages = list(first.pages(limit=4))
+        assert [len(p) for p in pages] == [3, 4, 2] and pages[-1].cursor is None
+        assert [r for p in pages for r in p] == whole[1:]
+        assert pages[-1].next() is None
+        assert first.next(limit=1) == whole[4:5]   # a cursor may be read again
+        keyed = s.peek("edges", (3,), limit=5)      # everything shown: no cursor, no lease
+        assert keyed == [] and keyed.cursor is None and keyed.next() is None
+        assert s.page("edges", limit=2) == []

@@ -12,23 +12,35 @@ the workers compact that trace only up to ``epoch - 1``, so its history before
 ``epoch`` stays readable (as an importer's catch-up reads it). A page renews
 the lease; a lease unused for :data:`LEASE_SECONDS` is released. The clock is
 injectable (``Cursors(clock=...)``) for tests.
+
+Each worker reads the pages of a lease through a :class:`PageIndex` (the
+intake side is :class:`Cursors`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import hmac
 import os
 import time
+from collections import OrderedDict
 
 from ..errors import CursorError
 from ..ir.codec import packb, unpackb
+from ..values import INT_MAX, INT_MIN, order_key
 
 LEASE_SECONDS = 60.0
 MAC_BYTES = 16
 VERSION = 1
+KEPT_KEYS = 16   # keys per lease whose sorted rows a worker keeps for the next page
+
+# History entries and index rows a worker's pages have touched. A test reads
+# it (with -w 1 the worker runs in its process) to check that a page costs in
+# proportion to the page, without timing anything.
+PAGE_STATS = {"touched": 0}
 
 
 def _secret() -> bytes:
@@ -44,7 +56,10 @@ class Cursors:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.secret = secret if secret is not None else _secret()
-        self.leases: dict = {}   # (trace, epoch) -> {owner: last used}
+        # (trace, epoch) -> when a page last used it. No client owns a lease:
+        # a token is self-contained, so it works on another connection or
+        # after a reconnect (SPEC C4), and a lease ends only by disuse or drop.
+        self.leases: dict = {}
 
     # ------------------------------------------------------------ tokens
 
@@ -82,32 +97,127 @@ class Cursors:
     def expire(self) -> None:
         """Release the leases unused for ``lease_seconds``."""
         now = self.clock()
-        for lease in list(self.leases):
-            users = self.leases[lease]
-            for owner in [o for o, used in users.items() if now - used >= self.lease_seconds]:
-                del users[owner]
-            if not users:
-                del self.leases[lease]
+        for lease in [lease for lease, used in self.leases.items()
+                      if now - used >= self.lease_seconds]:
+            del self.leases[lease]
 
     def held(self, trace: str, epoch: int) -> bool:
         self.expire()
         return (trace, epoch) in self.leases
 
-    def renew(self, trace: str, epoch: int, owner=None) -> None:
-        self.leases.setdefault((trace, epoch), {})[owner] = self.clock()
+    def renew(self, trace: str, epoch: int) -> None:
+        self.leases[(trace, epoch)] = self.clock()
 
     def release_trace(self, trace: str) -> None:
         for lease in [lease for lease in self.leases if lease[0] == trace]:
             del self.leases[lease]
 
-    def release_owner(self, owner) -> None:
-        """A client went away: its uses of the leases end (others' remain)."""
-        for lease in list(self.leases):
-            self.leases[lease].pop(owner, None)
-            if not self.leases[lease]:
-                del self.leases[lease]
-
     def active(self) -> list:
         """``[[trace, epoch], ...]`` of the held leases, for the workers."""
         self.expire()
         return sorted([t, e] for t, e in self.leases)
+
+
+def _val_order(row) -> tuple:
+    return order_key(row[0])
+
+
+class PageIndex:
+    """One worker's reading state for the pages of one lease: the trace as
+    of ``before`` (the lease's epoch; a frozen program's, if earlier). The
+    contents as of a leased epoch never change (compaction stops short of
+    it), so what is built here stays true for the lease's life.
+
+    * ``keys``: the worker's keys of the trace in Value order, sorted once
+      (at the first page that leaves rows out, when the peek has just read
+      the whole trace anyway), for pages over every key.
+    * ``kept``: for up to :data:`KEPT_KEYS` keys (least recently used go
+      first), the key's rows as of ``before``, sorted by val. A page that
+      ends inside a key keeps it, and so does the first page (for its last
+      row's key, or a key cursor's key), so the next page bisects into it
+      instead of summing and sorting the key's whole history again.
+
+    A page then costs the rows it returns, a bisection, and the histories of
+    the keys it enters for the first time in this lease. So a key cursor's
+    later pages cost the page alone, however many rows the key holds, and
+    over a whole paging each key's history is read about once."""
+
+    __slots__ = ("trace", "before", "okeys", "keys", "kept")
+
+    def __init__(self, trace, before: int):
+        self.trace = trace
+        self.before = before
+        self.okeys = self.keys = None
+        self.kept: OrderedDict = OrderedDict()  # key -> [(val, diff)] sorted by val
+
+    def prepare(self, key, has_key: bool, after) -> None:
+        """At the first page: the sorted keys, and the rows of the key the
+        next page starts in."""
+        if not has_key:
+            self._sorted_keys()
+        resume = key if has_key else (after[0] if after is not None else None)
+        if (has_key or after is not None) and resume in self.trace.data:
+            self._keep(resume, self._rows(resume))
+
+    def page(self, key, has_key: bool, after, n: int) -> list:
+        """The first ``n`` rows ``(key, val, diff)`` after ``after`` (a
+        ``(key, val)`` or None), in (key, val) order."""
+        if n <= 0:
+            return []
+        if has_key:
+            okeys, keys = [order_key(key)], [key]
+        else:
+            okeys, keys = self._sorted_keys()
+        start = 0
+        after_key = after_val = None
+        if after is not None:
+            after_key, after_val = order_key(after[0]), order_key(after[1])
+            start = bisect.bisect_left(okeys, after_key)
+        rows: list = []
+        for i in range(start, len(keys)):
+            k = keys[i]
+            vals = self._rows(k)
+            j = 0
+            if i == start and okeys[i] == after_key:  # (order keys of log n vals only)
+                j = bisect.bisect_right(vals, after_val, key=_val_order)
+            take = vals[j:j + n - len(rows)]
+            PAGE_STATS["touched"] += len(take)
+            rows.extend((k, v, d) for v, d in take)
+            if len(rows) >= n:
+                if j + len(take) < len(vals):  # the next page starts inside k
+                    self._keep(k, vals)
+                break
+        return rows
+
+    def _sorted_keys(self) -> tuple:
+        if self.keys is None:
+            data = self.trace.data
+            PAGE_STATS["touched"] += len(data)
+            ranked = sorted(((order_key(k), k) for k in data), key=lambda p: p[0])
+            self.okeys = [p[0] for p in ranked]
+            self.keys = [p[1] for p in ranked]
+        return self.okeys, self.keys
+
+    def _rows(self, key) -> list:
+        """``[(val, diff)]`` of ``key`` as of ``before``, sorted by val: kept,
+        or summed from its history."""
+        entry = self.kept.get(key)
+        if entry is not None:
+            self.kept.move_to_end(key)
+            return entry
+        hist = self.trace.data.get(key, ())
+        PAGE_STATS["touched"] += len(hist)
+        before = self.before
+        acc: dict = {}
+        for v, s, d in hist:
+            if s[0] < before:
+                acc[v] = acc.get(v, 0) + d
+        # a net diff outside i64 is left out, as peek leaves it out
+        return sorted(((v, d) for v, d in acc.items() if d and INT_MIN <= d <= INT_MAX),
+                      key=_val_order)
+
+    def _keep(self, key, entry) -> None:
+        self.kept[key] = entry
+        self.kept.move_to_end(key)
+        while len(self.kept) > KEPT_KEYS:
+            self.kept.popitem(last=False)

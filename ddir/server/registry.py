@@ -111,8 +111,9 @@ class Server:
         every client uses: the CLI, the prompt, scripts, :class:`ddir.Server`).
 
         ``owner`` names the client (any object; None: the one local session):
-        ``unsubscribe`` ends only its subscriptions, and a cursor page renews
-        the lease in its name (:meth:`release_owner` when it goes away). A
+        ``unsubscribe`` ends only its subscriptions (:meth:`release_owner`
+        ends them when it goes away). Cursor leases belong to no client: a
+        token works on any connection and after a reconnect (SPEC C4). A
         ``subscribe`` with ``deliver`` has its later records (``change``,
         ``ended``) passed to ``deliver(records)`` as ticks and drops happen,
         each carrying ``"sub"``, the id its ``subscribed`` record carries;
@@ -129,7 +130,7 @@ class Server:
         }[type(cmd)]
         try:
             if isinstance(cmd, C.Peek):
-                return self.page(cmd, owner) if cmd.cursor is not None else self.peek(cmd, owner)
+                return self.page(cmd) if cmd.cursor is not None else self.peek(cmd)
             return handler(cmd)
         except RecipeError as e:
             raise InvalidSource(str(e)) from None
@@ -468,10 +469,11 @@ class Server:
         return self._end(sub, reason)
 
     def release_owner(self, owner) -> None:
-        """A client went away: its subscriptions end, its cursor leases go."""
+        """A client went away: its subscriptions end. The leases of cursors it
+        used stay until unused for 60 s, so that a client whose connection
+        dropped goes on paging after reconnecting (SPEC C4)."""
         for sub in [s for s in self.subscriptions.values() if s.owner is owner]:
             del self.subscriptions[sub.id]
-        self.cursors.release_owner(owner)
 
     def _end(self, sub: Subscription, reason: str) -> list:
         del self.subscriptions[sub.id]
@@ -614,7 +616,7 @@ class Server:
                             "left the signed 64-bit range (not shown)"})
         return name, rows, records
 
-    def peek(self, cmd: C.Peek, owner=None) -> list:
+    def peek(self, cmd: C.Peek) -> list:
         name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key)
         rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
         end = None if cmd.limit is None else cmd.offset + cmd.limit
@@ -625,20 +627,20 @@ class Server:
         if cmd.limit is not None and shown < len(rows):  # a cursor to the rest (SPEC C4)
             after = rows[shown - 1][:2] if shown else None
             record["cursor"] = self._cursor(name, self.epoch, cmd.has_key, cmd.key, after, shown,
-                                            len(rows), cmd.limit, owner, index=True)
+                                            len(rows), cmd.limit, index=True)
         return records + [record]
 
-    def _cursor(self, name, epoch, has_key, key, after, offset, total, limit, owner,
-                index=False):
+    def _cursor(self, name, epoch, has_key, key, after, offset, total, limit, index=False):
         """A token for the rows after ``after`` as of ``epoch``, with the
         lease that keeps the epoch readable."""
-        if index and not has_key:  # the workers sort the keys once, not at every page
-            self.cluster.broadcast(("cursor_index", name, epoch))
-        self.cursors.renew(name, epoch, owner)
+        if index:  # each worker prepares the lease's pages once (cursor.PageIndex)
+            self.cluster.broadcast(("cursor_index", name, epoch, key, has_key,
+                                    None if after is None else list(after)))
+        self.cursors.renew(name, epoch)
         seq = self.programs[self.traces[name]].seq
         return self.cursors.encode(name, seq, epoch, has_key, key, after, offset, total, limit)
 
-    def page(self, cmd: C.Peek, owner=None) -> list:
+    def page(self, cmd: C.Peek) -> list:
         """``peek cursor=``: the next page as of the cursor's epoch; each
         worker returns its first rows after the cursor's position, in order,
         and the intake merges the first ``limit``: a page costs in proportion
@@ -669,9 +671,9 @@ class Server:
         if shown < total and (rows or not limit):
             record["cursor"] = self._cursor(name, epoch, has_key, key,
                                             rows[-1][:2] if rows else after,
-                                            shown, total, limit, owner)
+                                            shown, total, limit)
         else:
-            self.cursors.renew(name, epoch, owner)
+            self.cursors.renew(name, epoch)
         return [record]
 
     def checkpoint(self, cmd: C.Checkpoint) -> list:

@@ -20,7 +20,9 @@ Messages:
   rows at ``(epoch,)`` the reply carries as ``changes``; ``leases``: ``[trace,
   e]`` pairs of held cursor leases: such a trace is compacted only up to ``e - 1``
 * ``("drop", name)``, ``("peek", trace, key, has_key)``
-* ``("cursor_index", trace, epoch)`` - sort the trace's keys once for cursor pages
+* ``("cursor_index", trace, epoch, key, has_key, after)`` - at a cursor's first page:
+  prepare the lease's :class:`~ddir.server.cursor.PageIndex` (sorted keys, the
+  rows of the key the next page starts in)
 * ``("page", trace, epoch, key, has_key, after, n)`` - the first ``n`` rows after
   ``after`` (a ``(key, val)`` or None) as of ``epoch``, in (key, val) order
 * ``("fail", names, epoch)`` - freeze programs that failed closing ``epoch``
@@ -42,16 +44,15 @@ Messages:
 
 from __future__ import annotations
 
-import bisect
 import resource
 
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
 from ..engine.exchange import split_by_owner
 from ..engine.memory import settle
 from ..engine.scope import NonConvergence
+from .cursor import PageIndex
 from .generated import Recipe, source_program
 from .standin import Republished, standin_program
-from ..values import INT_MAX, INT_MIN, order_key
 
 
 class Worker:
@@ -63,7 +64,7 @@ class Worker:
         self.dataflows: dict = {}  # program name -> Dataflow, in install order
         self.exports: dict = {}    # trace name -> exporting ArrangeOp
         self.clocks: list = []     # names of clock sources
-        # (trace, epoch) -> (Trace, order keys, keys) sorted, for cursor pages
+        # (trace, epoch) -> cursor.PageIndex, for the pages of a lease
         self.cursor_index: dict = {}
 
     def execute(self, message):
@@ -279,63 +280,25 @@ class Worker:
         rows = contents.key_contents(key, before) if has_key else contents.contents(before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
 
-    def do_cursor_index(self, trace, epoch) -> dict:
-        self._index(trace, epoch)
+    def do_cursor_index(self, trace, epoch, key=None, has_key=False, after=None) -> dict:
+        self._page_index(trace, epoch).prepare(key, has_key, after)
         return {}
 
-    def _index(self, trace, epoch) -> tuple:
-        """The trace's keys sorted in Value order (with their order keys),
-        built once per lease: the keys a page as of ``epoch`` can meet (a key
-        first seen later has nothing before ``epoch``)."""
-        contents = self.exports[trace].trace
-        cached = self.cursor_index.get((trace, epoch))
-        if cached is None or cached[0] is not contents:
-            ranked = sorted(((order_key(k), k) for k in contents.data), key=lambda p: p[0])
-            cached = (contents, [p[0] for p in ranked], [p[1] for p in ranked])
-            self.cursor_index[(trace, epoch)] = cached
-        return cached
+    def _page_index(self, trace, epoch) -> PageIndex:
+        """The lease's reading state, built once per lease (and again if the
+        trace is another object, which a dropped name's lease never reaches)."""
+        export = self.exports[trace]
+        index = self.cursor_index.get((trace, epoch))
+        if index is None or index.trace is not export.trace:
+            frozen = export.dataflow.frozen_at
+            index = PageIndex(export.trace, epoch if frozen is None else min(epoch, frozen))
+            self.cursor_index[(trace, epoch)] = index
+        return index
 
     def do_page(self, trace, epoch, key, has_key, after, n) -> dict:
         """The first ``n`` rows (key, val, diff) after ``after`` as of
-        ``epoch``, in (key, val) order: the cost is that of the rows walked,
-        not of the trace."""
-        if n <= 0:
-            return {"rows": []}
-        export = self.exports[trace]
-        before = epoch
-        if export.dataflow.frozen_at is not None:
-            before = min(before, export.dataflow.frozen_at)
-        data = export.trace.data
-        if has_key:
-            okeys, keys = [order_key(key)], [key]
-        else:
-            _, okeys, keys = self._index(trace, epoch)
-        start = 0
-        after_key = after_val = None
-        if after is not None:
-            after_key, after_val = order_key(after[0]), order_key(after[1])
-            start = bisect.bisect_left(okeys, after_key)
-        rows: list = []
-        for i in range(start, len(keys)):
-            hist = data.get(keys[i])
-            if not hist:
-                continue
-            acc: dict = {}
-            for v, s, d in hist:
-                if s[0] < before:
-                    acc[v] = acc.get(v, 0) + d
-            vals = sorted(((order_key(v), v, d) for v, d in acc.items()
-                           if d and INT_MIN <= d <= INT_MAX), key=lambda x: x[0])
-            if after_key is not None and okeys[i] == after_key:
-                vals = [x for x in vals if x[0] > after_val]
-            elif after_key is not None and okeys[i] < after_key:
-                continue
-            k = keys[i]
-            for _, v, d in vals:
-                rows.append((k, v, d))
-                if len(rows) >= n:
-                    return {"rows": rows}
-        return {"rows": rows}
+        ``epoch``, in (key, val) order (see PageIndex for the cost)."""
+        return {"rows": self._page_index(trace, epoch).page(key, has_key, after, n)}
 
     def do_stats(self) -> dict:
         return {"stored": sum(df.stored_updates() for df in self.dataflows.values()),
