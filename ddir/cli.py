@@ -335,6 +335,8 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
         try:
             for session in sessions:
                 session.emit([{"kind": "error", "message": message}])
+            if not sessions:  # lost while starting (an MPI rank failed to set up)
+                print(f"error: {message}", flush=True)
         except Exception:
             pass
         if terminal is not None:  # the prompt may have left the terminal in raw mode

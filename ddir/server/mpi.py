@@ -74,6 +74,13 @@ def launched_rank() -> int:
 
 
 _finalized = False
+FINALIZE_TIMEOUT = 10.0
+
+
+def _give_up() -> None:
+    print(f"ddir: MPI did not finalize within {FINALIZE_TIMEOUT:.0f} s; leaving", file=sys.stderr,
+          flush=True)
+    os._exit(lifeline.EXIT_PEER_LOST)
 
 
 def leave(code: int) -> None:
@@ -294,7 +301,13 @@ class Ranks:
         global _finalized
         if self.line is not None:
             self.line.closing = True  # rank 0 may be gone before this rank is
-        self.MPI.Finalize()  # collective: every rank reaches it, then they exit
+        # Finalize is collective: a rank that never reaches it (killed while
+        # mpiexec was told not to clean up) would hold this one forever.
+        guard = threading.Timer(FINALIZE_TIMEOUT, _give_up)
+        guard.daemon = True
+        guard.start()
+        self.MPI.Finalize()
+        guard.cancel()
         _finalized = True
 
     # ------------------------------------------------------------ worker ranks
