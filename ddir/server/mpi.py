@@ -245,6 +245,10 @@ class Ranks:
         self.data = world.Dup()
         self.hub = self.line = None
         if self.size > 1:
+            # MPICH's mpiexec, told not to clean up, signals SIGUSR1 to the
+            # survivors of a lost rank, which kills a process that has no
+            # handler for it before it can say why: the lifelines do that.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             self._connect(world)
 
     def _connect(self, world) -> None:
@@ -291,14 +295,16 @@ class Ranks:
         """Rank 0, at the end: tell every worker rank to exit, and finalize
         MPI with them (then leave through :func:`leave`)."""
         if self.rank == 0 and self.size > 1:
-            self.hub.closing = True
             data = packb((0, _EXIT))
             for rank in range(1, self.size):
                 self.send(rank, data)
-        self._finalize()
+        self.finalize()
 
-    def _finalize(self) -> None:
+    def finalize(self) -> None:
+        """Every rank: the job ends in order (the lifelines close quietly)."""
         global _finalized
+        if self.hub is not None:
+            self.hub.closing = True
         if self.line is not None:
             self.line.closing = True  # rank 0 may be gone before this rank is
         # Finalize is collective: a rank that never reaches it (killed while
@@ -323,7 +329,7 @@ class Ranks:
                 data, _ = self.receive(0, _CONTROL, IDLE_MAX)
                 seq, message = unpackb(data)
                 if message == _EXIT:
-                    self._finalize()
+                    self.finalize()
                     leave(0)
                 if message == _CLOSE:
                     break
