@@ -40,13 +40,15 @@ def mpi_command(n: int, *args, options=(), program=("-m", "ddir", "--mpi")) -> l
 
 
 def mpiexec(n: int, *args, cwd=ROOT, stdin=None, options=(), timeout=120):
+    # stdin: mpiexec forwards it to rank 0, and CI may run with none at all
     return subprocess.run(mpi_command(n, *args, options=options), cwd=cwd, input=stdin,
+                          stdin=subprocess.DEVNULL if stdin is None else None,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def driver(n: int, *args, timeout=300) -> str:
     r = subprocess.run(mpi_command(n, *args, program=(str(DRIVER),)), cwd=ROOT,
-                       capture_output=True, text=True, timeout=timeout)
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.startswith("ok "), r.stdout
     return r.stdout
@@ -293,7 +295,8 @@ def test_mpi_and_workers_exclude_each_other():
 
 def test_serve_over_mpi():
     p = subprocess.Popen(mpi_command(3, "--port", "0", program=("-m", "ddir", "serve", "--mpi")),
-                         cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         cwd=ROOT, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     try:
         ranks = _ranks(p.pid, 3)
         line = p.stderr.readline()
