@@ -102,9 +102,43 @@ def leave(code: int) -> None:
 
 # ---------------------------------------------------------------- waiting
 
-SPIN = 0.002      # seconds of yielding before sleeping
-NAP_MAX = 0.001   # the longest sleep while a collective or reply is awaited
-IDLE_MAX = 0.005  # ... and while a worker rank waits for the next command
+# A waiting rank polls (yielding the CPU) for a while, then sleeps in
+# growing naps up to NAP_MAX (IDLE_MAX between commands), with the kernel's
+# timer slack cut so that a nap of 20 us is not 70. Measured on 2 cores
+# (bench/RESULTS.md): with a core per rank, polling for 50 ms keeps small
+# ticks as fast as -w N; with more ranks than cores, polling takes the CPU
+# from the ranks with work, and 0.2 ms is better. DDIR_MPI_SPIN (seconds)
+# overrides the choice.
+SPIN_OWN_CORE = 0.05
+SPIN_SHARED_CORE = 0.0002
+SPIN = SPIN_SHARED_CORE
+NAP_MAX = 0.0002
+IDLE_MAX = 0.001
+
+
+def _choose_spin(world, MPI) -> float:
+    if "DDIR_MPI_SPIN" in os.environ:
+        try:
+            return max(0.0, float(os.environ["DDIR_MPI_SPIN"]))
+        except ValueError:
+            pass
+    here = world.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this host
+    local = here.Get_size()
+    here.Free()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return SPIN_OWN_CORE if local <= cores else SPIN_SHARED_CORE
+
+
+def _fine_timers() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(29, 1000)  # PR_SET_TIMERSLACK: 1 us
+        except (OSError, AttributeError):
+            pass
 
 
 def _wait(ready, nap_max: float = NAP_MAX, check=None):
@@ -244,6 +278,9 @@ class Ranks:
         self.control = world.Dup()
         self.data = world.Dup()
         self.hub = self.line = None
+        global SPIN
+        SPIN = _choose_spin(world, MPI)
+        _fine_timers()
         if self.size > 1:
             # MPICH's mpiexec, told not to clean up, signals SIGUSR1 to the
             # survivors of a lost rank, which kills a process that has no
