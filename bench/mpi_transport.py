@@ -13,7 +13,6 @@ for as ddir waits (ddir.server.mpi._wait):
     mpiexec -n 3 python bench/mpi_transport.py [ROUNDS] [WORK]
 """
 
-import os
 import sys
 import time
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import selectors
 
 from ..engine.exchange import least
-from .collective import ByteExchange, ExchangeOutOfStep  # noqa: F401 (re-exported)
+from .collective import ByteExchange
 from .wire import FrameBuffer, PeerLost, frame, framed
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE

@@ -55,7 +55,7 @@ def _load():
     try:
         import mpi4py
         mpi4py.rc.thread_level = "serialized"  # `serve` calls MPI from its sequencer thread
-        mpi4py.rc.finalize = False             # ranks end with os._exit; nothing to finalize
+        mpi4py.rc.finalize = False             # Ranks.finalize does it, every rank together
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as e:
         raise MpiUnavailable(f"--mpi needs mpi4py and an MPI library ({e}): "
@@ -293,7 +293,6 @@ class Ranks:
         """Open the lifelines. Rank 0 tells every rank where it listens
         (a fixed-size Bcast of msgpack bytes), each connects."""
         info = bytearray(1024)
-        error = None
         if self.rank == 0:
             server, port, secret = lifeline.listen()
             packed = packb((self.MPI.Get_processor_name(), port, secret))
@@ -307,10 +306,8 @@ class Ranks:
             else:
                 same = host == self.MPI.Get_processor_name()
                 self.line = lifeline.Line(host, port, secret, self.rank, same)
-        except lifeline.LifelineError as e:
-            error = str(e)
-        if error is not None:  # the launcher then ends the other ranks
-            print(f"error: {error}", file=sys.stderr, flush=True)
+        except lifeline.LifelineError as e:  # the launcher then ends the other ranks
+            print(f"error: {e}", file=sys.stderr, flush=True)
             os._exit(2)
 
     # ------------------------------------------------------------ control plane
