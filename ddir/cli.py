@@ -229,17 +229,17 @@ def _main(argv: list | None) -> int:
     if argv and argv[0] == "connect":
         from .connect import main as connect_main
         return connect_main(argv[1:])
+    quiet = "--mpi" in argv and _not_rank_0()  # under mpiexec, rank 0 speaks for all
     if "-h" in argv or "--help" in argv:
-        print(USAGE, end="")
+        print("" if quiet else USAGE, end="")
         return 0
     if "--version" in argv:
-        print(f"ddir {__version__}")
+        print("" if quiet else f"ddir {__version__}", end="" if quiet else "\n")
         return 0
     try:
         opts = parse_args(argv)
     except UsageError as e:
-        from .server.mpi import launched_rank
-        if launched_rank() == 0:  # under mpiexec, once (every rank parses the same argv)
+        if not _not_rank_0():  # under mpiexec, once (every rank parses the same argv)
             print(f"error: {e}", file=sys.stderr)
             print(USAGE, end="", file=sys.stderr)
         return 2
@@ -253,6 +253,11 @@ def _main(argv: list | None) -> int:
     finally:
         if ranks is not None:
             ranks.finish()
+
+
+def _not_rank_0() -> bool:
+    from .server.mpi import launched_rank
+    return launched_rank() != 0
 
 
 def join_mpi(functions):

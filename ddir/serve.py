@@ -81,8 +81,7 @@ SUBSCRIBER_QUEUE = 10_000    # records queued per subscription
 # ============================================================ arguments
 
 
-class UsageError(Exception):
-    pass
+from .cli import UsageError  # noqa: E402  (one usage error for ddir and its subcommands)
 
 
 def parse_args(argv: list) -> dict:
@@ -588,15 +587,14 @@ async def _serve(client, opts: dict, token: str | None) -> int:
 
 
 def main(argv: list) -> int:
-    from .cli import join_mpi
-    from .server.mpi import launched_rank
+    from .cli import _not_rank_0, join_mpi
     if "-h" in argv or "--help" in argv:
-        print(USAGE, end="")
+        print("" if "--mpi" in argv and _not_rank_0() else USAGE, end="")
         return 0
     try:
         opts = parse_args(argv)
     except UsageError as e:
-        if launched_rank() == 0:  # under mpiexec, once
+        if not _not_rank_0():  # under mpiexec, once
             _usage_error(e)
         return 2
     ranks = None

@@ -296,9 +296,13 @@ def test_without_mpi4py_one_line_says_what_to_install(tmp_path):
 
 
 def test_mpi_and_workers_exclude_each_other():
-    r = mpiexec(2, "-w", "2")
-    assert r.returncode == 2 and r.stderr.startswith("error: --mpi takes its workers from")
-    assert r.stderr.count("error:") == 1
+    for args in (("-w", "2"), ("serve", "--mpi", "-w", "2")):
+        r = subprocess.run([launcher(), "-n", "2", sys.executable, "-m", "ddir", "--mpi", *args]
+                           if args[0] != "serve" else
+                           [launcher(), "-n", "2", sys.executable, "-m", "ddir", *args],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith("error: --mpi takes its workers from")
+        assert r.stderr.count("error:") == 1  # said once, by rank 0
 
 
 def test_serve_over_mpi():
