@@ -322,3 +322,22 @@ def test_serve_over_mpi():
         p.kill()
     assert p.returncode == 0
     assert not any(_alive(pid) for pid in ranks.values())
+
+
+def test_functions_and_restore_through_mpi(tmp_path):
+    """--functions is imported on every rank; --restore is read by rank 0
+    only: both print what one worker prints."""
+    from test_functions import FN_PATH, PROGRAM
+    (tmp_path / "f.ddp").write_text(Path(PROGRAM).read_text())
+    feeds = "".join(f"feed f 0 ({x})\n" for x in (1, 2, 3, 4)) + "feed f 1 (1,100)\n"
+    (tmp_path / "a.txt").write_text(f"install f f.ddp\n{feeds}tick\ncheckpoint snap\n")
+    (tmp_path / "b.txt").write_text("feed f 0 (3) diff=-1\ntick\npeek kept\npeek mapped\nlist\n")
+    args = ["--functions", str(FN_PATH)]
+    one = ddir(*args, "a.txt", cwd=tmp_path)
+    assert one.returncode == 0 and "error" not in one.stdout, one.stdout
+    r = mpiexec(3, *args, "a.txt", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, one.stdout, "")
+    one = ddir(*args, "--restore", "snap", "b.txt", cwd=tmp_path)
+    r = mpiexec(3, *args, "--restore", "snap", "b.txt", cwd=tmp_path)
+    assert one.returncode == 0 and 'peek "kept"' in one.stdout
+    assert (r.returncode, r.stdout, r.stderr) == (0, one.stdout, "")

@@ -117,14 +117,14 @@ IDLE_MAX = 0.001
 
 
 def _choose_spin(world, MPI) -> float:
+    here = world.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this host (every rank calls it)
+    local = here.Get_size()
+    here.Free()
     if "DDIR_MPI_SPIN" in os.environ:
         try:
             return max(0.0, float(os.environ["DDIR_MPI_SPIN"]))
         except ValueError:
             pass
-    here = world.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this host
-    local = here.Get_size()
-    here.Free()
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
