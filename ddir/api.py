@@ -221,28 +221,39 @@ class Server:
     worker processes."""
 
     def __init__(self, workers: int = 1, *, max_rounds: int | None = None, on_death=None,
-                 functions=None):
+                 functions=None, mpi=None):
         """``functions`` (SPEC C5): a module, a module name or a ``.py`` path
         whose public callables terms may call as ``@name(...)``; imported
-        here, before the worker processes are forked, so each has them."""
-        if type(workers) is not int or not 1 <= workers <= 64:
+        here, before the worker processes are forked, so each has them.
+        ``mpi`` (SPEC C7): rank 0's :class:`ddir.server.mpi.Ranks` of an MPI
+        job whose other ranks run ``Ranks.serve``; they are the workers
+        (``workers`` is then the job's size, and is ignored)."""
+        if mpi is not None:
+            workers = mpi.size
+        elif type(workers) is not int or not 1 <= workers <= 64:
             raise E.CommandError(f"workers needs a number from 1 to 64, got {workers!r}")
         if max_rounds is not None and (type(max_rounds) is not int or max_rounds < 1):
             raise E.CommandError(f"max_rounds needs a positive number, got {max_rounds!r}")
         table = None if functions is None else load_functions(functions)
         callables = table.table if table is not None else None
-        cluster = (LocalCluster(functions=callables) if workers == 1
-                   else ProcessCluster(workers, on_death=on_death, functions=callables))
+        if workers == 1:
+            cluster = LocalCluster(functions=callables)
+        elif mpi is not None:
+            from .server.mpi import MpiCluster
+            cluster = MpiCluster(mpi, on_death=on_death, functions=callables)
+        else:
+            cluster = ProcessCluster(workers, on_death=on_death, functions=callables)
         self._init(_Core(max_rounds=max_rounds, cluster=cluster, functions=table), owns=True)
 
     @classmethod
     def restore(cls, path, workers: int = 1, *, max_rounds: int | None = None, on_death=None,
-                functions=None) -> "Server":
+                functions=None, mpi=None) -> "Server":
         """A server started from the checkpoint directory ``path`` (SPEC C5),
         with any number of workers; ``max_rounds`` defaults to the
         checkpointed server's."""
         from .server.checkpoint import restore_into
-        server = cls(workers, max_rounds=max_rounds, on_death=on_death, functions=functions)
+        server = cls(workers, max_rounds=max_rounds, on_death=on_death, functions=functions,
+                     mpi=mpi)
         try:
             _deferring_interrupts(lambda: restore_into(server.core, str(path)))
         except BaseException:

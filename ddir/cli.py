@@ -16,16 +16,20 @@ from .server.commands import CommandError, load_program
 from .server.functions import check_calls, load_functions
 from .server.session import Session
 
-USAGE = """usage: ddir [SCRIPT...] [-w N] [--json] [--strict] [--max-rounds N] [--functions MODULE]
-                 [--restore DIR]
+USAGE = """usage: ddir [SCRIPT...] [-w N | --mpi] [--json] [--strict] [--max-rounds N]
+                 [--functions MODULE] [--restore DIR]
        ddir check [--functions MODULE] FILE...
        ddir explain FILE
-       ddir serve [--host H] [--port P] [-w N] [--token-file F] [--functions MODULE] [SCRIPT...]
+       ddir serve [--host H] [--port P] [-w N | --mpi] [--token-file F] [--functions MODULE]
+                  [SCRIPT...]
        ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT...]
 
   SCRIPT          session scripts to replay, one after the other (stdin if none)
   -w N, --workers N
                   worker processes (1 to 64, default 1)
+  --mpi           run as an MPI job: `mpiexec -n N ddir --mpi ...` makes the N ranks
+                  the workers (rank 0 also reads the commands); needs `pip install
+                  'ddir[mpi]'`
   --max-rounds N  stop a loop that has not converged after N rounds in one tick
                   (default 1000000) and report it as an error
   --functions MODULE
@@ -48,8 +52,8 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list) -> dict:
-    opts = {"scripts": [], "workers": 1, "json": False, "strict": False, "max_rounds": None,
-            "functions": None, "restore": None}
+    opts = {"scripts": [], "workers": None, "json": False, "strict": False, "max_rounds": None,
+            "functions": None, "restore": None, "mpi": False}
     numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
                "--max-rounds": ("max_rounds", 1, 10 ** 9)}
     i = 0
@@ -86,6 +90,8 @@ def parse_args(argv: list) -> dict:
             opts["workers"] = _number("-w", a[2:], 1, 64)
         elif a == "--json":
             opts["json"] = True
+        elif a == "--mpi":
+            opts["mpi"] = True
         elif a == "--strict":
             opts["strict"] = True
         elif a.startswith("-") and a != "-":
@@ -93,6 +99,16 @@ def parse_args(argv: list) -> dict:
         else:
             opts["scripts"].append(a)
         i += 1
+    return mpi_or_workers(opts)
+
+
+def mpi_or_workers(opts: dict) -> dict:
+    """``-w N`` and ``--mpi`` exclude each other: with MPI the workers are the
+    job's ranks (``mpiexec -n N``)."""
+    if opts["mpi"] and opts["workers"] is not None:
+        raise UsageError("--mpi takes its workers from the MPI job (mpiexec -n N): drop -w")
+    if opts["workers"] is None:
+        opts["workers"] = 1
     return opts
 
 
@@ -183,7 +199,8 @@ def entry() -> None:
         sys.stderr.flush()
     except (BrokenPipeError, OSError, ValueError):
         pass
-    os._exit(code)
+    mpi = sys.modules.get("ddir.server.mpi")  # --mpi: MPI needs its own way out
+    (mpi.leave if mpi is not None else os._exit)(code)
 
 
 def main(argv: list | None = None) -> int:
@@ -213,22 +230,64 @@ def _main(argv: list | None) -> int:
     if argv and argv[0] == "connect":
         from .connect import main as connect_main
         return connect_main(argv[1:])
+    quiet = "--mpi" in argv and _not_rank_0()  # under mpiexec, rank 0 speaks for all
     if "-h" in argv or "--help" in argv:
-        print(USAGE, end="")
+        print("" if quiet else USAGE, end="")
         return 0
     if "--version" in argv:
-        print(f"ddir {__version__}")
+        print("" if quiet else f"ddir {__version__}", end="" if quiet else "\n")
         return 0
     try:
         opts = parse_args(argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(USAGE, end="", file=sys.stderr)
+        if not _not_rank_0():  # under mpiexec, once (every rank parses the same argv)
+            print(f"error: {e}", file=sys.stderr)
+            print(USAGE, end="", file=sys.stderr)
         return 2
+    ranks = None
+    if opts["mpi"]:
+        ranks = join_mpi(opts["functions"])
+        if isinstance(ranks, int):
+            return ranks
+    try:
+        return _serve_cli(opts, ranks)
+    finally:
+        if ranks is not None:
+            ranks.finish()
+
+
+def _not_rank_0() -> bool:
+    from .server.mpi import launched_rank
+    return launched_rank() != 0
+
+
+def join_mpi(functions):
+    """``--mpi``: join the MPI job. A worker rank serves rank 0 here until the
+    job ends (never returns); rank 0 gets its :class:`ddir.server.mpi.Ranks`.
+    An int is the exit status: MPI is missing (said once, by rank 0)."""
+    from .server import mpi
+    try:
+        ranks = mpi.Ranks()
+    except mpi.MpiUnavailable as e:
+        if mpi.launched_rank() == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if ranks.rank != 0:
+        table = None
+        if functions is not None:
+            try:  # each rank imports the module itself (the same path on every host)
+                table = load_functions(functions).table
+            except CommandError as e:
+                ranks.line.fail(f"--functions: {e}")
+        ranks.serve(table)
+    return ranks
+
+
+def _serve_cli(opts: dict, ranks) -> int:
     sessions: list = []  # the session, once made: where a worker's death is reported
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
-                              opts["restore"])
+                              opts["restore"], ranks)
     except CommandError as e:  # --functions MODULE could not be imported, a bad --restore
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -259,17 +318,21 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through `finally`: the workers are stopped
 
 
-def start_server(workers: int, max_rounds, sessions: list, functions=None, restore=None):
+def start_server(workers: int, max_rounds, sessions: list, functions=None, restore=None,
+                 ranks=None):
     """A :class:`ddir.Server`: ``-w 1`` runs the worker in this process; more
-    start worker processes. A worker's death is printed (through the session
-    in ``sessions``) as one error and ends the server at once, whatever the
-    intake was doing (even waiting at the prompt). ``functions``: the
-    ``--functions`` module (imported before the workers are forked)."""
+    start worker processes (or, with ``ranks``, are the MPI job's ranks). A
+    worker's death is printed (through the session in ``sessions``) as one
+    error and ends the server at once, whatever the intake was doing (even
+    waiting at the prompt). ``functions``: the ``--functions`` module
+    (imported before the workers are forked)."""
     from .api import Server
     if restore is not None:
         make = lambda *a, **k: Server.restore(restore, *a, **k)  # noqa: E731
     else:
         make = Server
+    if ranks is not None:
+        workers = ranks.size
     if workers == 1:
         return make(1, max_rounds=max_rounds, functions=functions)
     terminal = _terminal_state()
@@ -278,6 +341,8 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
         try:
             for session in sessions:
                 session.emit([{"kind": "error", "message": message}])
+            if not sessions:  # lost while starting (an MPI rank failed to set up)
+                print(f"error: {message}", flush=True)
         except Exception:
             pass
         if terminal is not None:  # the prompt may have left the terminal in raw mode
@@ -285,7 +350,7 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
             termios.tcsetattr(terminal[0], termios.TCSADRAIN, terminal[1])
         os._exit(EXIT_WORKER_DIED)
 
-    return make(workers, max_rounds=max_rounds, on_death=on_death, functions=functions)
+    return make(workers, max_rounds=max_rounds, on_death=on_death, functions=functions, mpi=ranks)
 
 
 def _terminal_state():

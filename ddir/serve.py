@@ -56,8 +56,9 @@ from .server import commands as C
 from .server.functions import check_calls
 from .server.output import render_json
 
-USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F] [--max-rounds N]
-                  [--functions MODULE] [--subscriber-queue N] [--json] [SCRIPT...]
+USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N | --mpi] [--token-file F]
+                  [--max-rounds N] [--functions MODULE] [--subscriber-queue N] [--json]
+                  [SCRIPT...]
 
   SCRIPT            scripts to run before serving (their output goes to stdout)
   --host HOST       address to listen on (default 127.0.0.1); an address that is
@@ -65,6 +66,8 @@ USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N] [--token-file F]
   --port PORT       TCP port (default 7468; 0 picks a free one)
   --token-file F    clients must send `Authorization: Bearer <the file's text>`
   -w N, --workers N worker processes (1 to 64, default 1)
+  --mpi             the workers are the ranks of `mpiexec -n N ddir serve --mpi ...`;
+                    rank 0 serves
   --max-rounds N    as for `ddir`
   --functions MODULE
                     as for `ddir`: terms of every client's programs may call the
@@ -91,15 +94,14 @@ TCP_KEEPALIVE = (60, 10, 6)  # idle s, interval s, probes: a vanished host is fo
 # ============================================================ arguments
 
 
-class UsageError(Exception):
-    pass
+from .cli import UsageError  # noqa: E402  (one usage error for ddir and its subcommands)
 
 
 def parse_args(argv: list) -> dict:
-    from .cli import _number
-    opts = {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": 1, "token_file": None,
+    from .cli import _number, mpi_or_workers
+    opts = {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": None, "token_file": None,
             "max_rounds": None, "json": False, "scripts": [], "subscriber_queue": SUBSCRIBER_QUEUE,
-            "functions": None}
+            "mpi": False, "functions": None}
     numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
                "--port": ("port", 0, 65535), "--max-rounds": ("max_rounds", 1, 10 ** 9),
                "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9)}
@@ -124,12 +126,14 @@ def parse_args(argv: list) -> dict:
             opts["workers"] = _number("-w", a[2:], 1, 64)
         elif a == "--json":
             opts["json"] = True
+        elif a == "--mpi":
+            opts["mpi"] = True
         elif a.startswith("-") and a != "-":
             raise UsageError(f"unknown option {a}")
         else:
             opts["scripts"].append(a)
         i += 1
-    return opts
+    return mpi_or_workers(opts)
 
 
 def is_loopback(host: str) -> bool:
@@ -659,24 +663,48 @@ async def _serve(client, opts: dict, token: str | None) -> int:
 
 
 def main(argv: list) -> int:
-    from .cli import start_server, EXIT_WORKER_DIED
-    from .server.session import Session
+    from .cli import _not_rank_0, join_mpi
     if "-h" in argv or "--help" in argv:
-        print(USAGE, end="")
+        print("" if "--mpi" in argv and _not_rank_0() else USAGE, end="")
         return 0
     try:
         opts = parse_args(argv)
+    except UsageError as e:
+        if not _not_rank_0():  # under mpiexec, once
+            _usage_error(e)
+        return 2
+    ranks = None
+    if opts["mpi"]:  # a worker rank serves rank 0 in here and never returns
+        ranks = join_mpi(None)
+        if isinstance(ranks, int):
+            return ranks
+    try:
+        return _main(opts, ranks)
+    finally:
+        if ranks is not None:
+            ranks.finish()
+
+
+def _usage_error(e: UsageError) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    print(USAGE, end="", file=sys.stderr)
+
+
+def _main(opts: dict, ranks) -> int:
+    from .cli import start_server, EXIT_WORKER_DIED
+    from .server.session import Session
+    try:
         token = read_token(opts["token_file"]) if opts["token_file"] else None
         if token is None and not is_loopback(opts["host"]):
             raise UsageError(f"--host {opts['host']} is not a loopback address: serving it needs "
                              "--token-file (anyone who reaches the port could run commands)")
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print(USAGE, end="", file=sys.stderr)
+        _usage_error(e)
         return 2
     sessions: list = []
     try:
-        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"])
+        client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
+                              ranks=ranks)
     except DdirError as e:  # --functions MODULE could not be imported
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,23 +1,22 @@
 """The worker-to-worker mesh: one socket pair per pair of workers.
 
-Implements :class:`ddir.engine.exchange.Exchange`. Each collective step sends
+The socket transport of :class:`ddir.server.collective.ByteExchange`. Each collective step sends
 exactly one frame to every peer and reads exactly one frame from every peer.
 Sockets are non-blocking and driven by one selector, sending and receiving
 at the same time: two workers swapping large batches would deadlock if each
 blocked in ``sendall`` while the other did the same.
 
-Every frame carries a tag (the operator and time being swapped); all workers
-execute the same collective steps in the same order, so a mismatch is a bug,
-reported as such instead of silently mixing batches.
+What the frames carry (tagged msgpack payloads) is
+:class:`ddir.server.collective.ByteExchange`'s; this module only moves them.
 """
 
 from __future__ import annotations
 
 import selectors
 
-from ..engine.exchange import Exchange, least
-from ..ir.codec import unpackb
-from .wire import FrameBuffer, PeerLost, frame
+from ..engine.exchange import least
+from .collective import ByteExchange
+from .wire import FrameBuffer, PeerLost, frame, framed
 
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -25,12 +24,7 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 STAR_FROM = 4  # from this many workers on, agree_min gathers at worker 0
 
 
-class ExchangeOutOfStep(RuntimeError):
-    pass
-
-
-
-class Mesh(Exchange):
+class Mesh(ByteExchange):
     def __init__(self, index: int, peers: int, sockets: dict):
         """``sockets``: peer index -> connected socket to that worker."""
         self.index = index
@@ -41,47 +35,35 @@ class Mesh(Exchange):
         for p, sock in sockets.items():
             sock.setblocking(False)
             self.selector.register(sock, _READ, p)
-        self.steps = 0  # collective steps taken (for benchmarks)
+        self.steps = 0
 
-    # ------------------------------------------------------------ Exchange
+    # ------------------------------------------------------------ ByteExchange
 
-    def swap(self, tag, batches: list, note=None) -> tuple:
-        frames = {p: frame((tag, (batches[p], note))) for p in self.sockets}
-        received = self._transfer(frames)
-        out, notes = [], [note]
-        for p in range(self.peers):
-            if p == self.index:
-                out.append(batches[p])
-            else:
-                batch, other = self._payload(tag, p, received[p])
-                out.append(batch)
-                notes.append(other)
-        return out, least(notes)
+    def alltoall(self, payloads: list) -> list:
+        received = self._transfer({p: framed(data)
+                                   for p, data in enumerate(payloads) if p != self.index})
+        return [received.get(p) for p in range(self.peers)]
+
+    def allgather(self, payload: bytes) -> list:
+        data = framed(payload)
+        received = self._transfer({p: data for p in self.sockets})
+        return [received.get(p) for p in range(self.peers)]
 
     def agree_min(self, value):
         if self.peers < STAR_FROM:  # everyone tells everyone: one hop
-            data = frame(("min", value))
-            received = self._transfer({p: data for p in self.sockets})
-            return least([value] + [self._payload("min", p, b) for p, b in received.items()])
+            return super().agree_min(value)
         # Many workers: gather at worker 0, which answers everyone. Two hops,
         # but 2(N-1) messages instead of N(N-1).
         if self.index != 0:
             received = self._transfer({0: frame(("min", value))}, expect={0})
-            return self._payload("least", 0, received[0])
+            return self.payload("least", 0, received[0])
         received = self._transfer({}, expect=set(self.sockets))
-        best = least([value] + [self._payload("min", p, b) for p, b in received.items()])
+        best = least([value] + [self.payload("min", p, b) for p, b in received.items()])
         answer = frame(("least", best))
         self._transfer({p: answer for p in self.sockets}, expect=set())
         return best
 
     # ------------------------------------------------------------ transport
-
-    def _payload(self, tag, peer: int, payload: bytes):
-        got_tag, body = unpackb(payload)
-        if got_tag != tag:
-            raise ExchangeOutOfStep(f"worker {self.index} expected {tag!r} from worker {peer}, "
-                                    f"got {got_tag!r}")
-        return body
 
     def _transfer(self, frames: dict, expect=None) -> dict:
         """Send ``frames[p]`` to each peer in ``frames`` and receive one frame

@@ -22,7 +22,11 @@ class PeerLost(Exception):
 
 
 def frame(obj) -> bytes:
-    payload = packb(obj)
+    return framed(packb(obj))
+
+
+def framed(payload: bytes) -> bytes:
+    """``payload`` (msgpack bytes) with its length in front."""
     if len(payload) > MAX_FRAME:
         raise ValueError(f"message of {len(payload)} bytes is too large to send")
     return HEADER.pack(len(payload)) + payload

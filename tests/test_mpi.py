@@ -1,0 +1,343 @@
+"""Workers as MPI ranks (SPEC C7): ``mpiexec -n N ddir --mpi`` prints what
+``-w 1`` prints, the engine matches the oracle through a 3-rank job, and a
+lost rank, a script error and the end of input end every rank.
+
+These need the ``mpi`` extra (mpi4py and the ``mpich`` wheel, which brings
+``mpiexec``); CI installs it. Without it they fail, saying so: they do not
+skip, or a CI that lost the extra would pass without testing MPI.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, UPSTREAM
+from test_sessions import ddir
+from test_workers import OWN_SESSIONS, UPSTREAM_SESSIONS, _alive, _children
+
+MPIEXEC = (shutil.which("mpiexec", path=str(Path(sys.executable).parent))
+           or shutil.which("mpiexec"))
+DRIVER = ROOT / "tests/mpi_driver.py"
+# The launcher's own clean-up off: what ddir itself does when a rank is lost
+# (with it on, MPICH's mpiexec kills every rank first, and says so itself).
+NO_CLEANUP = ("-disable-auto-cleanup",)
+
+
+def launcher() -> str:
+    if MPIEXEC is None:
+        pytest.fail("mpiexec not found: these tests need the mpi extra "
+                    "(pip install -e '.[test,mpi]')")
+    return MPIEXEC
+
+
+def mpi_command(n: int, *args, options=(), program=("-m", "ddir", "--mpi")) -> list:
+    return [launcher(), *options, "-n", str(n), sys.executable, *program, *args]
+
+
+def mpiexec(n: int, *args, cwd=ROOT, stdin=None, options=(), timeout=120):
+    # stdin: mpiexec forwards it to rank 0, and CI may run with none at all
+    return subprocess.run(mpi_command(n, *args, options=options), cwd=cwd, input=stdin,
+                          stdin=subprocess.DEVNULL if stdin is None else None,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def driver(n: int, *args, timeout=300) -> str:
+    r = subprocess.run(mpi_command(n, *args, program=(str(DRIVER),)), cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.startswith("ok "), r.stdout
+    return r.stdout
+
+
+# ---------------------------------------------------------------- identical output
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_every_session_through_n_ranks_prints_what_one_worker_prints(n):
+    """Ours against their goldens (= -w 1, test_sessions), upstream against
+    one worker, text and JSON: one job runs them all (tests/mpi_driver.py)."""
+    assert driver(n, "scripts", "0").startswith("ok 30 scripts")
+
+
+CLI_SESSIONS = [(ROOT, f"sessions/{name}.txt") for name in OWN_SESSIONS] + \
+    [(UPSTREAM, f"examples/server/sessions/{name}.txt") for name in UPSTREAM_SESSIONS]
+QUICK = {"sessions/subscribe.txt", "examples/server/sessions/values.txt"}
+
+
+def check_cli_session(folder, script) -> None:
+    """`mpiexec -n N ddir --mpi SCRIPT` prints what `ddir SCRIPT` does."""
+    one, one_json = ddir(script, cwd=folder), ddir("--json", script, cwd=folder)
+    assert one.returncode == 0
+    for n in (1, 2, 3):
+        r = mpiexec(n, script, cwd=folder)
+        assert (r.returncode, r.stderr) == (0, ""), n
+        assert r.stdout == one.stdout, f"-n {n}"
+    assert mpiexec(3, "--json", script, cwd=folder).stdout == one_json.stdout
+
+
+@pytest.mark.parametrize("folder,script", [c for c in CLI_SESSIONS if c[1] in QUICK])
+def test_session_through_the_cli_prints_what_one_worker_prints(folder, script):
+    check_cli_session(folder, script)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder,script", [c for c in CLI_SESSIONS if c[1] not in QUICK])
+def test_every_session_through_the_cli_prints_what_one_worker_prints(folder, script):
+    check_cli_session(folder, script)
+
+
+def test_the_exchange_carries_payloads_of_every_size():
+    """Around the slot size: whole in the first round, or split over two."""
+    for n in (1, 3):
+        driver(n, "exchange", "30")
+
+
+def test_random_sessions_print_the_same_through_3_ranks_as_one_worker():
+    driver(3, "sessions", "25")
+
+
+# ---------------------------------------------------------------- the oracle
+
+def test_programs_match_the_oracle_through_3_ranks():
+    assert driver(3, "oracle", "8").startswith("ok 13 programs")
+
+
+@pytest.mark.slow
+def test_programs_match_the_oracle_through_3_ranks_long():
+    driver(3, "oracle", "100", timeout=3000)
+    driver(3, "sessions", "400", timeout=3000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OWN_SESSIONS)
+def test_own_session_through_4_and_5_ranks(name):
+    golden = (ROOT / "tests/golden" / f"{name}.out").read_text()
+    for n in (4, 5):
+        assert mpiexec(n, f"sessions/{name}.txt").stdout == golden, n
+
+
+# ---------------------------------------------------------------- failure
+
+def _ranks(launcher_pid: int, n: int) -> dict:
+    """rank -> pid of a running job's ranks (mpiexec -> proxy -> ranks)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ranks = {}
+        for proxy in _children(launcher_pid):
+            for pid in _children(proxy):
+                try:
+                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                for item in env:
+                    if item.startswith(b"PMI_RANK="):
+                        ranks[int(item[9:])] = pid
+        if len(ranks) == n:
+            return ranks
+        time.sleep(0.05)
+    raise AssertionError(f"{n} ranks did not start")
+
+
+def _start(n: int, args: list, cwd=ROOT, options=()):
+    p = subprocess.Popen(mpi_command(n, *args, options=options), cwd=cwd, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return p, _ranks(p.pid, n)
+
+
+def _read_until(p, text: str) -> str:
+    seen = ""
+    while text not in seen:
+        line = p.stdout.readline()
+        assert line, seen
+        seen += line
+    return seen
+
+
+def _ends_everything(p, ranks: dict, within: float = 5.0) -> tuple:
+    start = time.monotonic()
+    p.wait(timeout=within)
+    assert time.monotonic() - start < within
+    out, err = p.stdout.read(), p.stderr.read()
+    time.sleep(0.2)
+    assert not any(_alive(pid) for pid in ranks.values())
+    return out, err
+
+
+CUT = """\
+import os, socket, threading
+cut = []
+
+
+def cut_lifeline(x):
+    \"\"\"On rank 2, the first call cuts its lifeline, in the middle of the
+    tick: rank 2 lives on, as if only the network between it and rank 0
+    failed. The launcher sees no rank end, so what follows is ddir's doing.\"\"\"
+    if os.environ.get("PMI_RANK") == "2" and not cut:
+        for thread in threading.enumerate():
+            if thread.name == "ddir-lifeline":  # its target is the Line's watch
+                line = thread._target.__self__
+                line.closing = True
+                line.sock.shutdown(socket.SHUT_RDWR)
+                cut.append(line)
+    return x
+"""
+
+
+def test_a_lost_rank_is_one_error_and_every_rank_exits(tmp_path):
+    """Rank 0 waits on the others in a collective when rank 2 is lost: it
+    prints one error line, and every rank ends within seconds."""
+    (tmp_path / "cut.py").write_text(CUT)
+    (tmp_path / "p.ddp").write_text(
+        'let edges = import "random:nodes=3000,edges=9000" | key($0[0] ; $0[1]);\n'
+        'let roots = import "iota:20" | key(@cut_lifeline($0[0]) ;);\n'
+        'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
+        'export "reach" = r::reach;\n')
+    (tmp_path / "s.txt").write_text("install r p.ddp\ntick\nlist\n")
+    p, ranks = _start(3, ["--functions", "cut.py", "s.txt"], cwd=tmp_path)
+    try:
+        out, err = _ends_everything(p, ranks)
+    finally:
+        p.kill()
+    assert p.returncode != 0, err  # 3 from rank 0, or the launcher's 9 for the ranks it ends
+    assert [line for line in out.splitlines() if line.startswith("error:")] == \
+        ["error: worker 2 died (its MPI rank is gone); the server stops"]
+    assert "tick -> epoch 1" not in out and "Traceback" not in err  # lost in the middle
+
+
+@pytest.mark.parametrize("options", [(), NO_CLEANUP])
+def test_a_killed_rank_ends_every_rank(options):
+    """SIGKILL: MPICH's mpiexec kills every other rank itself, even when
+    told not to clean up (its proxy does, as it sees the rank end), which
+    races ddir's report: every rank ends within seconds with a non-zero
+    status, and there is at most one error line, ddir's."""
+    p, ranks = _start(3, [], options=options)
+    try:
+        p.stdin.write("install p programs/producer.ddp\nfeed p 0 (1,2)\ntick\n")
+        p.stdin.flush()
+        before = _read_until(p, "tick -> epoch 1")
+        os.kill(ranks[1], signal.SIGKILL)
+        out, err = _ends_everything(p, ranks)  # stdin stays open: nobody waits for it
+    finally:
+        p.kill()
+    assert p.returncode != 0
+    errors = [line for line in (before + out).splitlines() if line.startswith("error:")]
+    assert errors in ([], ["error: worker 1 died (its MPI rank is gone); the server stops"])
+    assert "Traceback" not in err
+
+
+def test_killed_rank_0_takes_the_workers_with_it():
+    p, ranks = _start(3, [], options=NO_CLEANUP)
+    try:
+        os.kill(ranks[0], signal.SIGKILL)
+        _ends_everything(p, ranks)
+    finally:
+        p.kill()
+    assert p.returncode != 0
+
+
+def test_a_rank_that_fails_to_start_is_reported_by_rank_0(tmp_path):
+    """--functions is imported on every rank; one that cannot (the module
+    missing on its host) is reported once, with its reason."""
+    (tmp_path / "fns.py").write_text(
+        "import os\nif os.environ.get('PMI_RANK') == '2':\n"
+        "    raise ImportError('not on this host')\n"
+        "def double(x):\n    return 2 * x\n")
+    r = mpiexec(3, "--functions", "fns.py", cwd=tmp_path, stdin="list\n", timeout=60)
+    assert r.returncode != 0
+    errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: worker 2 failed: --functions: ")
+    assert "not on this host" in errors[0] and errors[0].endswith("; the server stops")
+
+
+# ---------------------------------------------------------------- errors and the end
+
+def test_script_errors_behave_as_with_one_worker(tmp_path):
+    (tmp_path / "s.txt").write_text(
+        f"install p {ROOT}/programs/producer.ddp\nfeed p 0 (1,2)\nbogus\npeek nope\ntick\n"
+        "peek edges\nfeed nope 0 (1)\n")
+    one = ddir("s.txt", cwd=tmp_path)
+    r = mpiexec(3, "s.txt", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, one.stdout, "")
+    assert r.stdout.count("error:") == 3
+    strict = mpiexec(3, "--strict", "s.txt", cwd=tmp_path)
+    assert strict.returncode == 1 and strict.stdout == ddir("--strict", "s.txt", cwd=tmp_path).stdout
+    missing = mpiexec(2, "no_such_script.txt", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stdout.count("error:") == 1
+
+
+@pytest.mark.parametrize("stdin", ["list\n", "list\nexit\n", ""])
+def test_end_of_input_ends_every_rank(stdin):
+    p, ranks = _start(3, [])
+    out, err = p.communicate(stdin, timeout=30)
+    assert (p.returncode, err) == (0, "")
+    assert out == ("" if not stdin else ddir(stdin=stdin).stdout)
+    time.sleep(0.2)
+    assert not any(_alive(pid) for pid in ranks.values())
+
+
+def test_without_mpi4py_one_line_says_what_to_install(tmp_path):
+    fake = tmp_path / "mpi4py"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    alone = subprocess.run([sys.executable, "-m", "ddir", "--mpi"], input="list\n", env=env,
+                           capture_output=True, text=True, timeout=60)
+    job = subprocess.run(mpi_command(3), input="list\n", env=env, capture_output=True,
+                         text=True, timeout=60)
+    for r in (alone, job):
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.count("\n") == 1, r.stderr  # said once, by rank 0
+        assert r.stderr.startswith("error: --mpi needs mpi4py") and \
+            "pip install 'ddir[mpi]'" in r.stderr
+
+
+def test_mpi_and_workers_exclude_each_other():
+    for args in (("-w", "2"), ("serve", "--mpi", "-w", "2")):
+        r = subprocess.run([launcher(), "-n", "2", sys.executable, "-m", "ddir", "--mpi", *args]
+                           if args[0] != "serve" else
+                           [launcher(), "-n", "2", sys.executable, "-m", "ddir", *args],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith("error: --mpi takes its workers from")
+        assert r.stderr.count("error:") == 1  # said once, by rank 0
+
+
+def test_serve_over_mpi():
+    p = subprocess.Popen(mpi_command(3, "--port", "0", program=("-m", "ddir", "serve", "--mpi")),
+                         cwd=ROOT, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        ranks = _ranks(p.pid, 3)
+        line = p.stderr.readline()
+        assert line.startswith("ddir: serving on ws://"), line
+        url = line.split()[-1]
+        r = ddir("connect", url, "sessions/shared_trace.txt")
+        assert r.stdout == (ROOT / "tests/golden/shared_trace.out").read_text(), r.stderr
+        p.send_signal(signal.SIGINT)  # mpiexec hands Ctrl-C to every rank; rank 0 stops
+        p.wait(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == 0
+    assert not any(_alive(pid) for pid in ranks.values())
+
+
+def test_functions_and_restore_through_mpi(tmp_path):
+    """--functions is imported on every rank; --restore is read by rank 0
+    only: both print what one worker prints."""
+    from test_functions import FN_PATH, PROGRAM
+    (tmp_path / "f.ddp").write_text(Path(PROGRAM).read_text())
+    feeds = "".join(f"feed f 0 ({x})\n" for x in (1, 2, 3, 4)) + "feed f 1 (1,100)\n"
+    (tmp_path / "a.txt").write_text(f"install f f.ddp\n{feeds}tick\ncheckpoint snap\n")
+    (tmp_path / "b.txt").write_text("feed f 0 (3) diff=-1\ntick\npeek kept\npeek mapped\nlist\n")
+    args = ["--functions", str(FN_PATH)]
+    one = ddir(*args, "a.txt", cwd=tmp_path)
+    assert one.returncode == 0 and "error" not in one.stdout, one.stdout
+    r = mpiexec(3, *args, "a.txt", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, one.stdout, "")
+    one = ddir(*args, "--restore", "snap", "b.txt", cwd=tmp_path)
+    r = mpiexec(3, *args, "--restore", "snap", "b.txt", cwd=tmp_path)
+    assert one.returncode == 0 and 'peek "kept"' in one.stdout
+    assert (r.returncode, r.stdout, r.stderr) == (0, one.stdout, "")
