@@ -122,6 +122,11 @@ class Worker:
         self.dataflows[name].stage(n, (time,), rows)
 
     def do_stage_columns(self, name, n, time, keys, vals, diffs, count) -> None:
+        from ..engine import batch
+        if count >= batch.COLUMNAR_MIN:  # stays columns (ddir.engine.columns)
+            from ..engine.columns import from_buffers
+            self.dataflows[name].stage(n, (time,), from_buffers(keys, vals, diffs, count))
+            return
         from .bulk import rows_from_message
         self.dataflows[name].stage(n, (time,), rows_from_message(keys, vals, diffs, count))
 
@@ -217,7 +222,7 @@ class Worker:
         contents = self.exports[trace].trace
         cached = self.cursor_index.get((trace, epoch))
         if cached is None or cached[0] is not contents:
-            ranked = sorted(((order_key(k), k) for k in contents.data), key=lambda p: p[0])
+            ranked = sorted(((order_key(k), k) for k in contents.keys()), key=lambda p: p[0])
             cached = (contents, [p[0] for p in ranked], [p[1] for p in ranked])
             self.cursor_index[(trace, epoch)] = cached
         return cached
@@ -232,7 +237,7 @@ class Worker:
         before = epoch
         if export.dataflow.frozen_at is not None:
             before = min(before, export.dataflow.frozen_at)
-        data = export.trace.data
+        history = export.trace.get
         if has_key:
             okeys, keys = [order_key(key)], [key]
         else:
@@ -244,7 +249,7 @@ class Worker:
             start = bisect.bisect_left(okeys, after_key)
         rows: list = []
         for i in range(start, len(keys)):
-            hist = data.get(keys[i])
+            hist = history(keys[i])
             if not hist:
                 continue
             acc: dict = {}
