@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from itertools import chain, repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ..values import INT_MAX, INT_MIN
 from .batch import Cols
 
 I64 = np.int64
+_KEY, _VAL, _DIFF = itemgetter(0), itemgetter(1), itemgetter(2)
 _EMPTY = np.zeros(0, dtype=I64)
 
 
@@ -43,7 +45,7 @@ def no_gc():
 
 # ------------------------------------------------------------ rows <-> columns
 
-def _int_columns(values: tuple, n: int):
+def _int_columns(values, n: int):
     """The columns of ``n`` Tuples of Ints of one arity, or None."""
     first = values[0]
     if type(first) is not tuple:
@@ -74,15 +76,15 @@ def from_rows(rows) -> Cols | None:
     n = len(rows)
     if not n:
         return None
-    keys, vals, diffs = zip(*rows)
+    keys = list(map(_KEY, rows))
     kcols = _int_columns(keys, n)
     if kcols is None:
         return None
-    vcols = _int_columns(vals, n)
+    vcols = _int_columns(list(map(_VAL, rows)), n)
     if vcols is None:
         return None
     try:
-        d = np.array(diffs, dtype=I64)
+        d = np.array(list(map(_DIFF, rows)), dtype=I64)
     except OverflowError:
         return None
     return Cols(kcols, vcols, d)
@@ -557,6 +559,7 @@ def column_chain(steps: tuple, ka: int, va: int):
     them) keeps a consolidated batch consolidated."""
     ops = []
     keeps = True
+    ordered = True  # (key, val) order survives every step
     for step in steps:
         arities = (ka, va)
         if isinstance(step, N.MapStep):
@@ -567,6 +570,7 @@ def column_chain(steps: tuple, ka: int, va: int):
             perm = (all(isinstance(x, Splice) or isinstance(x, Index) for x in fields)
                     and _covers(step.proj, arities))
             keeps = keeps and perm
+            ordered = ordered and _same_layout(step.proj, arities)
             ops.append(("map", f))
             ka, va = _side_arity(step.proj.key, arities), _side_arity(step.proj.val, arities)
         elif isinstance(step, N.FilterStep):
@@ -576,7 +580,6 @@ def column_chain(steps: tuple, ka: int, va: int):
             ops.append(("filter", f))
         elif isinstance(step, N.NegateStep):
             ops.append(("negate", None))
-            keeps = False  # as the row path (INT_MIN); consolidated anyway
         elif isinstance(step, N.LiftIterStep):
             ops.append(("lift", None))
             va += 1
@@ -610,13 +613,22 @@ def column_chain(steps: tuple, ka: int, va: int):
                 d = _neg(d)
             elif kind == "lift":
                 vals = vals + (np.full(n, it, dtype=I64),)
-        return Cols(keys, vals, d, c.sorted and keeps and _still_sorted(ops)), keeps
+        return Cols(keys, vals, d, c.sorted and keeps and ordered), keeps
     return run
 
 
-def _still_sorted(ops) -> bool:
-    """Whether (key, val) order survives: only filters and lift_iter keep it."""
-    return all(kind in ("filter", "lift") for kind, _ in ops)
+def _same_layout(proj, arities: tuple) -> bool:
+    """The projection lists the input fields in their order (however it
+    splits them between key and val): rows keep their (key, val) order."""
+    fields = []
+    for f in proj.key + proj.val:
+        if isinstance(f, Splice):
+            fields.extend((f.n, i) for i in range(arities[f.n]))
+        elif isinstance(f, Index) and isinstance(f.arg, Row):
+            fields.append((f.arg.n, f.index))
+        else:
+            return False
+    return fields == [(n, i) for n in range(len(arities)) for i in range(arities[n])]
 
 
 def _side_arity(fields: tuple, arities: tuple) -> int:
