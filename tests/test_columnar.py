@@ -175,6 +175,9 @@ def test_trace_with_runs_reads_like_rows(threshold, seed, ka, va):
             assert cols.columnar() in (True, False)
         for before in (None, epoch, epoch + 1):
             assert cols.contents(before) == rows.contents(before)
+            listed = cols.rows(before)
+            assert {(k, v): d for k, v, d in listed} == rows.contents(before)
+            assert len(listed) == len(rows.contents(before))
         probe = keys[:5] + [tuple(range(ka)), (1, 2, 3, 4)[:ka], ("x",)]
         # compaction folds differently (runs: every time; rows: keys spanning
         # epochs), so histories are compared by what they accumulate to at
@@ -413,3 +416,36 @@ def _by_input_time(batch) -> dict:
     for t, n, key, d in batch:
         out.setdefault((n, t), []).append((key, (), d))
     return out
+
+
+# ------------------------------------------------------------ Value order of rows
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2 ** 32))
+def test_sort_rows_is_value_order(seed):
+    """The Int-tuple fast path of peek's sort (and of the cursor index) gives
+    exactly the order_key order, also next to Lists, Variants and Ints."""
+    from ddir.engine.order import sort_rows, sorted_keys
+    from ddir.values import List, Variant, order_key
+    rng = random.Random(seed)
+    odd = rng.random() < 0.3
+
+    def value(depth=0):
+        r = rng.random()
+        if odd and depth < 2 and r < 0.15:
+            return List([value(depth + 1) for _ in range(rng.randint(0, 2))])
+        if odd and depth < 2 and r < 0.25:
+            return Variant(rng.randint(0, 2), value(depth + 1))
+        if odd and r < 0.3:
+            return rng.randint(-3, 3)
+        return tuple(rng.choice([INT_MIN, INT_MAX, 0, rng.randint(-4, 4)])
+                     for _ in range(rng.randint(0, 3)))
+    rows = [(value(), value(), 1) for _ in range(rng.randint(0, 40))]
+    got = list(rows)
+    sort_rows(got)
+    assert [r[:2] for r in got] == [r[:2] for r in sorted(
+        rows, key=lambda r: (order_key(r[0]), order_key(r[1])))]
+    keys = list(dict.fromkeys(r[0] for r in rows))
+    okeys, ks = sorted_keys(keys)
+    assert ks == sorted(keys, key=order_key)
+    assert [okeys[i] for i in range(len(okeys))] == [order_key(k) for k in ks]

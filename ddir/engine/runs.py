@@ -318,9 +318,10 @@ def distinct_keys(runs: list) -> list:
     return out
 
 
-def accumulate_runs(runs: list, before: int | None, acc: dict) -> None:
+def accumulate_runs(runs: list, before: int | None, acc: dict | None):
     """Add each (key, val)'s net diff over ``runs`` (epochs before
-    ``before``, or all) to ``acc``."""
+    ``before``, or all) to ``acc``; with ``acc`` None, return them as rows
+    ``(key, val, diff)`` in (key, val) order, zeros left out."""
     from .columns import key_tuples, no_gc
     keys, vals, ds = [], [], []
     for r in runs:
@@ -341,20 +342,32 @@ def accumulate_runs(runs: list, before: int | None, acc: dict) -> None:
             vals.append(tuple(c[sel] for c in r.vals))
             ds.append(r.d[sel])
     if not ds:
-        return
+        return [] if acc is None else None
     ka, va = len(keys[0]), len(vals[0])
     kcols = tuple(np.concatenate([k[i] for k in keys]) for i in range(ka))
     vcols = tuple(np.concatenate([v[i] for v in vals]) for i in range(va))
     d = np.concatenate(ds)
     n = len(d)
-    if sums_fit(d):
+    fits = sums_fit(d)
+    if fits:
         cols, d = consolidate_columns(kcols + vcols, d, n)
         kcols, vcols = cols[:ka], cols[ka:]
         n = len(d)
     with no_gc():
-        pairs = zip(key_tuples(kcols, n), key_tuples(vcols, n))
-        if not acc and sums_fit(d):
-            acc.update(zip(pairs, d.tolist()))
-            return
-        for kv, x in zip(pairs, d.tolist()):
+        ks, vs = key_tuples(kcols, n), key_tuples(vcols, n)
+        if acc is None and fits:
+            return list(zip(ks, vs, d.tolist()))
+        if acc is None:
+            acc = {}
+            for kv, x in zip(zip(ks, vs), d.tolist()):
+                acc[kv] = acc.get(kv, 0) + x
+            from .order import sort_rows
+            rows = [(k, v, x) for (k, v), x in acc.items() if x]
+            sort_rows(rows)
+            return rows
+        if not acc and fits:
+            acc.update(zip(zip(ks, vs), d.tolist()))
+            return None
+        for kv, x in zip(zip(ks, vs), d.tolist()):
             acc[kv] = acc.get(kv, 0) + x
+        return None

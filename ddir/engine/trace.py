@@ -273,6 +273,14 @@ class Trace:
                     acc[(k, v)] = acc.get((k, v), 0) + d
         return {kv: d for kv, d in acc.items() if d}
 
+    def rows(self, before: int | None = None) -> list:
+        """:meth:`contents` as rows ``(key, val, diff)`` (a trace holding only
+        runs gives them in (key, val) order without a dict)."""
+        if self.runs and not self.data:
+            from .runs import accumulate_runs
+            return accumulate_runs(self.runs, before, None)
+        return [(k, v, d) for (k, v), d in self.contents(before).items()]
+
     def key_contents(self, key, before: int | None = None) -> dict:
         acc: dict = {}
         for v, s, d in self.get(key):

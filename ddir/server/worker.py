@@ -36,6 +36,7 @@ import resource
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
 from ..engine.exchange import split_by_owner
 from ..engine.memory import settle
+from ..engine.order import sorted_keys
 from ..engine.scope import NonConvergence
 from .generated import Recipe, source_program
 from ..values import INT_MAX, INT_MIN, order_key
@@ -208,7 +209,9 @@ class Worker:
         export = self.exports[trace]
         before = export.dataflow.frozen_at
         contents = export.trace
-        rows = contents.key_contents(key, before) if has_key else contents.contents(before)
+        if not has_key:
+            return {"rows": contents.rows(before)}
+        rows = contents.key_contents(key, before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
 
     def do_cursor_index(self, trace, epoch) -> dict:
@@ -222,8 +225,8 @@ class Worker:
         contents = self.exports[trace].trace
         cached = self.cursor_index.get((trace, epoch))
         if cached is None or cached[0] is not contents:
-            ranked = sorted(((order_key(k), k) for k in contents.keys()), key=lambda p: p[0])
-            cached = (contents, [p[0] for p in ranked], [p[1] for p in ranked])
+            okeys, keys = sorted_keys(contents.keys())
+            cached = (contents, okeys, keys)
             self.cursor_index[(trace, epoch)] = cached
         return cached
 
