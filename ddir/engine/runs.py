@@ -34,7 +34,7 @@ from .time import advance
 
 
 class Run:
-    __slots__ = ("pk", "spec", "ka", "vals", "d", "times", "tid", "n", "_views")
+    __slots__ = ("pk", "spec", "ka", "vals", "d", "times", "tid", "n", "_views", "_index")
 
     def __init__(self, pk, spec, ka: int, vals: tuple, d, times: tuple, tid):
         self.pk = pk
@@ -46,6 +46,7 @@ class Run:
         self.tid = tid
         self.n = len(d)
         self._views = None
+        self._index = None
 
     # ------------------------------------------------------------ keys
 
@@ -107,20 +108,69 @@ class Run:
                                None if self.tid is None else memoryview(self.tid))
         return v
 
+    def index(self):
+        """(least key, greatest key, shift, offsets) where the updates of
+        the keys ``k`` with ``(k - least) >> shift == b`` are the slice
+        ``offsets[b]:offsets[b + 1]``: about one bucket per update, so a
+        key's slice is found in O(1) (a short bisect when shift > 0);
+        built on the first small lookup, 2-4 bytes per update. None when the
+        keys span more than 2^62."""
+        idx = self._index
+        if idx is None:
+            pk, n = self.pk, self.n
+            least, most = int(pk[0]), int(pk[-1])
+            span = most - least
+            if span >= 1 << 62:
+                idx = self._index = (least, most, -1, None)
+                return idx
+            shift = max(0, span.bit_length() - max(1, n.bit_length()))
+            buckets = (span >> shift) + 1
+            counts = np.bincount((pk - I64(least)) >> I64(shift), minlength=buckets)
+            offsets = np.zeros(buckets + 1, dtype=np.int32 if n < 1 << 31 else I64)
+            np.cumsum(counts, out=offsets[1:])
+            idx = self._index = (least, most, shift, memoryview(offsets))
+        return idx
+
     def history(self, key, out: list) -> None:
-        """Append ``key``'s updates as ``(val, time, diff)`` to ``out``."""
-        q = self.pack_one(key)
-        if q is None:
+        """Append ``key``'s updates as ``(val, time, diff)`` to ``out``.
+        The row path's lookup of a few keys: no numpy call, no per-call
+        setup beyond two memoryview reads (see :meth:`index`)."""
+        if self.spec is None and self.ka == 1:
+            if type(key) is not tuple or len(key) != 1:
+                return
+            q = key[0]
+            if type(q) is not int:
+                return
+        else:
+            q = self.pack_one(key)
+            if q is None:
+                return
+        least, most, shift, offsets = self._index or self.index()
+        if q < least or q > most:
             return
-        pk, vals, d, tid = self.views()
-        lo = bisect_left(pk, q)
-        if lo == self.n or pk[lo] != q:
+        pk, vals, d, tid = self._views or self.views()
+        if offsets is None:
+            lo = bisect_left(pk, q)
+            hi = bisect_right(pk, q, lo)
+        else:
+            b = (q - least) >> shift
+            lo, hi = offsets[b], offsets[b + 1]
+            if shift:
+                lo = bisect_left(pk, q, lo, hi)
+                hi = bisect_right(pk, q, lo, hi)
+        if hi - lo == 1:  # the common case: one update
+            if len(vals) == 1:
+                v = (vals[0][lo],)
+            else:
+                v = tuple([c[lo] for c in vals])
+            out.append((v, self.times[0] if tid is None else self.times[tid[lo]], d[lo]))
             return
-        hi = bisect_right(pk, q, lo)
+        if lo == hi:
+            return
         if not vals:
             vs = [()] * (hi - lo)
         elif len(vals) == 1:
-            vs = [(x,) for x in vals[0][lo:hi].tolist()]
+            vs = list(zip(vals[0][lo:hi].tolist()))
         else:
             vs = list(zip(*(c[lo:hi].tolist() for c in vals)))
         if tid is None:

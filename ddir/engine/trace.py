@@ -38,7 +38,8 @@ LOOKUP_MANY = 24
 
 
 class Trace:
-    __slots__ = ("data", "dirty", "hold", "runs", "shape", "frontier", "mixed", "added")
+    __slots__ = ("data", "dirty", "hold", "runs", "shape", "frontier", "mixed", "added",
+                 "_presence")
 
     def __init__(self) -> None:
         self.data: dict = {}     # key -> list of (val, time, diff)
@@ -59,6 +60,7 @@ class Trace:
         self.frontier = None     # the epoch last compacted to (merges may fold onto it)
         self.mixed = False       # the row part holds updates no run can
         self.added = 0           # updates put in runs since the last settle
+        self._presence = None    # see _present; None: to be built
 
     # ------------------------------------------------------------ writing
 
@@ -100,6 +102,7 @@ class Trace:
             return False
         self.shape = shape
         self.runs.append(run)
+        self._presence = None
         self.added += run.n
         self._tier()
         return True
@@ -119,6 +122,7 @@ class Trace:
         del runs[-count:]
         if merged.n:
             runs.append(merged)
+        self._presence = None
         return True
 
     def settle(self) -> None:
@@ -158,6 +162,7 @@ class Trace:
         self.dirty = {}
         if run.n:
             self.runs.append(run)
+            self._presence = None
             self.added += run.n
             self._tier()
         return True
@@ -206,6 +211,7 @@ class Trace:
             merged = merge([run], epoch)
             if merged is not None:
                 runs[i] = merged
+                self._presence = None
         self.runs = [r for r in runs if r.n]
 
     # ------------------------------------------------------------ reading
@@ -230,8 +236,27 @@ class Trace:
                     else:
                         hist.extend(h)
             return out
+        present = self._presence or self._present()
+        if present[0] is not None:  # one Int key field, dense: search only the runs holding it
+            least, most, bits = present
+            for k in keys:
+                hist = []
+                if type(k) is tuple and len(k) == 1 and type(k[0]) is int and least <= k[0] <= most:
+                    b = bits[k[0] - least]
+                    i = 0
+                    while b:
+                        if b & 1:
+                            runs[i].history(k, hist)
+                        b >>= 1
+                        i += 1
+                h = data.get(k)
+                if h:
+                    hist.extend(h)
+                if hist:
+                    out[k] = hist
+            return out
         for k in keys:
-            hist: list = []
+            hist = []
             for run in runs:
                 run.history(k, hist)
             h = data.get(k)
@@ -240,6 +265,29 @@ class Trace:
             if hist:
                 out[k] = hist
         return out
+
+    def _present(self) -> tuple:
+        """(least key, greatest key, bits): for traces whose runs hold keys of
+        one Int field spanning at most a few times as many values as updates,
+        ``bits[k - least]`` has bit i set when run i holds key ``(k,)`` (up
+        to 8 runs), so a small lookup searches only those runs, none for a
+        key the runs do not hold. (None, None, None) otherwise."""
+        runs = self.runs
+        self._presence = (None, None, None)
+        if len(runs) > 8 or any(r.spec is not None or r.ka != 1 or not r.n for r in runs):
+            return self._presence
+        least = min(int(r.pk[0]) for r in runs)
+        most = max(int(r.pk[-1]) for r in runs)
+        total = sum(r.n for r in runs)
+        if most - least > 4 * total + 4096:
+            return self._presence
+        import numpy as np
+        bits = np.zeros(most - least + 1, dtype=np.uint8)
+        for i, r in enumerate(runs):
+            idx = r.pk - least
+            bits[idx] |= np.uint8(1 << i)
+        self._presence = (least, most, memoryview(bits))
+        return self._presence
 
     def get(self, key) -> list:
         """``key``'s history (a list of ``(val, time, diff)``)."""
