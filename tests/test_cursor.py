@@ -136,7 +136,7 @@ def test_lease_holds_back_compaction_then_expires():
             s.feed("prod", 0, (1, 1), diff=diff)
             s.tick()
         # history before the cursor's epoch (1) stays apart from later epochs
-        assert {t[0] for _, t, _ in trace.data[(1,)]} >= {0, 1}
+        assert {t[0] for _, t, _ in trace.get((1,))} >= {0, 1}
         clock.now += 59
         nxt = s.page(cursor=page.cursor)          # renews the lease
         assert nxt.rows == [((2,), (2,), 1)]
@@ -147,7 +147,7 @@ def test_lease_holds_back_compaction_then_expires():
         with pytest.raises(ddir.CursorError, match='cursor expired: peek "edges" again'):
             s.page(cursor=page.cursor)
         s.tick()  # no lease: compaction catches up
-        assert {t[0] for _, t, _ in trace.data[(1,)]} == {s.epoch - 2}
+        assert {t[0] for _, t, _ in trace.get((1,))} == {s.epoch - 2}
 
 
 def test_forged_and_dropped_cursors():

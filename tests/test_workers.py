@@ -252,7 +252,8 @@ def test_worker_killed_during_a_long_tick(tmp_path):
     (tmp_path / "s.txt").write_text(
         "install r reach_random.ddp\ntick\n")
     (tmp_path / "reach_random.ddp").write_text(
-        'let edges = import "random:nodes=40000,edges=120000" | key($0[0] ; $0[1]);\n'
+        # large enough that the (columnar) tick still runs 1 s after the start
+        'let edges = import "random:nodes=200000,edges=600000" | key($0[0] ; $0[1]);\n'
         'let roots = import "iota:50" | key($0[0] ;);\n'
         'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
         'export "reach" = r::reach;\n')
@@ -307,7 +308,8 @@ def test_ctrl_c_to_the_process_group_does_not_tear_a_tick(tmp_path):
     """Ctrl-C at a terminal reaches the intake and every worker: workers
     ignore it and the intake defers it, so the tick completes."""
     (tmp_path / "reach_random.ddp").write_text(
-        'let edges = import "random:nodes=40000,edges=120000" | key($0[0] ; $0[1]);\n'
+        # large enough that the (columnar) tick still runs 1 s after the start
+        'let edges = import "random:nodes=200000,edges=600000" | key($0[0] ; $0[1]);\n'
         'let roots = import "iota:50" | key($0[0] ;);\n'
         'r: { var reach = roots + (reach | join(edges, ($2 ;))) | distinct; }\n'
         'export "reach" = r::reach | count;\n')

@@ -103,6 +103,8 @@ class Dataflow:
         to its end; then :class:`NonConvergence` says which scope it was."""
         self.failures.clear()
         self.root.run_prefix((), limit=epoch)
+        for trace in self.traces():
+            trace.settle()
         if self.failures:  # the least: one worker may see only some of them
             raise NonConvergence(min(self.failures))
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from operator import itemgetter
 
+from . import batch as B
+from .batch import Cols
 from .exchange import CHECK_OWNERS, check_owners, split_by_owner
 from .linear import OVERFLOW, compile_chain, compile_join
 from .time import join as time_join, less_equal
@@ -110,7 +112,7 @@ class Operator:
             return []
         if entry[0]:
             return entry[1]
-        return consolidate(_rows(entry))
+        return _consolidated(_batch(entry))
 
     def take_raw(self, port: int, t: tuple) -> tuple:
         """(rows, clean): this time's rows as received, not consolidated.
@@ -123,7 +125,9 @@ class Operator:
         entry = self.ports[port].pop(t, None)
         if entry is None:
             return [], True
-        return _rows(entry), entry[0]
+        return _batch(entry, self.converts), entry[0]
+
+    converts = True  # whether take_raw turns large row batches into Cols
 
     def emit(self, t: tuple, rows, clean: bool = False) -> None:
         """Send ``rows`` at ``t`` downstream; ``clean``: they are consolidated."""
@@ -146,21 +150,60 @@ class Operator:
 def _rows(entry: list) -> list:
     """The rows of a pending entry's chunks, as one list."""
     if len(entry) == 2:
-        return entry[1]
+        chunk = entry[1]
+        return chunk.rows() if type(chunk) is Cols else chunk
     rows = []
     for chunk in entry[1:]:
-        rows.extend(chunk)
+        rows.extend(chunk.rows() if type(chunk) is Cols else chunk)
     return rows
+
+
+_columns = None
+
+
+def columns():
+    """:mod:`ddir.engine.columns`, imported on first use (it loads numpy)."""
+    global _columns
+    if _columns is None:
+        from . import columns as module
+        _columns = module
+    return _columns
+
+
+def _batch(entry: list, convert: bool = True):
+    """The chunks of a pending entry as one batch: a :class:`Cols` when
+    they are at least ``COLUMNAR_MIN`` rows of one Int-tuple shape (rows
+    are converted only with ``convert``), else rows."""
+    chunks = entry[1:]
+    if len(chunks) == 1 and type(chunks[0]) is Cols and chunks[0].n >= B.COLUMNAR_MIN:
+        return chunks[0]
+    total = sum(len(chunk) for chunk in chunks)
+    if total >= B.COLUMNAR_MIN and (convert or all(type(c) is Cols for c in chunks)):
+        c = columns().gather(chunks, B.COLUMNAR_MIN)
+        if c is not None:
+            return c
+    return _rows(entry)
+
+
+def _consolidated(batch, overflow=None):
+    """Consolidate a batch of either shape (rows when a sum could leave i64)."""
+    if type(batch) is Cols:
+        c = columns().consolidate(batch)
+        if c is not None:
+            return c
+        batch = batch.rows()
+    return consolidate(batch, overflow)
 
 
 class ConcatOp(Operator):
     def step(self, t):
-        rows = []
+        chunks = [False]
         for port in self.ports:
             entry = port.pop(t, None)
             if entry:
-                rows.extend(_rows(entry))
-        self.emit(t, consolidate(rows), True)
+                chunks.extend(entry[1:])
+        if len(chunks) > 1:
+            self.emit(t, _consolidated(_batch(chunks)), True)
 
 
 class LinearOp(Operator):
@@ -173,6 +216,16 @@ class LinearOp(Operator):
         # merge rows, a negate can overflow INT_MIN, lift_iter can map two
         # vals to one ((5) and 5 both become (5, i)).
         self.keeps_clean = all(isinstance(s, (N.FilterStep, N.InspectStep)) for s in node.steps)
+        # the same steps on columns, per (key fields, val fields); None: rows only
+        self.col_chains: dict = {}
+        self.converts = not any(isinstance(s, (N.FlatMapStep, N.InspectStep)) for s in node.steps)
+
+    def _col_chain(self, c: Cols):
+        shape = (len(c.keys), len(c.vals))
+        chain = self.col_chains.get(shape, self)
+        if chain is self:
+            chain = self.col_chains[shape] = columns().column_chain(self.steps, *shape)
+        return chain
 
     def _fail(self, index: int, error: TermError, k, v, d) -> None:
         step = self.steps[index]
@@ -182,12 +235,25 @@ class LinearOp(Operator):
         rows, clean = self.take_raw(0, t)
         if rows:
             it = t[-1] if self.iterative else 0
+            if type(rows) is Cols:
+                chain = self._col_chain(rows)
+                if chain is not None:
+                    try:
+                        out, keeps = chain(rows, it)
+                    except columns().Fallback:
+                        pass
+                    else:
+                        self.emit(t, out, clean and keeps)
+                        return
+                rows = rows.rows()
             self._time = t
             self.emit(t, self.chain(rows, t, it, self._fail, self.dataflow.events),
                       clean and self.keeps_clean)
 
 
 class EnterAtOp(Operator):
+    converts = False
+
     def __init__(self, node, scope, dataflow):
         super().__init__(node, scope, dataflow)
         self.delay = compile_term(node.term, 2, dataflow.functions)
@@ -196,6 +262,8 @@ class EnterAtOp(Operator):
         by_time: dict = {}
         it = t[-1]
         rows, clean = self.take_raw(0, t)
+        if type(rows) is Cols:
+            rows = rows.rows()
         for k, v, d in rows:
             try:
                 delay = 256 * bit_length_u64(self.delay(k, v))
@@ -224,24 +292,47 @@ class ExchangeOp(Operator):
         if not self.exchanged or not rows:
             return super().receive(port, t, rows, clean)
         shards = self.mesh.peers
-        self.outbox[t] = split_by_owner(rows, shards, self.outbox.get(t))
+        boxes = self.outbox.get(t)
+        if boxes is None:
+            boxes = self.outbox[t] = [[] for _ in range(shards)]
+        if type(rows) is Cols:
+            for box, part in zip(boxes, columns().split_by_owner(rows, shards)):
+                if part.n:
+                    box.append(part)
+        else:
+            for box, part in zip(boxes, split_by_owner(rows, shards)):
+                if part:
+                    box.append(part)
         self.scope.schedule(t)
 
     def exchange_at(self, t, note=None):
-        """Swap this time's rows with every worker; returns the least note."""
+        """Swap this time's rows with every worker; returns the least note.
+        A worker's share is a list of chunks: rows, or a Cols as raw int64
+        buffers (:func:`ddir.engine.columns.to_message`)."""
+        me = self.mesh.index
         box = self.outbox.pop(t, None) or [[] for _ in range(self.mesh.peers)]
+        box = [chunks if w == me else [_wire(c) for c in chunks] for w, chunks in enumerate(box)]
         batches, least_note = self.mesh.swap((self.node.id, t), box, note)
-        rows = []
-        for batch in batches:
-            rows.extend(batch)
-        if rows:
+        received = []
+        for w, chunks in enumerate(batches):
+            for chunk in chunks:
+                if w != me and chunk and type(chunk[0]) is str:
+                    chunk = columns().from_message(chunk)
+                if len(chunk):
+                    received.append(chunk)
+        if received:
             entry = self.ports[0].setdefault(t, [False])
             entry[0] = False
-            entry.append(rows)
+            entry.extend(received)
         return least_note
 
     def pending_size(self) -> int:
-        return super().pending_size() + sum(len(b) for box in self.outbox.values() for b in box)
+        return super().pending_size() + sum(len(c) for box in self.outbox.values()
+                                            for chunks in box for c in chunks)
+
+
+def _wire(chunk):
+    return columns().to_message(chunk) if type(chunk) is Cols else chunk
 
 
 class ArrangeOp(Operator):
@@ -266,8 +357,10 @@ class ArrangeOp(Operator):
         if entry is None:
             return []
         if not entry[0]:
-            return consolidate(_rows(entry), self.overflowed)
+            return _consolidated(_batch(entry), self.overflowed)
         rows = entry[1]
+        if type(rows) is Cols:  # int64 diffs: in range
+            return rows
         diffs = list(map(_DIFF, rows))
         if max(diffs) <= INT_MAX and min(diffs) >= INT_MIN:
             return rows
@@ -284,7 +377,7 @@ class ArrangeOp(Operator):
                 check_owners(rows, *self.check)
             self.trace.insert(rows, t)
             if self.watch is not None:
-                self.watch.append((t, rows))
+                self.watch.append((t, rows.rows() if type(rows) is Cols else rows))
             self.emit(t, rows, True)
             for sub in self.subscribers:
                 sub.receive(0, t, rows, True)
@@ -304,10 +397,58 @@ class JoinOp(Operator):
 
     def step(self, t):
         dl, dr = self.take(0, t), self.take(1, t)
-        out = self.join(dl, dr, self.left.trace.data, self.right.trace.data, t, self._fail)
-        for s, rows in out.items():  # consolidated by whoever needs it (see take_raw)
+        out: dict = {}
+        if dl:
+            self._half(dl, self.right.trace, t, True, out)
+        if dr:
+            self._half(dr, self.left.trace, t, False, out)
+        for s, chunks in out.items():  # consolidated by whoever needs it (see take_raw)
+            for rows in chunks:
+                if len(rows):
+                    self.emit(s, rows)
+
+    def _half(self, delta, trace, t, left: bool, out: dict) -> None:
+        """``delta`` (new rows of one side) meets the other side's ``trace``:
+        on columns when both are Int tuples, else on rows."""
+        if type(delta) is Cols:
+            if trace.columnar():
+                project = self._col_projection(delta, trace, left)
+                if project is not None:
+                    try:
+                        columns()
+                        from .colops import join_half
+                        join_half(delta, trace.runs, t, project, left, not left, out)
+                        return
+                    except columns().Fallback:
+                        pass
+            delta = delta.rows()
+        hist = trace.lookup(k for k, _, _ in delta)
+        if left:
+            res = self.join(delta, (), None, hist, t, self._fail)
+        else:
+            res = self.join((), delta, hist, None, t, self._fail)
+        for s, rows in res.items():
             if rows:
-                self.emit(s, rows)
+                out.setdefault(s, []).append(rows)
+
+    def _col_projection(self, delta: Cols, trace, left: bool):
+        """The projection on columns for these arities (cached), or None."""
+        if not trace.runs:
+            return _NO_PAIRS
+        shape = trace.shape
+        if shape is None or shape[0] != len(delta.keys):
+            return None
+        va = len(delta.vals)
+        arities = (shape[0], va, shape[1]) if left else (shape[0], shape[1], va)
+        cache = self.__dict__.setdefault("col_projections", {})
+        f = cache.get(arities, self)
+        if f is self:
+            f = cache[arities] = columns().column_projection(self.node.proj, arities)
+        return f
+
+
+def _NO_PAIRS(rows, n):  # an empty trace: no pair to project
+    raise AssertionError("no pairs")
 
 
 def _sum_history(hist) -> dict:
@@ -357,6 +498,8 @@ def _reduce_collect(acc: dict):
     return {List(items): 1}
 
 
+_COLUMNAR_REDUCERS = ("min", "distinct", "count")
+
 REDUCERS = {"min": _reduce_min, "distinct": _reduce_distinct, "count": _reduce_count,
             "collect": _reduce_collect}
 
@@ -391,18 +534,45 @@ class ReduceOp(Operator):
         self.key_times.setdefault(key, set()).add(s)
 
     def step(self, t):
-        keys = {k for k, _, _ in self.take(0, t)}
+        batch = self.take(0, t)
         due = self.scheduled.pop(t, None)
         if due:
-            keys |= due
             for k in due:
                 times = self.key_times[k]
                 times.discard(t)
                 if not times:
                     del self.key_times[k]
-        if not keys:
-            return
-        in_data, out_data = self.source.trace.data, self.output.data
+        parts = []
+        if type(batch) is Cols:
+            done = None
+            if self.node.reducer in _COLUMNAR_REDUCERS:
+                from .colops import reduce_columns
+                done = reduce_columns(self, batch, t, due)
+            if done is not None:
+                emitted, due = done
+                if emitted.n:
+                    parts.append(emitted)
+                keys = due or ()
+            else:
+                keys = set(columns().key_tuples(batch.keys, batch.n))
+                if due:
+                    keys |= due
+        else:
+            keys = {k for k, _, _ in batch}
+            if due:
+                keys |= due
+        if keys:
+            emitted = self._reduce_rows(keys, t)
+            if emitted:
+                parts.append(emitted)
+        for emitted in parts:
+            self.output.insert(emitted, t)
+        for emitted in parts:
+            self.emit(t, emitted, True)
+
+    def _reduce_rows(self, keys, t) -> list:
+        in_data = self.source.trace.lookup(keys)
+        out_data = self.output.lookup(keys)
         reducer, name = self.reducer, self.node.reducer
         emitted = []
         if len(t) == 1:
@@ -431,9 +601,7 @@ class ReduceOp(Operator):
                 for s in tuple(self.key_times.get(k, ())):
                     if not less_equal(s, t):
                         self._schedule(k, time_join(s, t))
-        if emitted:
-            self.output.insert(emitted, t)
-            self.emit(t, emitted, True)
+        return emitted
 
     def _accumulate(self, k, hist, t: tuple) -> dict:
         """val -> net diff of ``hist`` at times <= ``t`` (zeros left out);

@@ -1,17 +1,45 @@
-"""Arrangements: per key, the consolidated history of ``(val, time, diff)``.
+"""Arrangements: per key, the history of ``(val, time, diff)``.
 
-Compaction is lazy and per key: only keys touched since the last compaction
-are folded (see :func:`ddir.engine.time.advance`), so closing an epoch costs
-work proportional to what changed, not to the size of the trace.
+A trace has two parts:
+
+* the *row part* ``data``: key -> list of ``(val, time, diff)`` Python
+  tuples. Small batches (a tick's handful of changes) and values that are
+  not Tuples of Ints (Lists, Variants, mixed arities) live here; a lookup is
+  a dict access.
+* the *columnar part* ``runs``: sorted runs of int64 columns
+  (:mod:`ddir.engine.runs`), one per large batch of Int-tuple updates,
+  merged like a spine: a new run is merged into the one before it while
+  that one is at most :data:`MERGE_FACTOR` times larger, so a trace of n
+  updates has O(log n) runs and each update is merged O(log n) times.
+
+A key's history is the union of both parts. Readers go through
+:meth:`Trace.lookup` / :meth:`Trace.get` (the row path: a dict of
+histories for the keys asked, ``data`` itself when there are no runs) or,
+for the columnar join and reduce, :meth:`Trace.columnar` and ``runs``.
+
+Compaction is lazy and per key in the row part: only keys touched since
+the last compaction are folded (see :func:`ddir.engine.time.advance`), so
+closing an epoch costs work proportional to what changed. A run folds its
+times table; only when two of its times become one are its updates summed.
 """
 
 from __future__ import annotations
 
+from .batch import Cols
 from .time import advance
+
+# A run is merged into the previous one while that one is at most this many
+# times larger (see the module doc).
+MERGE_FACTOR = 4
+
+# From this many keys, a row-path lookup searches each run once for all of
+# them (numpy) instead of once per key (bisect).
+LOOKUP_MANY = 24
 
 
 class Trace:
-    __slots__ = ("data", "dirty", "hold")
+    __slots__ = ("data", "dirty", "hold", "runs", "shape", "frontier", "mixed", "added",
+                 "_presence")
 
     def __init__(self) -> None:
         self.data: dict = {}     # key -> list of (val, time, diff)
@@ -27,8 +55,20 @@ class Trace:
         # and remove nothing). Folding a time forward without merging changes
         # no accumulation, so skipping it is always correct.
         self.dirty: dict = {}
+        self.runs: list = []     # the columnar part (ddir.engine.runs.Run)
+        self.shape = None        # (key fields, val fields) of every run
+        self.frontier = None     # the epoch last compacted to (merges may fold onto it)
+        self.mixed = False       # the row part holds updates no run can
+        self.added = 0           # updates put in runs since the last settle
+        self._presence = None    # see _present; None: to be built
+
+    # ------------------------------------------------------------ writing
 
     def insert(self, rows, t: tuple) -> None:
+        if type(rows) is Cols:
+            if self._insert_run(rows, t):
+                return
+            rows = rows.rows()
         data = self.data
         if not data and len(rows) > 64:
             # the first batch of a fresh trace (a load): built by a
@@ -49,12 +89,94 @@ class Trace:
                         dirty = self.dirty.setdefault(t[0], set())
                     dirty.add(k)
 
+    def _insert_run(self, c: Cols, t: tuple) -> bool:
+        from . import batch
+        if c.n < batch.COLUMNAR_MIN:
+            return False
+        shape = (len(c.keys), len(c.vals))
+        if self.shape is not None and shape != self.shape:
+            return False
+        from .runs import make_run
+        run = make_run(c, t)
+        if run is None:
+            return False
+        self.shape = shape
+        self.runs.append(run)
+        self._presence = None
+        self.added += run.n
+        self._tier()
+        return True
+
+    def _tier(self) -> None:
+        runs = self.runs
+        while len(runs) >= 2 and runs[-2].n <= MERGE_FACTOR * runs[-1].n:
+            if not self._merge_last(2):
+                break
+
+    def _merge_last(self, count: int) -> bool:
+        from .runs import merge
+        runs = self.runs
+        merged = merge(runs[-count:], self.frontier)
+        if merged is None:  # keys too wide to pack together: leave them apart
+            return False
+        del runs[-count:]
+        if merged.n:
+            runs.append(merged)
+        self._presence = None
+        return True
+
+    def settle(self) -> None:
+        """After a tick: merge every run into one when the tick added at
+        least a quarter of the columnar part (so the merge costs at most a
+        few times what the tick did), so that the small ticks after a load
+        search one run per key."""
+        if self.added and len(self.runs) > 1:
+            total = sum(r.n for r in self.runs)
+            if 4 * self.added >= total:
+                self._merge_last(len(self.runs))
+        self.added = 0
+
+    def columnar(self) -> bool:
+        """Whether every update is in runs, moving the row part into a run if
+        it can (for the columnar join and reduce, which read runs only)."""
+        data = self.data
+        if not data:
+            return True
+        if self.mixed:
+            return False
+        keys, vals, times, diffs = [], [], [], []
+        for k, hist in data.items():
+            for v, s, d in hist:
+                keys.append(k)
+                vals.append(v)
+                times.append(s)
+                diffs.append(d)
+        from .runs import run_from_entries
+        shape = self.shape
+        run = run_from_entries(shape[0] if shape else _arity(keys[0]), keys, vals, times, diffs)
+        if run is None or (shape is not None and len(run.vals) != shape[1]):
+            self.mixed = True
+            return False
+        self.shape = (run.ka, len(run.vals))
+        self.data = {}
+        self.dirty = {}
+        if run.n:
+            self.runs.append(run)
+            self._presence = None
+            self.added += run.n
+            self._tier()
+        return True
+
     def compact(self, epoch: int) -> None:
         """Fold the entries of epochs before ``epoch`` onto it, for the keys
         that gained entries before ``epoch`` (the others have nothing to fold);
         never past ``hold``."""
         if self.hold is not None and self.hold < epoch:
             epoch = self.hold
+        if self.frontier is None or epoch > self.frontier:
+            self.frontier = epoch
+        if self.runs:
+            self._compact_runs(epoch)
         due = [e for e in self.dirty if e < epoch]
         if not due:
             return
@@ -73,24 +195,151 @@ class Trace:
                 data[k] = hist
             else:
                 del data[k]
+        if not data:
+            self.mixed = False
+
+    def _compact_runs(self, epoch: int) -> None:
+        from .runs import merge
+        runs = self.runs
+        for i, run in enumerate(runs):
+            if all(s[0] >= epoch for s in run.times):
+                continue
+            times = tuple(advance(s, epoch) for s in run.times)
+            if len(set(times)) == len(times):
+                run.times = times  # nothing merges: relabel
+                continue
+            merged = merge([run], epoch)
+            if merged is not None:
+                runs[i] = merged
+                self._presence = None
+        self.runs = [r for r in runs if r.n]
+
+    # ------------------------------------------------------------ reading
+
+    def lookup(self, keys) -> dict:
+        """key -> history (a list of ``(val, time, diff)``) for ``keys``, for
+        the row path; ``data`` itself when there are no runs."""
+        if not self.runs:
+            return self.data
+        out: dict = {}
+        data, runs = self.data, self.runs
+        keys = list(dict.fromkeys(keys))
+        if len(keys) >= LOOKUP_MANY:
+            for run in runs:
+                run.histories(keys, out)
+            for k in keys:
+                h = data.get(k)
+                if h:
+                    hist = out.get(k)
+                    if hist is None:
+                        out[k] = list(h)
+                    else:
+                        hist.extend(h)
+            return out
+        present = self._presence or self._present()
+        if present[0] is not None:  # one Int key field, dense: search only the runs holding it
+            least, most, bits = present
+            for k in keys:
+                hist = []
+                if type(k) is tuple and len(k) == 1 and type(k[0]) is int and least <= k[0] <= most:
+                    b = bits[k[0] - least]
+                    i = 0
+                    while b:
+                        if b & 1:
+                            runs[i].history(k, hist)
+                        b >>= 1
+                        i += 1
+                h = data.get(k)
+                if h:
+                    hist.extend(h)
+                if hist:
+                    out[k] = hist
+            return out
+        for k in keys:
+            hist = []
+            for run in runs:
+                run.history(k, hist)
+            h = data.get(k)
+            if h:
+                hist.extend(h)
+            if hist:
+                out[k] = hist
+        return out
+
+    def _present(self) -> tuple:
+        """(least key, greatest key, bits): for traces whose runs hold keys of
+        one Int field spanning at most a few times as many values as updates,
+        ``bits[k - least]`` has bit i set when run i holds key ``(k,)`` (up
+        to 8 runs), so a small lookup searches only those runs, none for a
+        key the runs do not hold. (None, None, None) otherwise."""
+        runs = self.runs
+        self._presence = (None, None, None)
+        if len(runs) > 8 or any(r.spec is not None or r.ka != 1 or not r.n for r in runs):
+            return self._presence
+        least = min(int(r.pk[0]) for r in runs)
+        most = max(int(r.pk[-1]) for r in runs)
+        total = sum(r.n for r in runs)
+        if most - least > 4 * total + 4096:
+            return self._presence
+        import numpy as np
+        bits = np.zeros(most - least + 1, dtype=np.uint8)
+        for i, r in enumerate(runs):
+            idx = r.pk - least
+            bits[idx] |= np.uint8(1 << i)
+        self._presence = (least, most, memoryview(bits))
+        return self._presence
+
+    def get(self, key) -> list:
+        """``key``'s history (a list of ``(val, time, diff)``)."""
+        if not self.runs:
+            return self.data.get(key, [])
+        hist: list = []
+        for run in self.runs:
+            run.history(key, hist)
+        hist.extend(self.data.get(key, ()))
+        return hist
+
+    def keys(self) -> list:
+        """Every key with a history (each once)."""
+        if not self.runs:
+            return list(self.data)
+        from .runs import distinct_keys
+        keys = dict.fromkeys(distinct_keys(self.runs))
+        keys.update(dict.fromkeys(self.data))
+        return list(keys)
 
     def contents(self, before: int | None = None) -> dict:
         """(key, val) -> net diff over the whole history, or over the epochs
         before ``before`` (zeros left out)."""
         acc: dict = {}
+        if self.runs:
+            from .runs import accumulate_runs
+            accumulate_runs(self.runs, before, acc)
         for k, hist in self.data.items():
             for v, s, d in hist:
                 if before is None or s[0] < before:
                     acc[(k, v)] = acc.get((k, v), 0) + d
         return {kv: d for kv, d in acc.items() if d}
 
+    def rows(self, before: int | None = None) -> list:
+        """:meth:`contents` as rows ``(key, val, diff)`` (a trace holding only
+        runs gives them in (key, val) order without a dict)."""
+        if self.runs and not self.data:
+            from .runs import accumulate_runs
+            return accumulate_runs(self.runs, before, None)
+        return [(k, v, d) for (k, v), d in self.contents(before).items()]
+
     def key_contents(self, key, before: int | None = None) -> dict:
         acc: dict = {}
-        for v, s, d in self.data.get(key, ()):
+        for v, s, d in self.get(key):
             if before is None or s[0] < before:
                 acc[(key, v)] = acc.get((key, v), 0) + d
         return {kv: d for kv, d in acc.items() if d}
 
     def size(self) -> int:
         """Number of stored updates (what compaction keeps bounded)."""
-        return sum(len(h) for h in self.data.values())
+        return sum(len(h) for h in self.data.values()) + sum(r.n for r in self.runs)
+
+
+def _arity(key) -> int:
+    return len(key) if type(key) is tuple else -1

@@ -28,6 +28,7 @@ import os
 import time
 from collections import OrderedDict
 
+from ..engine.order import sorted_keys
 from ..errors import CursorError
 from ..ir.codec import packb, unpackb
 from ..values import INT_MAX, INT_MIN, order_key
@@ -156,7 +157,7 @@ class PageIndex:
         if not has_key:
             self._sorted_keys()
         resume = key if has_key else (after[0] if after is not None else None)
-        if (has_key or after is not None) and resume in self.trace.data:
+        if (has_key or after is not None) and self.trace.get(resume):
             self._keep(resume, self._rows(resume))
 
     def page(self, key, has_key: bool, after, n: int) -> list:
@@ -191,11 +192,9 @@ class PageIndex:
 
     def _sorted_keys(self) -> tuple:
         if self.keys is None:
-            data = self.trace.data
-            PAGE_STATS["touched"] += len(data)
-            ranked = sorted(((order_key(k), k) for k in data), key=lambda p: p[0])
-            self.okeys = [p[0] for p in ranked]
-            self.keys = [p[1] for p in ranked]
+            keys = self.trace.keys()
+            PAGE_STATS["touched"] += len(keys)
+            self.okeys, self.keys = sorted_keys(keys)
         return self.okeys, self.keys
 
     def _rows(self, key) -> list:
@@ -205,7 +204,7 @@ class PageIndex:
         if entry is not None:
             self.kept.move_to_end(key)
             return entry
-        hist = self.trace.data.get(key, ())
+        hist = self.trace.get(key)
         PAGE_STATS["touched"] += len(hist)
         before = self.before
         acc: dict = {}

@@ -196,6 +196,11 @@ class Worker:
         self.dataflows[name].stage(n, (time,), rows)
 
     def do_stage_columns(self, name, n, time, keys, vals, diffs, count) -> None:
+        from ..engine import batch
+        if count >= batch.COLUMNAR_MIN:  # stays columns (ddir.engine.columns)
+            from ..engine.columns import from_buffers
+            self.dataflows[name].stage(n, (time,), from_buffers(keys, vals, diffs, count))
+            return
         from .bulk import rows_from_message
         self.dataflows[name].stage(n, (time,), rows_from_message(keys, vals, diffs, count))
 
@@ -277,7 +282,9 @@ class Worker:
         export = self.exports[trace]
         before = export.dataflow.frozen_at
         contents = export.trace
-        rows = contents.key_contents(key, before) if has_key else contents.contents(before)
+        if not has_key:
+            return {"rows": contents.rows(before)}
+        rows = contents.key_contents(key, before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
 
     def do_cursor_index(self, trace, epoch, key=None, has_key=False, after=None) -> dict:

@@ -1,0 +1,260 @@
+"""The columnar bodies of join and reduce (see :mod:`ddir.engine.operators`
+for the row bodies they replace on large Int-tuple batches).
+
+Both read the columnar part of a trace only (:meth:`Trace.columnar` first
+moves the row part into a run, or says it cannot). Times are handled per
+*distinct* time: every run has a small table of times, so comparing with
+``t`` and joining with ``t`` is Python work per table entry, and numpy
+work per update only to index the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .batch import Cols
+from .columns import (I64, Fallback, consolidate_columns, key_tuples, max_abs, sums_fit)
+from .time import join as time_join, less_equal
+from ..values import INT_MAX
+
+
+def expand(lo, cnt, total: int):
+    """The positions ``lo[i] .. lo[i] + cnt[i] - 1`` for every i, concatenated."""
+    starts = np.cumsum(cnt) - cnt
+    return np.arange(total, dtype=I64) - np.repeat(starts - lo, cnt)
+
+
+class _Picked:
+    """The columns of one row of a join's pairs, gathered on first use (a
+    projection reads only some of them)."""
+
+    __slots__ = ("cols", "index", "cache")
+
+    def __init__(self, cols: tuple, index):
+        self.cols, self.index, self.cache = cols, index, {}
+
+    def __getitem__(self, i: int):
+        c = self.cache.get(i)
+        if c is None:
+            c = self.cache[i] = self.cols[i][self.index]
+        return c
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.cols)))
+
+
+# ------------------------------------------------------------ join
+
+def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip_now: bool,
+              out: dict) -> None:
+    """The pairs of ``delta`` with the updates of ``runs``, projected, added
+    to ``out`` (output time -> list of Cols). ``delta_left``: delta holds the
+    join's left rows; ``skip_now``: trace updates at ``t`` are left out (the
+    right delta meets the left trace before this time's rows). Raises
+    :class:`Fallback` where a product could leave i64 (the row path reports
+    it) or the projection overflows."""
+    dmax = max_abs(delta.d)
+    if any(dmax * max_abs(r.d) > INT_MAX for r in runs):
+        raise Fallback()
+    m = delta.n
+    root = len(t) == 1
+    for run in runs:
+        lo, hi = run.ranges(delta.keys, m)
+        cnt = hi - lo
+        total = int(cnt.sum())
+        if not total:
+            continue
+        di = np.repeat(np.arange(m, dtype=I64), cnt)
+        ri = expand(lo, cnt, total)
+        times = run.times
+        # per distinct trace time: skipped, or the output time join(s, t)
+        targets = []
+        for s in times:
+            if skip_now and s == t:
+                targets.append(None)
+            elif root or less_equal(s, t):
+                targets.append(t)
+            else:
+                targets.append(time_join(s, t))
+        if run.tid is None:
+            if targets[0] is None:
+                continue
+            groups = [(targets[0], None)]
+        else:
+            tid = run.tid[ri]
+            kept = [i for i, x in enumerate(targets) if x is not None]
+            if len(kept) < len(targets):
+                mask = np.zeros(len(targets), dtype=bool)
+                mask[kept] = True
+                sel = np.flatnonzero(mask[tid])
+                if not len(sel):
+                    continue
+                di, ri, tid = di[sel], ri[sel], tid[sel]
+            distinct = sorted(set(x for x in targets if x is not None))
+            if len(distinct) == 1:
+                groups = [(distinct[0], None)]
+            else:
+                gid = np.array([distinct.index(x) if x is not None else -1 for x in targets])
+                g = gid[tid]
+                groups = [(x, np.flatnonzero(g == i)) for i, x in enumerate(distinct)]
+        d = delta.d[di] * run.d[ri]
+        mine = _Picked(delta.vals, di)
+        theirs = _Picked(run.vals, ri)
+        key = _Picked(delta.keys, di)
+        rows = (key, mine, theirs) if delta_left else (key, theirs, mine)
+        kcols, vcols = project(rows, len(d))
+        for s, sel in groups:
+            if sel is None:
+                c = Cols(kcols, vcols, d)
+            else:
+                c = Cols(tuple(x[sel] for x in kcols), tuple(x[sel] for x in vcols), d[sel])
+            out.setdefault(s, []).append(c)
+
+
+# ------------------------------------------------------------ reduce
+
+def unique_keys(c: Cols) -> tuple:
+    """The distinct keys of ``c`` in lexicographic order (key columns)."""
+    if not c.keys:
+        return ()
+    if c.sorted:
+        change = np.zeros(c.n, dtype=bool)
+        change[0] = True
+        for k in c.keys:
+            change[1:] |= k[1:] != k[:-1]
+        idx = np.flatnonzero(change)
+        return tuple(k[idx] for k in c.keys)
+    cols, _ = consolidate_columns(c.keys, np.ones(c.n, dtype=I64), c.n)
+    return cols
+
+
+def gather_runs(runs: list, keys: tuple, m: int):
+    """Every update of ``runs`` whose key is one of the ``m`` query ``keys``:
+    (query index, val columns, time index into the table, diffs, table)."""
+    qis, vals, tids, ds, table = [], [], [], [], []
+    for run in runs:
+        lo, hi = run.ranges(keys, m)
+        cnt = hi - lo
+        total = int(cnt.sum())
+        if not total:
+            continue
+        qis.append(np.repeat(np.arange(m, dtype=I64), cnt))
+        ri = expand(lo, cnt, total)
+        vals.append(tuple(v[ri] for v in run.vals))
+        ds.append(run.d[ri])
+        base = len(table)
+        table.extend(run.times)
+        tids.append(np.full(total, base, dtype=I64) if run.tid is None
+                    else run.tid[ri].astype(I64) + base)
+    if not ds:
+        return None
+    va = len(vals[0])
+    return (np.concatenate(qis), tuple(np.concatenate([v[i] for v in vals]) for i in range(va)),
+            np.concatenate(tids), np.concatenate(ds), table)
+
+
+def _accumulate(g, t: tuple, root: bool):
+    """(query index, val columns, sums) of a gathered history at times
+    <= ``t``, consolidated and in (query, val) order; also the entries not
+    <= t as (query index, time index) for interesting times."""
+    qi, vals, tid, d, table = g
+    later = None
+    if not root:
+        le = np.array([less_equal(s, t) for s in table], dtype=bool)
+        if not le.all():
+            ok = le[tid]
+            bad = np.flatnonzero(~ok)
+            later = (qi[bad], tid[bad])
+            sel = np.flatnonzero(ok)
+            qi, vals, d = qi[sel], tuple(v[sel] for v in vals), d[sel]
+    cols, sums = consolidate_columns((qi,) + vals, d, len(d))
+    return cols[0], cols[1:], sums, later
+
+
+def reduce_columns(op, batch: Cols, t: tuple, due):
+    """Reduce (distinct, count, min) for the keys of ``batch`` at ``t`` on
+    columns: (emitted Cols, the ``due`` keys not among them, for the row
+    path), or None when this step must run on rows."""
+    source, output = op.source.trace, op.output
+    if not source.columnar() or not output.columnar():
+        return None
+    if source.shape is None or source.shape[0] != len(batch.keys):
+        return None
+    K = unique_keys(batch)
+    m = len(K[0]) if K else 1
+    root = len(t) == 1
+    g_in = gather_runs(source.runs, K, m)
+    g_out = gather_runs(output.runs, K, m) if output.runs else None
+    for g in (g_in, g_out):
+        if g is not None and not sums_fit(g[3]):
+            return None
+    reducer = op.node.reducer
+    kset = None
+    rest = due
+    if due:
+        kset = set(key_tuples(K, m))
+        rest = {k for k in due if k not in kset}
+    # input accumulated at t
+    if g_in is None:
+        qa = np.zeros(0, dtype=I64)
+        va_cols = tuple(np.zeros(0, dtype=I64) for _ in range(source.shape[1]))
+        sa = qa
+        later_in = None
+    else:
+        qa, va_cols, sa, later_in = _accumulate(g_in, t, root)
+    # want: what the reducer gives per key
+    if len(qa):
+        first = np.concatenate(([True], qa[1:] != qa[:-1]))
+        starts = np.flatnonzero(first)
+    else:
+        starts = np.zeros(0, dtype=I64)
+    if reducer == "distinct":
+        wq, wv, wd = qa[starts], (), np.ones(len(starts), dtype=I64)
+    elif reducer == "count":
+        n = np.add.reduceat(sa, starts) if len(starts) else sa
+        pos = np.flatnonzero(n > 0)
+        wq, wv, wd = qa[starts][pos], (n[pos],), np.ones(len(pos), dtype=I64)
+    elif reducer == "min":
+        wq, wv, wd = qa[starts], tuple(v[starts] for v in va_cols), np.ones(len(starts), dtype=I64)
+    else:
+        return None
+    # have: the output accumulated at t
+    later_out = None
+    if g_out is not None:
+        hq, hv, hs, later_out = _accumulate(g_out, t, root)
+        if len(hv) != len(wv) or not sums_fit(hs, len(hs) + 1):
+            return None
+        cols, sums = consolidate_columns(
+            (np.concatenate((wq, hq)),) + tuple(np.concatenate((a, b)) for a, b in zip(wv, hv)),
+            np.concatenate((wd, -hs)), len(wq) + len(hq))
+        eq, ev, ed = cols[0], cols[1:], sums
+    else:
+        eq, ev, ed = wq, wv, wd
+    # interesting times: join(s, t) for every history time s not <= t
+    if not root:
+        for g, later in ((g_in, later_in), (g_out, later_out)):
+            if later is None or not len(later[0]):
+                continue
+            table = g[4]
+            pairs = set(zip(later[0].tolist(), later[1].tolist()))
+            joined = {}
+            for q, i in pairs:
+                j = joined.get(i)
+                if j is None:
+                    j = joined[i] = time_join(table[i], t)
+                key = tuple(int(c[q]) for c in K)
+                if key not in op.scheduled.get(j, ()):
+                    op._schedule(key, j)
+        if op.key_times:
+            if kset is None:
+                kset = set(key_tuples(K, m))
+            small, large = (op.key_times, kset) if len(op.key_times) < len(kset) else (kset, op.key_times)
+            for k in [k for k in small if k in large]:
+                for s in tuple(op.key_times.get(k, ())):
+                    if not less_equal(s, t):
+                        op._schedule(k, time_join(s, t))
+    emitted = Cols(tuple(k[eq] for k in K) if K else (), tuple(ev), ed, True)
+    return emitted, rest
