@@ -666,6 +666,8 @@ def test_a_non_reader_outlives_keepalive_and_gets_the_overflow_record():
         assert most <= 2 << 20
         assert not slow_conn.outbox.frames or all(
             s is None for s, _ in slow_conn.outbox.frames)  # its changes were freed
+        # the overflow queued its release on the one sequencer: a command after it sees it done
+        await ask_async(fast, "sync", "list")
         assert not hub.hook.by_id and not client.core.subscriptions
         # a ping has waited for its pong for 20 ping intervals (websockets'
         # default pong timeout is one interval): the connection stays
