@@ -33,13 +33,17 @@ from .time import advance
 MERGE_FACTOR = 4
 
 # From this many keys, a row-path lookup searches each run once for all of
-# them (numpy) instead of once per key (bisect).
+# them (numpy) instead of once per key (bisect); 16 times as many when the
+# trace knows which runs hold which key (see Trace._present).
 LOOKUP_MANY = 24
+
+# At most this many keys' run updates are kept as rows for small lookups.
+HOT_KEYS = 1 << 16
 
 
 class Trace:
     __slots__ = ("data", "dirty", "hold", "runs", "shape", "frontier", "mixed", "added",
-                 "_presence")
+                 "_presence", "_hot")
 
     def __init__(self) -> None:
         self.data: dict = {}     # key -> list of (val, time, diff)
@@ -61,6 +65,7 @@ class Trace:
         self.mixed = False       # the row part holds updates no run can
         self.added = 0           # updates put in runs since the last settle
         self._presence = None    # see _present; None: to be built
+        self._hot: dict = {}     # key -> its updates in runs, as rows (see lookup)
 
     # ------------------------------------------------------------ writing
 
@@ -102,10 +107,15 @@ class Trace:
             return False
         self.shape = shape
         self.runs.append(run)
-        self._presence = None
+        self._changed()
         self.added += run.n
         self._tier()
         return True
+
+    def _changed(self) -> None:
+        """The runs changed: what small lookups derived from them is stale."""
+        self._presence = None
+        self._hot = {}
 
     def _tier(self) -> None:
         runs = self.runs
@@ -122,7 +132,7 @@ class Trace:
         del runs[-count:]
         if merged.n:
             runs.append(merged)
-        self._presence = None
+        self._changed()
         return True
 
     def settle(self) -> None:
@@ -162,7 +172,7 @@ class Trace:
         self.dirty = {}
         if run.n:
             self.runs.append(run)
-            self._presence = None
+            self._changed()
             self.added += run.n
             self._tier()
         return True
@@ -202,16 +212,16 @@ class Trace:
         from .runs import merge
         runs = self.runs
         for i, run in enumerate(runs):
-            if all(s[0] >= epoch for s in run.times):
+            if run.first_epoch >= epoch:
                 continue
             times = tuple(advance(s, epoch) for s in run.times)
             if len(set(times)) == len(times):
-                run.times = times  # nothing merges: relabel
+                run.relabel(times)  # nothing merges
                 continue
             merged = merge([run], epoch)
             if merged is not None:
                 runs[i] = merged
-                self._presence = None
+                self._changed()
         self.runs = [r for r in runs if r.n]
 
     # ------------------------------------------------------------ reading
@@ -224,7 +234,8 @@ class Trace:
         out: dict = {}
         data, runs = self.data, self.runs
         keys = list(dict.fromkeys(keys))
-        if len(keys) >= LOOKUP_MANY:
+        present = self._presence or self._present()
+        if len(keys) >= (LOOKUP_MANY if present[0] is None else 16 * LOOKUP_MANY):
             for run in runs:
                 run.histories(keys, out)
             for k in keys:
@@ -236,24 +247,40 @@ class Trace:
                     else:
                         hist.extend(h)
             return out
-        present = self._presence or self._present()
         if present[0] is not None:  # one Int key field, dense: search only the runs holding it
             least, most, bits = present
+            # A key's updates in runs, as rows, are kept until the runs change:
+            # a small tick often reads a key at several times (interesting
+            # times), and readers never modify what lookup returns. (Their
+            # times may be older than the runs' after compaction relabels
+            # them; every read is at a time the relabeling does not affect.)
+            hot = self._hot
             for k in keys:
-                hist = []
+                h = data.get(k)
                 if type(k) is tuple and len(k) == 1 and type(k[0]) is int and least <= k[0] <= most:
                     b = bits[k[0] - least]
+                else:
+                    b = 0
+                if not b:  # not in any run: the row part's list as it is
+                    if h:
+                        out[k] = h
+                    continue
+                cached = hot.get(k)
+                if cached is None:
+                    cached = []
                     i = 0
                     while b:
                         if b & 1:
-                            runs[i].history(k, hist)
+                            runs[i].history(k, cached)
                         b >>= 1
                         i += 1
-                h = data.get(k)
+                    if len(hot) >= HOT_KEYS:
+                        hot.clear()
+                    hot[k] = cached
                 if h:
-                    hist.extend(h)
-                if hist:
-                    out[k] = hist
+                    out[k] = cached + h
+                elif cached:
+                    out[k] = cached
             return out
         for k in keys:
             hist = []
