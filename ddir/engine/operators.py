@@ -548,22 +548,20 @@ class ReduceOp(Operator):
                 if not times:
                     del self.key_times[k]
         parts = []
-        if type(batch) is Cols:
-            done = None
-            if self.node.reducer in _COLUMNAR_REDUCERS:
-                from .colops import reduce_columns
-                done = reduce_columns(self, batch, t, due)
-            if done is not None:
-                emitted, due = done
+        keys = ()
+        if self.node.reducer in _COLUMNAR_REDUCERS and \
+                len(batch) + (len(due) if due else 0) >= B.COLUMNAR_MIN:
+            from .colops import reduce_columns
+            emitted = reduce_columns(self, batch, t, due)
+            if emitted is not None:
                 if emitted.n:
                     parts.append(emitted)
-                keys = due or ()
-            else:
+                batch = due = None
+        if batch is not None:
+            if type(batch) is Cols:
                 keys = set(columns().key_tuples(batch.keys, batch.n))
-                if due:
-                    keys |= due
-        else:
-            keys = {k for k, _, _ in batch}
+            else:
+                keys = {k for k, _, _ in batch}
             if due:
                 keys |= due
         if keys:
