@@ -175,16 +175,17 @@ def _batch(entry: list, convert: bool = True):
     they are at least ``COLUMNAR_MIN`` rows of one Int-tuple shape (rows
     are converted only with ``convert``), else rows."""
     chunks = entry[1:]
-    if len(chunks) == 1 and type(chunks[0]) is Cols and chunks[0].n >= B.COLUMNAR_MIN:
-        return chunks[0]
-    total = 0
-    any_cols = False
-    for chunk in chunks:
-        total += len(chunk)
+    if len(chunks) == 1:
+        chunk = chunks[0]
         if type(chunk) is Cols:
-            any_cols = True
-    if total >= B.COLUMNAR_MIN and (convert or all(type(c) is Cols for c in chunks)):
-        c = columns().gather(chunks, B.COLUMNAR_MIN)
+            if chunk.n >= B.COLUMNAR_MIN:
+                return chunk
+        elif len(chunk) < B.COLUMNAR_MIN or not convert:
+            return chunk
+    total = sum(map(len, chunks))
+    least = B.columnar_min()
+    if total >= least and (convert or all(type(c) is Cols for c in chunks)):
+        c = columns().gather(chunks, least)
         if c is not None:
             return c
     return _rows(entry)
@@ -550,7 +551,7 @@ class ReduceOp(Operator):
         parts = []
         keys = ()
         if self.node.reducer in _COLUMNAR_REDUCERS and \
-                len(batch) + (len(due) if due else 0) >= B.COLUMNAR_MIN:
+                len(batch) + (len(due) if due else 0) >= B.columnar_min():
             from .colops import reduce_columns
             emitted = reduce_columns(self, batch, t, due)
             if emitted is not None:
