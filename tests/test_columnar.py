@@ -80,12 +80,12 @@ ALL = {**PROGRAMS, **EXTRA}
 @pytest.fixture
 def threshold():
     """Set COLUMNAR_MIN for the test; restored after."""
-    old = B.COLUMNAR_MIN
+    old = B.COLUMNAR_MIN, B.COLUMNAR_FIRST
 
     def set_(n):
-        B.COLUMNAR_MIN = n
+        B.COLUMNAR_MIN = B.COLUMNAR_FIRST = n
     yield set_
-    B.COLUMNAR_MIN = old
+    B.COLUMNAR_MIN, B.COLUMNAR_FIRST = old
 
 
 # ------------------------------------------------------------ consolidation
@@ -240,8 +240,8 @@ def large_stream(seed: int, inputs: dict, epochs: int, domain: int, size: int,
 def run_engine(program, stream, min_rows: int, max_rounds: int = 10_000):
     """Per epoch: (exports, term errors, inspect events) of the engine with
     COLUMNAR_MIN = ``min_rows``."""
-    old = B.COLUMNAR_MIN
-    B.COLUMNAR_MIN = min_rows
+    old = B.COLUMNAR_MIN, B.COLUMNAR_FIRST
+    B.COLUMNAR_MIN = B.COLUMNAR_FIRST = min_rows
     try:
         df = Dataflow(program, max_rounds=max_rounds)
         seen = []
@@ -262,7 +262,7 @@ def run_engine(program, stream, min_rows: int, max_rounds: int = 10_000):
                          errors, {x: d for x, d in events.items() if d}))
         return seen
     finally:
-        B.COLUMNAR_MIN = old
+        B.COLUMNAR_MIN, B.COLUMNAR_FIRST = old
 
 
 def check_stream(program, inputs, stream, oracle: bool = True) -> None:

@@ -21,11 +21,25 @@ never loads it.
 from __future__ import annotations
 
 import os
+import sys
 
 # numpy's fixed cost per call (~1-10 us) pays off from about this many rows.
 # Tests lower it (monkeypatch, or DDIR_COLUMNAR_MIN=1) to drive every batch
 # they can through the columnar path.
 COLUMNAR_MIN = int(os.environ.get("DDIR_COLUMNAR_MIN", "256"))
+
+# Importing numpy costs ~0.1 s, what the row path spends on ~100k rows:
+# until something has imported it (a load, an earlier large batch), a step
+# goes columnar only from this many rows, so a small workload (a 1,000-edge
+# closure, 10k pairs) finishes on rows. DDIR_COLUMNAR_MIN sets both.
+COLUMNAR_FIRST = int(os.environ.get("DDIR_COLUMNAR_MIN", "32768"))
+
+
+def columnar_min() -> int:
+    """The size from which a step takes the columnar path."""
+    if "numpy" in sys.modules:
+        return COLUMNAR_MIN
+    return max(COLUMNAR_MIN, COLUMNAR_FIRST)
 
 
 class Cols:

@@ -174,16 +174,50 @@ def _accumulate(g, t: tuple, root: bool):
     return cols[0], cols[1:], sums, later
 
 
-def reduce_columns(op, batch: Cols, t: tuple, due):
-    """Reduce (distinct, count, min) for the keys of ``batch`` at ``t`` on
-    columns: (emitted Cols, the ``due`` keys not among them, for the row
-    path), or None when this step must run on rows."""
+def reduce_keys(batch, due, ka: int):
+    """The keys a reduce step processes (those of its input ``batch``, rows
+    or Cols, and the ``due`` keys scheduled at this time) as sorted,
+    distinct key columns of ``ka`` fields; None if some key is not a Tuple
+    of ``ka`` Ints."""
+    from .columns import _int_columns
+    parts = []
+    if type(batch) is Cols:
+        if len(batch.keys) != ka:
+            return None
+        if batch.n:
+            parts.append(unique_keys(batch) if ka else ())
+    elif batch:
+        keys = list(dict.fromkeys(k for k, _, _ in batch))
+        cols = _int_columns(keys, len(keys))
+        if cols is None or len(cols) != ka:
+            return None
+        parts.append(cols)
+    if due:
+        keys = list(due)
+        cols = _int_columns(keys, len(keys))
+        if cols is None or len(cols) != ka:
+            return None
+        parts.append(cols)
+    if not ka:
+        return ()
+    if len(parts) == 1 and type(batch) is Cols and not due:
+        return parts[0]
+    cols = tuple(np.concatenate([p[i] for p in parts]) for i in range(ka))
+    cols, _ = consolidate_columns(cols, np.ones(len(cols[0]), dtype=I64), len(cols[0]))
+    return cols
+
+
+def reduce_columns(op, batch, t: tuple, due):
+    """Reduce (distinct, count, min) at ``t`` on columns for every key of
+    ``batch`` (rows or Cols) and ``due``: the emitted Cols, or None when this
+    step must run on rows (a key or value that is not an Int tuple, a sum
+    that could leave i64)."""
     source, output = op.source.trace, op.output
-    if not source.columnar() or not output.columnar():
+    if not source.columnar() or not output.columnar() or source.shape is None:
         return None
-    if source.shape is None or source.shape[0] != len(batch.keys):
+    K = reduce_keys(batch, due, source.shape[0])
+    if K is None:
         return None
-    K = unique_keys(batch)
     m = len(K[0]) if K else 1
     root = len(t) == 1
     g_in = gather_runs(source.runs, K, m)
@@ -193,10 +227,6 @@ def reduce_columns(op, batch: Cols, t: tuple, due):
             return None
     reducer = op.node.reducer
     kset = None
-    rest = due
-    if due:
-        kset = set(key_tuples(K, m))
-        rest = {k for k in due if k not in kset}
     # input accumulated at t
     if g_in is None:
         qa = np.zeros(0, dtype=I64)
@@ -239,15 +269,22 @@ def reduce_columns(op, batch: Cols, t: tuple, due):
             if later is None or not len(later[0]):
                 continue
             table = g[4]
-            pairs = set(zip(later[0].tolist(), later[1].tolist()))
-            joined = {}
-            for q, i in pairs:
-                j = joined.get(i)
-                if j is None:
-                    j = joined[i] = time_join(table[i], t)
-                key = tuple(int(c[q]) for c in K)
-                if key not in op.scheduled.get(j, ()):
-                    op._schedule(key, j)
+            # join(s, t) per distinct time of the table, then the distinct
+            # (key, joined time) pairs, scheduled once each
+            joined, jmap = {}, []
+            for s_ in table:
+                j = time_join(s_, t)
+                jmap.append(joined.setdefault(j, len(joined)))
+            jtimes = list(joined)
+            jid = np.array(jmap, dtype=I64)[later[1]]
+            (uq, uj), _ = consolidate_columns((later[0], jid), np.ones(len(jid), dtype=I64),
+                                              len(jid))
+            keys = key_tuples(tuple(c[uq] for c in K), len(uq)) if K else [()] * len(uq)
+            scheduled, schedule = op.scheduled, op._schedule
+            for key, j in zip(keys, uj.tolist()):
+                j = jtimes[j]
+                if key not in scheduled.get(j, ()):
+                    schedule(key, j)
         if op.key_times:
             if kset is None:
                 kset = set(key_tuples(K, m))
@@ -256,5 +293,4 @@ def reduce_columns(op, batch: Cols, t: tuple, due):
                 for s in tuple(op.key_times.get(k, ())):
                     if not less_equal(s, t):
                         op._schedule(k, time_join(s, t))
-    emitted = Cols(tuple(k[eq] for k in K) if K else (), tuple(ev), ed, True)
-    return emitted, rest
+    return Cols(tuple(k[eq] for k in K) if K else (), tuple(ev), ed, True)

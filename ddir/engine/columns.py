@@ -51,6 +51,8 @@ def _int_columns(values, n: int):
     if type(first) is not tuple:
         return None
     arity = len(first)
+    if not arity:  # the unit (a singleton: counted by identity)
+        return () if values.count(()) == n else None
     kinds = set(map(type, values))
     if len(kinds) != 1 or tuple not in kinds:
         return None
@@ -64,9 +66,11 @@ def _int_columns(values, n: int):
     if len(kinds) != 1 or int not in kinds:  # no bool, no nested values
         return None
     try:
-        matrix = np.array(flat, dtype=I64)
+        matrix = np.fromiter(flat, dtype=I64, count=len(flat))
     except OverflowError:
         return None
+    if arity == 1:
+        return (matrix,)
     return tuple(matrix.reshape(n, arity).T.copy())
 
 

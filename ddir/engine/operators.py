@@ -175,11 +175,17 @@ def _batch(entry: list, convert: bool = True):
     they are at least ``COLUMNAR_MIN`` rows of one Int-tuple shape (rows
     are converted only with ``convert``), else rows."""
     chunks = entry[1:]
-    if len(chunks) == 1 and type(chunks[0]) is Cols and chunks[0].n >= B.COLUMNAR_MIN:
-        return chunks[0]
-    total = sum(len(chunk) for chunk in chunks)
-    if total >= B.COLUMNAR_MIN and (convert or all(type(c) is Cols for c in chunks)):
-        c = columns().gather(chunks, B.COLUMNAR_MIN)
+    if len(chunks) == 1:
+        chunk = chunks[0]
+        if type(chunk) is Cols:
+            if chunk.n >= B.COLUMNAR_MIN:
+                return chunk
+        elif len(chunk) < B.COLUMNAR_MIN or not convert:
+            return chunk
+    total = sum(map(len, chunks))
+    least = B.columnar_min()
+    if total >= least and (convert or all(type(c) is Cols for c in chunks)):
+        c = columns().gather(chunks, least)
         if c is not None:
             return c
     return _rows(entry)
@@ -543,22 +549,20 @@ class ReduceOp(Operator):
                 if not times:
                     del self.key_times[k]
         parts = []
-        if type(batch) is Cols:
-            done = None
-            if self.node.reducer in _COLUMNAR_REDUCERS:
-                from .colops import reduce_columns
-                done = reduce_columns(self, batch, t, due)
-            if done is not None:
-                emitted, due = done
+        keys = ()
+        if self.node.reducer in _COLUMNAR_REDUCERS and \
+                len(batch) + (len(due) if due else 0) >= B.columnar_min():
+            from .colops import reduce_columns
+            emitted = reduce_columns(self, batch, t, due)
+            if emitted is not None:
                 if emitted.n:
                     parts.append(emitted)
-                keys = due or ()
-            else:
+                batch = due = None
+        if batch is not None:
+            if type(batch) is Cols:
                 keys = set(columns().key_tuples(batch.keys, batch.n))
-                if due:
-                    keys |= due
-        else:
-            keys = {k for k, _, _ in batch}
+            else:
+                keys = {k for k, _, _ in batch}
             if due:
                 keys |= due
         if keys:

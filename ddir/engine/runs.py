@@ -34,7 +34,8 @@ from .time import advance
 
 
 class Run:
-    __slots__ = ("pk", "spec", "ka", "vals", "d", "times", "tid", "n", "_views", "_index")
+    __slots__ = ("pk", "spec", "ka", "vals", "d", "times", "tid", "n", "first_epoch",
+                 "_views", "_index")
 
     def __init__(self, pk, spec, ka: int, vals: tuple, d, times: tuple, tid):
         self.pk = pk
@@ -45,8 +46,15 @@ class Run:
         self.times = times
         self.tid = tid
         self.n = len(d)
+        self.first_epoch = min(s[0] for s in times) if times else 0
         self._views = None
         self._index = None
+
+    def relabel(self, times: tuple) -> None:
+        """New times for the run's time table, one for one (compaction
+        folding epochs where no two times become one)."""
+        self.times = times
+        self.first_epoch = min(s[0] for s in times) if times else 0
 
     # ------------------------------------------------------------ keys
 

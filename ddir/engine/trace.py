@@ -33,13 +33,17 @@ from .time import advance
 MERGE_FACTOR = 4
 
 # From this many keys, a row-path lookup searches each run once for all of
-# them (numpy) instead of once per key (bisect).
+# them (numpy) instead of once per key (bisect); 16 times as many when the
+# trace knows which runs hold which key (see Trace._present).
 LOOKUP_MANY = 24
+
+# At most this many keys' run updates are kept as rows for small lookups.
+HOT_KEYS = 1 << 16
 
 
 class Trace:
     __slots__ = ("data", "dirty", "hold", "runs", "shape", "frontier", "mixed", "added",
-                 "_presence")
+                 "_presence", "_hot")
 
     def __init__(self) -> None:
         self.data: dict = {}     # key -> list of (val, time, diff)
@@ -61,6 +65,7 @@ class Trace:
         self.mixed = False       # the row part holds updates no run can
         self.added = 0           # updates put in runs since the last settle
         self._presence = None    # see _present; None: to be built
+        self._hot: dict = {}     # key -> its updates in runs, as rows (see lookup)
 
     # ------------------------------------------------------------ writing
 
@@ -101,11 +106,23 @@ class Trace:
         if run is None:
             return False
         self.shape = shape
-        self.runs.append(run)
-        self._presence = None
+        self._append(run)
         self.added += run.n
         self._tier()
         return True
+
+    def _append(self, run) -> None:
+        self.runs.append(run)
+        self._hot = {}
+        present = self._presence
+        if present is not None and present[0] is not None:
+            least, most, bits, _ = present
+            i = len(self.runs) - 1
+            if i < 8 and run.spec is None and run.ka == 1 and run.n \
+                    and least <= int(run.pk[0]) and int(run.pk[-1]) <= most:
+                bits[run.pk - least] |= bits.dtype.type(1 << i)
+                return
+        self._presence = None
 
     def _tier(self) -> None:
         runs = self.runs
@@ -119,10 +136,21 @@ class Trace:
         merged = merge(runs[-count:], self.frontier)
         if merged is None:  # keys too wide to pack together: leave them apart
             return False
+        first = len(runs) - count
         del runs[-count:]
         if merged.n:
             runs.append(merged)
-        self._presence = None
+        self._hot = {}
+        present = self._presence
+        if present is not None and present[0] is not None:
+            # runs first.. became one run at first (or none): fold their bits
+            bits = present[2]
+            low = bits & bits.dtype.type((1 << first) - 1)
+            if merged.n:
+                low |= ((bits >> bits.dtype.type(first)) != 0).astype(bits.dtype) << first
+            bits[:] = low
+        elif present is not None:
+            self._presence = None
         return True
 
     def settle(self) -> None:
@@ -135,6 +163,18 @@ class Trace:
             if 4 * self.added >= total:
                 self._merge_last(len(self.runs))
         self.added = 0
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build what small lookups need (run indexes, which runs hold which
+        key) after a tick or compaction that changed the runs, so that the
+        small tick after a large one does not pay it."""
+        if self.runs:
+            for run in self.runs:
+                if run._index is None:
+                    run.index()
+            if self._presence is None:
+                self._present()
 
     def columnar(self) -> bool:
         """Whether every update is in runs, moving the row part into a run if
@@ -161,8 +201,7 @@ class Trace:
         self.data = {}
         self.dirty = {}
         if run.n:
-            self.runs.append(run)
-            self._presence = None
+            self._append(run)
             self.added += run.n
             self._tier()
         return True
@@ -177,6 +216,7 @@ class Trace:
             self.frontier = epoch
         if self.runs:
             self._compact_runs(epoch)
+            self._prepare()
         due = [e for e in self.dirty if e < epoch]
         if not due:
             return
@@ -202,16 +242,20 @@ class Trace:
         from .runs import merge
         runs = self.runs
         for i, run in enumerate(runs):
-            if all(s[0] >= epoch for s in run.times):
+            if run.first_epoch >= epoch:
                 continue
             times = tuple(advance(s, epoch) for s in run.times)
             if len(set(times)) == len(times):
-                run.times = times  # nothing merges: relabel
+                run.relabel(times)  # nothing merges
                 continue
             merged = merge([run], epoch)
             if merged is not None:
                 runs[i] = merged
-                self._presence = None
+                # it holds a subset of the run's keys: which runs hold which
+                # key stays true unless a run disappears
+                self._hot = {}
+                if not merged.n:
+                    self._presence = None
         self.runs = [r for r in runs if r.n]
 
     # ------------------------------------------------------------ reading
@@ -224,7 +268,8 @@ class Trace:
         out: dict = {}
         data, runs = self.data, self.runs
         keys = list(dict.fromkeys(keys))
-        if len(keys) >= LOOKUP_MANY:
+        present = self._presence or self._present()
+        if len(keys) >= (LOOKUP_MANY if present[0] is None else 16 * LOOKUP_MANY):
             for run in runs:
                 run.histories(keys, out)
             for k in keys:
@@ -236,24 +281,40 @@ class Trace:
                     else:
                         hist.extend(h)
             return out
-        present = self._presence or self._present()
         if present[0] is not None:  # one Int key field, dense: search only the runs holding it
-            least, most, bits = present
+            least, most, _, bits = present
+            # A key's updates in runs, as rows, are kept until the runs change:
+            # a small tick often reads a key at several times (interesting
+            # times), and readers never modify what lookup returns. (Their
+            # times may be older than the runs' after compaction relabels
+            # them; every read is at a time the relabeling does not affect.)
+            hot = self._hot
             for k in keys:
-                hist = []
+                h = data.get(k)
                 if type(k) is tuple and len(k) == 1 and type(k[0]) is int and least <= k[0] <= most:
                     b = bits[k[0] - least]
+                else:
+                    b = 0
+                if not b:  # not in any run: the row part's list as it is
+                    if h:
+                        out[k] = h
+                    continue
+                cached = hot.get(k)
+                if cached is None:
+                    cached = []
                     i = 0
                     while b:
                         if b & 1:
-                            runs[i].history(k, hist)
+                            runs[i].history(k, cached)
                         b >>= 1
                         i += 1
-                h = data.get(k)
+                    if len(hot) >= HOT_KEYS:
+                        hot.clear()
+                    hot[k] = cached
                 if h:
-                    hist.extend(h)
-                if hist:
-                    out[k] = hist
+                    out[k] = cached + h
+                elif cached:
+                    out[k] = cached
             return out
         for k in keys:
             hist = []
@@ -267,13 +328,14 @@ class Trace:
         return out
 
     def _present(self) -> tuple:
-        """(least key, greatest key, bits): for traces whose runs hold keys of
-        one Int field spanning at most a few times as many values as updates,
-        ``bits[k - least]`` has bit i set when run i holds key ``(k,)`` (up
-        to 8 runs), so a small lookup searches only those runs, none for a
-        key the runs do not hold. (None, None, None) otherwise."""
+        """(least key, greatest key, bits, a memoryview of bits): for traces
+        whose runs hold keys of one Int field spanning at most a few times as
+        many values as updates, ``bits[k - least]`` has bit i set when run i
+        may hold key ``(k,)`` (up to 8 runs; kept up to date as runs are
+        added and merged), so a small lookup searches only those runs, none
+        for a key the runs do not hold. All None otherwise."""
         runs = self.runs
-        self._presence = (None, None, None)
+        self._presence = (None, None, None, None)
         if len(runs) > 8 or any(r.spec is not None or r.ka != 1 or not r.n for r in runs):
             return self._presence
         least = min(int(r.pk[0]) for r in runs)
@@ -286,7 +348,7 @@ class Trace:
         for i, r in enumerate(runs):
             idx = r.pk - least
             bits[idx] |= np.uint8(1 << i)
-        self._presence = (least, most, memoryview(bits))
+        self._presence = (least, most, bits, memoryview(bits))
         return self._presence
 
     def get(self, key) -> list:

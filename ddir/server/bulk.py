@@ -117,65 +117,9 @@ def split_columns(batch: IntColumns, shards: int) -> list:
 
 # ------------------------------------------------------------ owners, column-wise
 
-def _crc_table() -> np.ndarray:
-    table = np.zeros(256, dtype=np.uint32)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table[i] = c
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def _msgpack_int_bytes(col: np.ndarray) -> tuple:
-    """msgpack's encoding of each int64 (positive: fixint / uint8..64, negative:
-    negative fixint / int8..64, the shortest): a (N, 9) uint8 matrix and the
-    length used in each row."""
-    n = len(col)
-    be = col.astype(">i8").view(np.uint8).reshape(n, 8)
-    out = np.zeros((n, 9), dtype=np.uint8)
-    length = np.ones(n, dtype=np.int64)
-    fix = (col >= -32) & (col <= 127)
-    out[:, 0] = be[:, 7]  # fixints are their own low byte
-    pos, neg = col >= 0, col < 0
-    for size, (lo_pos, hi_pos, lo_neg, hi_neg), (tag_pos, tag_neg) in (
-            (1, (128, 255, -128, -33), (0xCC, 0xD0)),
-            (2, (256, 65535, -32768, -129), (0xCD, 0xD1)),
-            (4, (65536, 2 ** 32 - 1, -2 ** 31, -32769), (0xCE, 0xD2)),
-            (8, (2 ** 32, INT_MAX, INT_MIN, -2 ** 31 - 1), (0xCF, 0xD3))):
-        for tag, lo, hi, sign in ((tag_pos, lo_pos, hi_pos, pos), (tag_neg, lo_neg, hi_neg, neg)):
-            rows = np.nonzero(sign & (col >= lo) & (col <= hi) & ~fix)[0]
-            if len(rows):
-                out[rows, 0] = tag
-                out[rows, 1:1 + size] = be[rows, 8 - size:]
-                length[rows] = 1 + size
-    return out, length
-
-
-def _crc_update(crc: np.ndarray, data: np.ndarray, length: np.ndarray | None) -> np.ndarray:
-    for j in range(data.shape[1]):
-        new = _CRC_TABLE[(crc ^ data[:, j]) & 0xFF] ^ (crc >> 8)
-        crc = new if length is None else np.where(j < length, new, crc)
-    return crc
-
-
-def owners_of(keys: list, count: int, shards: int) -> np.ndarray:
-    """The owner of each key ``tuple(keys[0][i], keys[1][i], ...)``:
-    ``crc32(packb(key)) % shards`` for every row at once."""
-    n = len(keys)
-    if n >= 16:  # not a fixarray: no vectorised encoding; rare enough to do row by row
-        from ..engine.exchange import shard_of
-        return np.fromiter((shard_of(tuple(int(c[i]) for c in keys), shards)
-                            for i in range(count)), dtype=np.int64, count=count)
-    crc = np.full(count, 0xFFFFFFFF, dtype=np.uint32)
-    crc = _crc_update(crc, np.full((count, 1), 0x90 | n, dtype=np.uint8), None)
-    for col in keys:
-        data, length = _msgpack_int_bytes(col)
-        crc = _crc_update(crc, data, length)
-    return ((crc ^ np.uint32(0xFFFFFFFF)).astype(np.int64)) % shards
+# owners_of: the CRC-32 of each key's msgpack bytes, for every row at once; the
+# engine uses it to split its columnar batches between workers too.
+from ..engine.columns import owners_of  # noqa: E402
 
 
 # ============================================================ reading
