@@ -505,13 +505,12 @@ class Server:
 
         def read():
             try:
-                _, rows, records = self.core.contents(trace)
+                _, table, records = self.core.table(trace)
             except WorkerDied as e:
                 self.close()
                 raise E.ServerStopped(str(e)) from None
             _warn(records)
-            from .server import bulk
-            return bulk.rows_to_table(rows)
+            return table
         return _deferring_interrupts(read)
 
     def list(self) -> dict:

@@ -381,35 +381,15 @@ def accumulate_runs(runs: list, before: int | None, acc: dict | None):
     ``before``, or all) to ``acc``; with ``acc`` None, return them as rows
     ``(key, val, diff)`` in (key, val) order, zeros left out."""
     from .columns import key_tuples, no_gc
-    keys, vals, ds = [], [], []
-    for r in runs:
-        if before is None or all(s[0] < before for s in r.times):
-            sel = None
-        else:
-            ok = np.array([s[0] < before for s in r.times])
-            if not ok.any():
-                continue
-            sel = np.flatnonzero(ok[r.tid]) if r.tid is not None else None
-        kc = r.keys()
-        if sel is None:
-            keys.append(kc)
-            vals.append(r.vals)
-            ds.append(r.d)
-        else:
-            keys.append(tuple(c[sel] for c in kc))
-            vals.append(tuple(c[sel] for c in r.vals))
-            ds.append(r.d[sel])
-    if not ds:
+    gathered = gather_columns(runs, before)
+    if gathered is None:
         return [] if acc is None else None
-    ka, va = len(keys[0]), len(vals[0])
-    kcols = tuple(np.concatenate([k[i] for k in keys]) for i in range(ka))
-    vcols = tuple(np.concatenate([v[i] for v in vals]) for i in range(va))
-    d = np.concatenate(ds)
+    kcols, vcols, d = gathered
     n = len(d)
     fits = sums_fit(d)
     if fits:
         cols, d = consolidate_columns(kcols + vcols, d, n)
-        kcols, vcols = cols[:ka], cols[ka:]
+        kcols, vcols = cols[:len(kcols)], cols[len(kcols):]
         n = len(d)
     with no_gc():
         ks, vs = key_tuples(kcols, n), key_tuples(vcols, n)
@@ -429,3 +409,34 @@ def accumulate_runs(runs: list, before: int | None, acc: dict | None):
         for kv, x in zip(zip(ks, vs), d.tolist()):
             acc[kv] = acc.get(kv, 0) + x
         return None
+
+
+def gather_columns(runs: list, before: int | None = None):
+    """(key columns, val columns, diffs) of every update in ``runs`` (at
+    epochs before ``before``, or all), concatenated, not consolidated; None
+    when there is none."""
+    keys, vals, ds = [], [], []
+    for r in runs:
+        if before is None or all(s[0] < before for s in r.times):
+            sel = None
+        else:
+            ok = np.array([s[0] < before for s in r.times])
+            if not ok.any():
+                continue
+            sel = np.flatnonzero(ok[r.tid]) if r.tid is not None else None
+        kc = r.keys()
+        if sel is None:
+            keys.append(kc)
+            vals.append(r.vals)
+            ds.append(r.d)
+        else:
+            keys.append(tuple(c[sel] for c in kc))
+            vals.append(tuple(c[sel] for c in r.vals))
+            ds.append(r.d[sel])
+    if not ds:
+        return None
+    ka, va = len(keys[0]), len(vals[0])
+    kcols = tuple(np.concatenate([k[i] for k in keys]) for i in range(ka))
+    vcols = tuple(np.concatenate([v[i] for v in vals]) for i in range(va))
+    d = np.concatenate(ds)
+    return kcols, vcols, d

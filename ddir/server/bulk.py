@@ -359,6 +359,25 @@ def rows_to_table(rows: list) -> pa.Table:
                      "diff": pa.array([d for _, _, d in rows], type=pa.int64())})
 
 
+def columns_to_table(parts: list, merge: bool) -> pa.Table:
+    """Workers' ``peek_columns`` payloads (int64 column bytes, each
+    consolidated and in (key, val) order) -> save's columns. ``merge``: more
+    than one worker sent rows, so they are consolidated and sorted again."""
+    from ..engine.columns import consolidate_columns
+    n, m = len(parts[0][0]), len(parts[0][1])
+
+    def column(i: int, field: int) -> np.ndarray:
+        return np.concatenate([np.frombuffer(p[field][i], dtype="<i8") for p in parts])
+    cols = tuple(column(i, 0) for i in range(n)) + tuple(column(i, 1) for i in range(m))
+    d = np.concatenate([np.frombuffer(p[2], dtype="<i8") for p in parts])
+    if merge:  # a key lives on one worker, so this only restores the order
+        cols, d = consolidate_columns(cols, d, len(d))
+    data = {f"key_{i}": cols[i] for i in range(n)}
+    data.update({f"val_{i}": cols[n + i] for i in range(m)})
+    data["diff"] = d
+    return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
+
+
 def _int_matrix(values: list, count: int, width: int) -> np.ndarray:
     if width == 0:
         return np.zeros((count, 0), dtype=np.int64)

@@ -175,24 +175,16 @@ def _program_record(core, entry, i: int, tmp: str) -> tuple:
     record["input_files"] = files
     exports = {}
     for j, trace in enumerate(entry.exports):
-        _, contents, _ = core.contents(trace)
+        _, table, _ = core.table(trace)
         name = f"p{i}_export{j}.arrow"
-        _write_trace(os.path.join(tmp, name), contents)
-        exports[trace] = {"file": name, "rows": len(contents)}
+        _write_ipc(os.path.join(tmp, name), table)
+        exports[trace] = {"file": name, "rows": table.num_rows}
     record["export_files"] = exports
     return record, rows, future
 
 
-def _write_trace(path: str, rows: list) -> None:
-    """A trace's consolidated contents with save's columns (plain pyarrow
-    reads them: int64 ``key_i``/``val_i`` or printed ``key``/``val``, and
-    ``diff``)."""
-    from .bulk import rows_to_table
-    _write_ipc(path, rows_to_table(rows))
-
-
 def _read_trace(path: str) -> list:
-    """[(key, val, diff)] of a file :func:`_write_trace` wrote."""
+    """[(key, val, diff)] of an export file a checkpoint wrote (save's columns)."""
     import pyarrow.ipc as ipc
     with open(path, "rb") as f:
         cols = ipc.open_file(f).read_all().to_pydict()

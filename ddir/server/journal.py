@@ -66,7 +66,11 @@ class Journal:
                 keep.append((n, time, batch))
         for n, batch in self.folded.items():
             by_input.setdefault(n, []).insert(0, batch)
-        self.folded = {n: consolidate(batches) for n, batches in by_input.items()}
+        # One batch alone is kept as it came: consolidating it only pays when
+        # batches meet (a load's first fold would sort a million rows for
+        # nothing); the next fold of that input consolidates it with the rest.
+        self.folded = {n: batches[0] if len(batches) == 1 else consolidate(batches)
+                       for n, batches in by_input.items()}
         self.folded = {n: b for n, b in self.folded.items() if _count(b)}
         self.frontier = upto
         self.recent = keep

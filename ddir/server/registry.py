@@ -392,11 +392,12 @@ class Server:
         if self.canonical(cmd.trace) not in self.traces:
             raise UnknownName(f'unknown trace "{cmd.trace}"')
         bulk.file_format(cmd.path, "save")
-        name, rows, records = self.contents(cmd.trace)
-        with self.progress(f"save {cmd.path}", len(rows)) as update:
-            bulk.write_table(bulk.rows_to_table(rows), cmd.path)
-            update(len(rows))
-        return records + [{"kind": "saved", "trace": name, "file": cmd.path, "rows": len(rows)}]
+        name, table, records = self.table(cmd.trace)
+        with self.progress(f"save {cmd.path}", table.num_rows) as update:
+            bulk.write_table(table, cmd.path)
+            update(table.num_rows)
+        return records + [{"kind": "saved", "trace": name, "file": cmd.path,
+                           "rows": table.num_rows}]
 
     def tick(self, cmd: C.Tick) -> list:
         closing = self.epoch
@@ -616,6 +617,22 @@ class Server:
                             f"{overflowed} row{'s' if overflowed != 1 else ''} "
                             "left the signed 64-bit range (not shown)"})
         return name, rows, records
+
+    def table(self, trace: str) -> tuple:
+        """(canonical name, pyarrow table with save's columns, error records)
+        of a trace's contents: what ``save``, ``peek_arrow`` and checkpoints
+        write. A trace of Tuples of Ints comes from the workers as int64
+        column bytes and never becomes Python rows."""
+        from . import bulk
+        name = self.canonical(trace)
+        if name not in self.traces:
+            raise UnknownName(f'unknown trace "{trace}"')
+        replies = self.cluster.broadcast(("peek_columns", name))
+        parts = [r["columns"] for r in replies if "columns" in r]
+        if not parts or any("rows" in r for r in replies):
+            name, rows, records = self.contents(trace)
+            return name, bulk.rows_to_table(rows), records
+        return name, bulk.columns_to_table(parts, merge=len(parts) > 1), []
 
     def peek(self, cmd: C.Peek) -> list:
         name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key)

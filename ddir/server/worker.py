@@ -20,6 +20,8 @@ Messages:
   rows at ``(epoch,)`` the reply carries as ``changes``; ``leases``: ``[trace,
   e]`` pairs of held cursor leases: such a trace is compacted only up to ``e - 1``
 * ``("drop", name)``, ``("peek", trace, key, has_key)``
+* ``("peek_columns", trace)`` - the whole trace as int64 column bytes when it
+  is all Tuples of Ints (``save``, checkpoints), else its rows
 * ``("cursor_index", trace, epoch, key, has_key, after)`` - at a cursor's first page:
   prepare the lease's :class:`~ddir.server.cursor.PageIndex` (sorted keys, the
   rows of the key the next page starts in)
@@ -286,6 +288,23 @@ class Worker:
             return {"rows": contents.rows(before)}
         rows = contents.key_contents(key, before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
+
+    def do_peek_columns(self, trace) -> dict:
+        """The whole trace as int64 column bytes (``columns``: key columns,
+        val columns, diffs, count), consolidated and in (key, val) order;
+        ``empty`` when it holds nothing; ``rows`` when it is not all Tuples
+        of Ints (see Trace.int_columns)."""
+        export = self.exports[trace]
+        before = export.dataflow.frozen_at
+        if not export.trace.size():
+            return {"empty": True}
+        got = export.trace.int_columns(before)
+        if got is None:
+            return {"rows": export.trace.rows(before)}
+        keys, vals, d = got
+        wire = [c.astype("<i8", copy=False).tobytes() for c in keys]
+        return {"columns": (wire, [c.astype("<i8", copy=False).tobytes() for c in vals],
+                            d.astype("<i8", copy=False).tobytes(), len(d))}
 
     def do_cursor_index(self, trace, epoch, key=None, has_key=False, after=None) -> dict:
         self._page_index(trace, epoch).prepare(key, has_key, after)
