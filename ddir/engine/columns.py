@@ -258,6 +258,12 @@ def consolidate_columns(cols: tuple, d, n: int):
                 sums = np.bincount(pk, weights=d, minlength=size)
                 nz = np.flatnonzero(sums)
                 return unpack(nz, spec), sums[nz].astype(I64)
+        if d[0] == 1 and not (d != 1).any():
+            # every diff +1 (a load without a diff column): sorting the
+            # values is ~40% cheaper than argsort and gathering; sums are counts
+            spk = np.sort(pk)
+            starts = np.flatnonzero(np.concatenate(([True], spk[1:] != spk[:-1])))
+            return unpack(spk[starts], spec), np.diff(np.append(starts, n)).astype(I64)
         order = np.argsort(pk, kind="stable")
         spk = pk[order]
         starts = np.flatnonzero(np.concatenate(([True], spk[1:] != spk[:-1])))
