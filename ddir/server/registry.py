@@ -354,20 +354,24 @@ class Server:
         catch-up) or that are not inputs (a stand-in's contents)."""
         from . import bulk  # numpy and pyarrow load only when bulk data is used
         shards = self.cluster.shards
+        # in one process nothing is gained by cutting a batch up (and the
+        # engine would concatenate the pieces again)
+        chunk = bulk.CHUNK if shards > 1 else max(1, len(batch) if isinstance(batch, list)
+                                                  else batch.count)
         done = 0
         if journal:
             self.journal.setdefault(program, Journal()).add(n, time, batch)
         if isinstance(batch, bulk.IntColumns):
             for owner, part in enumerate(bulk.split_columns(batch, shards)):
-                for start in range(0, part.count, bulk.CHUNK):
-                    piece = part.slice(start, start + bulk.CHUNK)
+                for start in range(0, part.count, chunk):
+                    piece = part.slice(start, start + chunk)
                     self.cluster.send(owner, ("stage_columns", program, n, time) + piece.message())
                     done += piece.count
                     if update:
                         update(done)
             return
-        for start in range(0, len(batch), bulk.CHUNK):
-            piece = batch[start:start + bulk.CHUNK]
+        for start in range(0, len(batch), chunk):
+            piece = batch[start:start + chunk]
             for owner, rows in enumerate(split_by_owner(piece, shards)):
                 if rows:
                     self.cluster.send(owner, ("stage", program, n, time, rows))
