@@ -290,7 +290,5 @@ def reduce_columns(op, batch, t: tuple, due):
                 kset = set(key_tuples(K, m))
             small, large = (op.key_times, kset) if len(op.key_times) < len(kset) else (kset, op.key_times)
             for k in [k for k in small if k in large]:
-                for s in tuple(op.key_times.get(k, ())):
-                    if not less_equal(s, t):
-                        op._schedule(k, time_join(s, t))
+                op.join_scheduled(k, t)
     return Cols(tuple(k[eq] for k in K) if K else (), tuple(ev), ed, True)

@@ -539,6 +539,18 @@ class ReduceOp(Operator):
         keys.add(key)
         self.key_times.setdefault(key, set()).add(s)
 
+    def join_scheduled(self, k, t: tuple) -> None:
+        """Schedule ``join(s, t)`` for each time ``s`` already scheduled for
+        ``k`` that is not <= ``t``. When ``s >= t`` the join is ``s`` itself,
+        scheduled already: inside one epoch's loop every time is, so only
+        times incomparable with ``t`` (another epoch's) cost a schedule."""
+        times = self.key_times.get(k)
+        if times:
+            joins = [time_join(s, t) for s in times
+                     if not less_equal(s, t) and not less_equal(t, s)]
+            for j in joins:
+                self._schedule(k, j)
+
     def step(self, t):
         batch = self.take(0, t)
         due = self.scheduled.pop(t, None)
@@ -602,9 +614,7 @@ class ReduceOp(Operator):
                     want = {}
                 have = self._accumulate(k, out_data.get(k, ()), t)
                 _difference(k, want, have, emitted)
-                for s in tuple(self.key_times.get(k, ())):
-                    if not less_equal(s, t):
-                        self._schedule(k, time_join(s, t))
+                self.join_scheduled(k, t)
         return emitted
 
     def _accumulate(self, k, hist, t: tuple) -> dict:
