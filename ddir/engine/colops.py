@@ -226,7 +226,6 @@ def reduce_columns(op, batch, t: tuple, due):
         if g is not None and not sums_fit(g[3]):
             return None
     reducer = op.node.reducer
-    kset = None
     # input accumulated at t
     if g_in is None:
         qa = np.zeros(0, dtype=I64)
@@ -285,10 +284,7 @@ def reduce_columns(op, batch, t: tuple, due):
                 j = jtimes[j]
                 if key not in scheduled.get(j, ()):
                     schedule(key, j)
-        if op.key_times:
-            if kset is None:
-                kset = set(key_tuples(K, m))
-            small, large = (op.key_times, kset) if len(op.key_times) < len(kset) else (kset, op.key_times)
-            for k in [k for k in small if k in large]:
-                op.join_scheduled(k, t)
+        times = op.incomparable(t) if op.scheduled else None
+        if times:
+            op.join_scheduled(set(key_tuples(K, m)) if K else {()}, t, times)
     return Cols(tuple(k[eq] for k in K) if K else (), tuple(ev), ed, True)

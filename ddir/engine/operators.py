@@ -523,7 +523,6 @@ class ReduceOp(Operator):
         self.output = Trace()
         self.reducer = REDUCERS[node.reducer]
         self.scheduled: dict = {}   # time -> set of keys
-        self.key_times: dict = {}   # key -> set of scheduled times
 
     def has_work(self, t):
         return t in self.ports[0] or t in self.scheduled
@@ -537,29 +536,31 @@ class ReduceOp(Operator):
             self.scheduled[s] = keys = set()
             self.scope.schedule(s)
         keys.add(key)
-        self.key_times.setdefault(key, set()).add(s)
 
-    def join_scheduled(self, k, t: tuple) -> None:
-        """Schedule ``join(s, t)`` for each time ``s`` already scheduled for
-        ``k`` that is not <= ``t``. When ``s >= t`` the join is ``s`` itself,
-        scheduled already: inside one epoch's loop every time is, so only
-        times incomparable with ``t`` (another epoch's) cost a schedule."""
-        times = self.key_times.get(k)
-        if times:
-            joins = [time_join(s, t) for s in times
-                     if not less_equal(s, t) and not less_equal(t, s)]
-            for j in joins:
-                self._schedule(k, j)
+    def incomparable(self, t: tuple) -> list:
+        """The scheduled times neither <= nor >= ``t`` (another epoch's
+        later iterations): usually none."""
+        return [s for s in self.scheduled if not less_equal(s, t) and not less_equal(t, s)]
+
+    def join_scheduled(self, keys, t: tuple, times: list) -> None:
+        """After processing ``keys`` at ``t``: schedule ``join(s, t)`` for each
+        of them scheduled at a time ``s`` of ``times`` (:meth:`incomparable`).
+        A scheduled ``s >= t`` needs nothing (the join is ``s`` itself), and
+        every time scheduled while processing ``t`` is >= ``t``; so this one
+        pass per step is all the interesting times a scheduled time adds."""
+        for s in times:
+            scheduled = self.scheduled.get(s)
+            if not scheduled:
+                continue
+            common = keys & scheduled if len(keys) < len(scheduled) else scheduled & keys
+            if common:
+                j = time_join(s, t)
+                for k in common:
+                    self._schedule(k, j)
 
     def step(self, t):
         batch = self.take(0, t)
         due = self.scheduled.pop(t, None)
-        if due:
-            for k in due:
-                times = self.key_times[k]
-                times.discard(t)
-                if not times:
-                    del self.key_times[k]
         parts = []
         keys = ()
         if self.node.reducer in _COLUMNAR_REDUCERS and \
@@ -614,7 +615,10 @@ class ReduceOp(Operator):
                     want = {}
                 have = self._accumulate(k, out_data.get(k, ()), t)
                 _difference(k, want, have, emitted)
-                self.join_scheduled(k, t)
+            if self.scheduled:
+                times = self.incomparable(t)
+                if times:
+                    self.join_scheduled(set(keys), t, times)
         return emitted
 
     def _accumulate(self, k, hist, t: tuple) -> dict:
