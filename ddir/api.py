@@ -303,11 +303,13 @@ class Server:
     # ------------------------------------------------------------ the one code path
 
     def execute(self, cmd, owner=None, deliver=None) -> list:
-        """Run a typed command (:mod:`ddir.server.commands`): its output
-        records, or a :class:`ddir.DdirError` with nothing changed.
-        ``owner``/``deliver``: whose subscriptions these are, and where a
-        ``subscribe``'s later records go (see
-        :meth:`ddir.server.registry.Server.run`)."""
+        """Run a typed command (:mod:`ddir.server.commands`) or a command
+        line (as :meth:`command`): its output records, or a
+        :class:`ddir.DdirError` with nothing changed. ``owner``/``deliver``:
+        whose subscriptions these are, and where a ``subscribe``'s later
+        records go (see :meth:`ddir.server.registry.Server.run`)."""
+        if isinstance(cmd, str):
+            return self.command(cmd)
         if self._closed:
             raise E.ServerStopped("the server is closed")
         if self.core.cluster is not None and getattr(self.core.cluster, "dead", None):
@@ -370,10 +372,13 @@ class Server:
 
     def feed_many(self, program: str, input: int, rows=None, *, keys=None,
                   time: int | None = None) -> int:
-        """Stage many updates at once, all or nothing: ``rows`` of
-        ``(key, val, diff)``, or ``keys`` (val unit, diff +1 each). Returns
-        how many. Rows whose keys and vals are Tuples of Ints go to their
-        workers as int64 columns, like a load."""
+        """Stage many updates at once, all or nothing: ``rows``, an iterable
+        of keys or of ``(key, val, diff)`` (SPEC C6), or ``keys=`` (val unit,
+        diff +1 each). In ``rows`` an item is an update when it is a triple
+        of a Tuple, a Tuple and an Int, and a key otherwise (a key of that
+        very shape must go through ``keys=``). Returns how many. Rows whose
+        keys and vals are Tuples of Ints go to their workers as int64
+        columns, like a load."""
         _name(program, "a program name")
         if (rows is None) == (keys is None):
             raise E.CommandError("feed_many needs rows= (key, val, diff) or keys=, not both")
@@ -382,11 +387,7 @@ class Server:
         if keys is not None:
             batch = [(k, (), 1) for k in keys]
         else:
-            batch = []
-            for i, row in enumerate(rows):
-                if type(row) not in (tuple, list) or len(row) != 3:
-                    raise E.CommandError(f"row {i + 1}: expected (key, val, diff), got {_show(row)}")
-                batch.append(tuple(row))
+            batch = [tuple(row) if _is_update(row) else (row, (), 1) for row in rows]
         columns = _int_columns(batch)
         if columns is None:
             for i, (k, v, d) in enumerate(batch):
@@ -476,7 +477,7 @@ class Server:
             raise E.CommandError("`offset=` cannot be combined with `cursor=` (a cursor "
                                  "knows where it is)")
         cmd = C.Peek(trace or "", None if key is None else _value(key, "key"), key is not None,
-                     None if limit is None else _integer(limit, "limit=", 0), 0, cursor)
+                     None if limit is None else _integer(limit, "limit=", 1), 0, cursor)
         records = self._call(cmd)
         _warn(records)
         return self._page(records[-1])
@@ -634,6 +635,12 @@ def _warn(records) -> None:
     for r in records:
         if r["kind"] == "error":
             warnings.warn(r["message"], RuntimeWarning, stacklevel=3)
+
+
+def _is_update(item) -> bool:
+    """An item of ``feed_many``'s rows that is ``(key, val, diff)``."""
+    return (type(item) in (tuple, list) and len(item) == 3 and type(item[0]) is tuple
+            and type(item[1]) is tuple and type(item[2]) is int)
 
 
 def _deferring_interrupts(run):

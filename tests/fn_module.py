@@ -56,6 +56,10 @@ def exits(x):
     sys.exit(1)  # must not stop a worker
 
 
+def interrupts(x):
+    raise KeyboardInterrupt  # its own, not a Ctrl-C: must not stop the server
+
+
 def slow_loop(n):
     """Loops n * 10,000 times (bounded): a slow function only delays the tick."""
     acc = 0

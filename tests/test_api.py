@@ -131,7 +131,7 @@ BAD_LINES = [
      ddir.UpdateRefused),
     (lambda s: s.feed_many("prod", 0, rows=[((1, 2), (), 1), ("x", (), 1)]), None,
      ddir.CommandError),
-    (lambda s: s.feed_many("prod", 0, rows=[((1, 2), (), 1), (1, 2)]), None, ddir.CommandError),
+    (lambda s: s.feed_many("prod", 0, rows=[((1, 2), (), 1), (1, 2.5)]), None, ddir.CommandError),
     (lambda s: s.feed_many("nope", 0, keys=[(1, 2)]), "feed nope 0 1,2", ddir.UnknownName),
     (lambda s: s.drop("nope"), "drop nope", ddir.UnknownName),
     (lambda s: s.drop("prod"), "drop prod", ddir.DropRefused),
@@ -250,3 +250,17 @@ def test_the_readme_example_runs(monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "1 [(1,), (2,), (3,), (4,), (5,)]"
     assert out[-1] == 'error: cannot drop "prod": trace "edges" is imported by "reach" (drop it first)'
+
+
+def test_feed_many_takes_keys_or_updates_and_execute_takes_a_line():
+    with ddir.Server() as s:
+        s.install("p", source='export "out" = input 0;\n')
+        # SPEC C6: an iterable of keys or (key, val, diff)
+        assert s.feed_many("p", 0, [(5,), (6,), ((7,), (), 2), (1, 2, 3)]) == 4
+        s.tick()
+        assert s.peek("out") == [((1, 2, 3), (), 1), ((5,), (), 1), ((6,), (), 1), ((7,), (), 2)]
+        assert s.execute("peek out 5")[0]["rows"] == [((5,), (), 1)]
+        with pytest.raises(ddir.CommandError, match="not a command: int"):
+            s.execute(42)
+        with pytest.raises(ddir.UnknownName):
+            s.execute("peek nope")

@@ -353,3 +353,31 @@ def test_saved_columns_equal_the_peeked_rows(workers):
         s.tick()
         assert (List([1]), 2) in [k for k, _, _ in s.peek("out")]
         assert s.peek_arrow("out").equals(bulk.rows_to_table(s.peek("out")))
+
+
+def test_a_column_named_twice_is_one_error(tmp_path):
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["a", "a"]),
+                   tmp_path / "dup.parquet")
+    with fresh() as s:
+        with pytest.raises(ddir.DataFileError, match=f'load "{tmp_path / "dup.csv"}": column '
+                           '"a" appears more than once'):
+            s.load("p", 0, str(tmp_path / "dup.csv"))
+        with pytest.raises(ddir.DataFileError, match="cannot read it as parquet: Multiple matches"):
+            s.load("p", 0, str(tmp_path / "dup.parquet"))  # pyarrow's reader refuses it itself
+        s.tick()
+        assert s.peek("out") == []
+
+
+def test_an_empty_csv_loads_as_zero_rows(tmp_path):
+    """A CSV of a header alone (what `save` writes for an empty trace) has
+    columns of no type: it loads as nothing, not as an error."""
+    with fresh() as s:
+        s.tick()
+        assert s.save("out", str(tmp_path / "e.csv")) == 0
+        (tmp_path / "h.csv").write_text("x\n")
+        assert s.load("p", 0, str(tmp_path / "e.csv")) == 0
+        assert s.load("p", 0, str(tmp_path / "h.csv")) == 0
+        s.feed("p", 0, (1,))
+        s.tick()
+        assert s.peek("out") == [((1,), (), 1)]

@@ -195,7 +195,7 @@ def test_script_output_and_parsing():
         s.tick()
         from ddir.server.output import render_text
         first = render_text(s.command("peek edges limit=2")[0]).splitlines()
-        assert first[-2] == "  ... 1 more row (peek edges offset=2)"
+        assert first[-2] == "  (1) ; (1)  x1"  # the rows, then the cursor (SPEC C4)
         assert first[-1].startswith("  more: peek edges cursor=")
         token = first[-1].split("cursor=")[1]
         last = render_text(s.command(f"peek edges cursor={token}")[0]).splitlines()
@@ -265,3 +265,38 @@ def test_api_peek_with_limit_hands_its_cursor_to_the_caller():
         keyed = s.peek("edges", (3,), limit=5)      # everything shown: no cursor, no lease
         assert keyed == [] and keyed.cursor is None and keyed.next() is None
         assert s.page("edges", limit=2) == []
+
+
+def test_tokens_are_the_same_in_every_run_and_for_every_worker_count(tmp_path):
+    """SPEC B: output byte-identical for every -w N, tokens included, with
+    no secret set (the default one is fixed)."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "p.ddp").write_text('export "out" = input 0;\n')
+    (tmp_path / "s.txt").write_text("install p p.ddp\n" + "".join(f"feed p 0 {i}\n" for i in range(6))
+                                    + "tick\npeek out limit=2\npeek out limit=0\n")
+    env = {k: v for k, v in os.environ.items() if k != "DDIR_CURSOR_SECRET"}
+    outs = [subprocess.run([sys.executable, "-m", "ddir", "-w", str(w), "s.txt"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=60).stdout
+            for w in (1, 3, 1)]
+    assert outs[0] == outs[1] == outs[2] and "more: peek out cursor=" in outs[0]
+    # limit=0: the total alone, no cursor (one would never advance)
+    assert outs[0].endswith('  more: peek out cursor=' + outs[0].split("cursor=")[1].split("\n")[0]
+                            + '\npeek "out" (6 rows):\n')
+
+
+def test_a_cursor_page_of_zero_rows_is_refused():
+    with ddir.Server() as s:
+        s.install("p", source='export "out" = input 0;\n')
+        s.feed_many("p", 0, keys=[(i,) for i in range(5)])
+        s.tick()
+        page = s.peek("out", limit=0)
+        assert page == [] and page.total == 5 and page.cursor is None
+        assert list(page.pages()) == [page]
+        first = s.peek("out", limit=2)
+        with pytest.raises(ddir.CommandError, match="limit= must be at least 1, got 0"):
+            first.next(0)
+        with pytest.raises(ddir.CommandError, match="limit= must be at least 1, got 0"):
+            s.command(f"peek out cursor={first.cursor} limit=0")
+        assert first.next() == [((2,), (), 1), ((3,), (), 1)]

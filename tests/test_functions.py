@@ -18,7 +18,7 @@ from conftest import ROOT
 TESTS = ROOT / "tests"
 FN_PATH = str(TESTS / "fn_module.py")
 PROGRAM = str(TESTS / "programs" / "functions.ddp")
-PUBLIC = ["exits", "is_even", "nested_bad", "pair", "raises", "returns_big", "returns_float",
+PUBLIC = ["exits", "interrupts", "is_even", "nested_bad", "pair", "raises", "returns_big", "returns_float",
           "returns_list", "returns_none", "returns_str", "returns_variant", "score", "slow_loop"]
 
 EXPECTED = {
@@ -75,6 +75,7 @@ export "big" = xs | flatmap(@returns_big($0[0]));
 export "nb" = xs | map(; @nested_bad($0[0]));
 export "ex" = xs | map(@exits($0) ;);
 export "ok" = xs | map(@slow_loop($0[0]) ;);
+export "ki" = xs | map(@interrupts($0[0]) ;);
 """
 
 ERROR_LINES = [
@@ -82,7 +83,7 @@ ERROR_LINES = [
     "a ddir.List or a ddir.Variant) (4 rows dropped)",
     "e: flatmap at <source>:6:21: `@returns_big` returned an integer that does not fit in 64 "
     "bits: 1180591620717411303424 (4 rows dropped)",
-    "e: map at <source>:2:19: `@raises` raised ValueError: three is bad (1 row dropped)",
+    "e: map at <source>:2:19: `@raises` raised ValueError: three is bad (1 rows dropped)",
     "e: map at <source>:3:20: `@returns_float` returned a Python float 0.5, not a value (an int, "
     "a tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
     "e: map at <source>:4:20: `@returns_str` returned a Python str '1', not a value (an int, a "
@@ -90,6 +91,7 @@ ERROR_LINES = [
     "e: map at <source>:7:20: `@nested_bad` returned a Python list inside its result, not a value "
     "(an int, a tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
     "e: map at <source>:8:20: `@exits` raised SystemExit: 1 (4 rows dropped)",
+    "e: map at <source>:10:20: `@interrupts` raised KeyboardInterrupt (4 rows dropped)",
 ]
 
 
@@ -110,8 +112,8 @@ def _error_run(workers):
 def test_bad_results_are_term_errors_the_same_for_1_and_3_workers():
     one = _error_run(1)
     assert sorted(one[0]) == sorted(ERROR_LINES)
-    assert len(one[1]) == 7 and all(e.endswith("(1 row dropped)") for e in one[1])
-    assert len(one[2]) == 6 and not any("@raises" in e for e in one[2])
+    assert len(one[1]) == 8 and all(e.endswith("(1 rows dropped)") for e in one[1])
+    assert len(one[2]) == 7 and not any("@raises" in e for e in one[2])
     assert one[3] == [((1,), (), 1), ((2,), (), 1), ((4,), (), 1), ((5,), (), 1)]
     assert one[4] == sorted(((fn_module.slow_loop(x),), (), 1) for x in (1, 2, 4, 5))
     assert _error_run(3) == one

@@ -80,7 +80,7 @@ def test_a_join_whose_product_of_diffs_overflows_drops_the_row(tmp_path):
     out = same_for_1_and_3(tmp_path, {"j.ddp": program},
                            "install j j.ddp\nfeed j 0 1 diff=4294967296\nfeed j 1 1 diff=4294967296\n"
                            "feed j 0 2 diff=3\nfeed j 1 2 diff=-5\ntick\npeek j\n")
-    assert "j: join at j.ddp:1:24: multiplicity overflow" in out and "(1 row dropped)" in out
+    assert "j: join at j.ddp:1:24: multiplicity overflow" in out and "(1 rows dropped)" in out
     assert out.endswith('peek "j" (1 rows):\n  (2) ; ()  x-15\n')
 
 
@@ -93,7 +93,7 @@ def test_a_failing_join_pair_is_counted_once(tmp_path):
                            "feed j 0 2\nfeed j 0 2 val=1\nfeed j 1 2\nfeed j 1 2 val=3\ntick\n"
                            "feed j 1 2 val=3 diff=-1\ntick\n")
     counts = [line.rsplit("(", 1)[1] for line in out.splitlines() if line.startswith("error:")]
-    assert counts == ["1 row dropped)", "4 rows dropped)", "2 rows dropped)"]
+    assert counts == ["1 rows dropped)", "4 rows dropped)", "2 rows dropped)"]
 
 
 # ------------------------------------------------------------ 7. generated sources
@@ -245,9 +245,9 @@ def test_dropped_row_counts_and_overflow_reports_do_not_depend_on_the_worker_cou
     lines = out.splitlines()
     assert lines[1] == "tick -> epoch 1"  # the two rows cancel before any term: nothing failed
     assert lines[2].startswith("error: s.txt:7: m: map at m.ddp:2:22: index 5 out of range")
-    assert lines[2].endswith("(1 row dropped)")
+    assert lines[2].endswith("(1 rows dropped)")
     assert lines[3].startswith("error: s.txt:7: m: map at m.ddp:3:18: index 5 out of range")
-    assert lines[3].endswith("(1 row dropped)")
+    assert lines[3].endswith("(1 rows dropped)")
     assert lines[-3].startswith("error: s.txt:11: o: arrange at o.ddp:3:8: multiplicity overflow")
     assert lines[-1] == 'peek "o" (0 rows):'
 
@@ -285,3 +285,22 @@ def test_two_scopes_failing_in_one_tick_are_reported_alike_for_any_worker_count(
     out = same_for_1_and_3(tmp_path, {"p.ddp": program},
                            "install p p.ddp\nfeed p 0 0\nfeed p 1 1\ntick\nlist\n", "--max-rounds", "5")
     assert "p: scope `b` did not converge within 5 rounds at epoch 0" in out
+
+
+def test_a_reduce_whose_accumulated_input_leaves_i64_reports_it_and_recovers(tmp_path):
+    """SPEC A1: a multiplicity leaving i64 while accumulating is an error of
+    the operator; it is a function of the accumulation, so once a retraction
+    brings it back the output is right again."""
+    program = ('export "d" = input 0 | distinct;\n'
+               'export "m" = input 0 | map(0 ; $0[0]) | min;\n')
+    out = same_for_1_and_3(tmp_path, {"ov.ddp": program},
+                           "install p ov.ddp\nfeed p 0 1 diff=9223372036854775807\ntick\n"
+                           "feed p 0 1\ntick\npeek d\npeek m\n"
+                           "feed p 0 1 diff=-2\ntick\npeek d\npeek m\n")
+    lines = out.splitlines()
+    assert lines[2] == ("error: s.txt:5: p: distinct at ov.ddp:1:24: multiplicity overflow: the "
+                        "net diff of a value left the signed 64-bit range (1 rows dropped)")
+    assert lines[3].startswith("error: s.txt:5: p: min at ov.ddp:2:41: multiplicity overflow")
+    assert lines[5:7] == ['peek "d" (0 rows):', 'peek "m" (0 rows):']
+    assert lines[8:] == ['peek "d" (1 rows):', "  (1) ; ()  x1", 'peek "m" (1 rows):',
+                         "  (0) ; (1)  x1"]

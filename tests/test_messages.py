@@ -120,12 +120,16 @@ def test_explain_prints_terms_as_a_user_writes_them(tmp_path):
 
 def test_peek_hint_keeps_the_key(tmp_path):
     prog = tmp_path / "k.ddp"
-    prog.write_text('export "kk" = import "iota:30" | map(tuple(1, 2) ; $0);\n')
+    prog.write_text('export "kk" = import "iota:80" | map(tuple(1, 2) ; $0);\n')
     out = io.StringIO()
     s = Session(out=out)
-    for line in [f"install k {prog}", "tick", "peek kk ((1,2)) limit=3"]:
+    s.interactive = True  # the hint is the prompt's: its implicit page of 50 rows
+    for line in [f"install k {prog}", "tick", "peek kk ((1,2))", "peek kk ((1,2)) limit=3"]:
         s.run_line(line)
-    assert "  ... 27 more rows (peek kk ((1,2)) offset=3)" in out.getvalue()
+    lines = out.getvalue().splitlines()
+    assert "  ... 30 more rows (peek kk ((1,2)) offset=50)" in lines
+    # an explicit limit= ends with its rows and the cursor line alone (SPEC C4)
+    assert lines[-2] == "  ((1, 2)) ; (2)  x1" and lines[-1].startswith("  more: peek kk cursor=")
 
 
 @pytest.mark.parametrize("args", [

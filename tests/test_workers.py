@@ -70,7 +70,7 @@ def test_term_errors_and_inspect_events_merge_identically(tmp_path):
     (tmp_path / "s.txt").write_text("\n".join(lines) + "\n")
     outs = {w: ddir("-w", str(w), "s.txt", cwd=tmp_path) for w in (1, 2, 4)}
     assert "error: s.txt:32: p: map at p.ddp:1:20: index 2 out of range for Tuple (1, 1)" in outs[1].stdout
-    assert "(20 rows dropped)" in outs[1].stdout and "(1 row dropped)" in outs[1].stdout
+    assert "(20 rows dropped)" in outs[1].stdout and "(1 rows dropped)" in outs[1].stdout
     assert outs[1].stdout.count("error:") == 2 and outs[1].stdout.count("[q]") == 11
     for w in (2, 4):
         assert outs[w].stdout == outs[1].stdout, w

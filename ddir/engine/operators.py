@@ -504,6 +504,18 @@ def _reduce_collect(acc: dict):
     return {List(items): 1}
 
 
+def _reduce(reducer, acc: dict):
+    """``reducer(acc)``, after checking that the accumulated multiplicities
+    fit in i64 (SPEC A1: leaving the range while accumulating is an error of
+    the operator). The check is a function of the accumulation, so once a
+    retraction brings it back the key's output is right again."""
+    out = reducer(acc)  # its own errors first (a count too large says so)
+    if max(acc.values()) > INT_MAX or min(acc.values()) < INT_MIN:
+        raise TermError("multiplicity overflow: the net diff of a value left the signed "
+                        "64-bit range")
+    return out
+
+
 _COLUMNAR_REDUCERS = ("min", "distinct", "count")
 
 REDUCERS = {"min": _reduce_min, "distinct": _reduce_distinct, "count": _reduce_count,
@@ -598,7 +610,7 @@ class ReduceOp(Operator):
             for k in keys:
                 acc = _sum_history(in_data.get(k, ()))
                 try:
-                    want = reducer(acc) if acc else {}
+                    want = _reduce(reducer, acc) if acc else {}
                 except TermError as e:  # the key keeps no output: as if its input were empty
                     self.fail(name, e, k, None, t, 1)
                     want = {}
@@ -609,7 +621,7 @@ class ReduceOp(Operator):
                 # schedule join(s, t) for every s that is not (DESIGN, reduce)
                 acc = self._accumulate(k, in_data.get(k, ()), t)
                 try:
-                    want = reducer(acc) if acc else {}
+                    want = _reduce(reducer, acc) if acc else {}
                 except TermError as e:
                     self.fail(name, e, k, None, t, 1)
                     want = {}

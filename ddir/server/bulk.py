@@ -245,6 +245,10 @@ def table_to_batch(table: pa.Table, shown: str, path: str, key=None, val=None, d
     rows. One :class:`DataFileError` for the first problem; nothing else
     happens (the caller stages only what this returns)."""
     names = table.column_names
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataFileError(f'load "{shown}": column "{twice[0]}" appears more than once; '
+                            "give every column its own name")
 
     def check(cols, what):
         for c in cols:
@@ -270,7 +274,10 @@ def table_to_batch(table: pa.Table, shown: str, path: str, key=None, val=None, d
         if name not in columns:
             col = table.column(name).combine_chunks()
             try:
-                if _is_int_type(col.type):
+                if pa.types.is_null(col.type) and not len(col):
+                    # a CSV of a header alone: no cell says what the column holds
+                    columns[name] = ("int", np.zeros(0, dtype=np.int64))
+                elif _is_int_type(col.type):
                     columns[name] = ("int", _int_column(col))
                 elif _is_str_type(col.type):
                     columns[name] = ("str", _str_column(col))

@@ -338,9 +338,9 @@ def parse_command(line: str, script_dir: str | None = None):
         if not options["cursor"]:
             raise CommandError("cursor= needs a token")
         has_key = len(positional) == 2
+        limit = _int(options["limit"], "limit=", 1) if "limit" in options else None
         return Peek(positional[0] if positional else "",
-                    _value(positional[1]) if has_key else None, has_key,
-                    _int(options["limit"], "limit=", 0) if "limit" in options else None, 0,
+                    _value(positional[1]) if has_key else None, has_key, limit, 0,
                     options["cursor"])
     if cmd in ("subscribe", "unsubscribe"):
         if cmd == "subscribe":

@@ -4,7 +4,7 @@ A token is self-contained: the msgpack of ``[version, trace, seq, epoch,
 has_key, key, after, offset, total, limit]`` (``seq`` tells a trace from one
 of the same name published again after a drop; ``after`` is the last
 ``(key, val)`` returned, None before the first row), followed by an HMAC
-(SHA-256, 16 bytes) under a per-server random secret, all base64url without
+(SHA-256, 16 bytes) under a fixed secret (see ``DEFAULT_SECRET``), all base64url without
 padding: one whitespace-free command-line token. No session holds it.
 
 What the server does hold is a *lease* per (trace, epoch): while one is held,
@@ -44,11 +44,17 @@ KEPT_KEYS = 16   # keys per lease whose sorted rows a worker keeps for the next 
 PAGE_STATS = {"touched": 0}
 
 
+# The default secret is fixed, so that a token is a function of the rows and
+# the epoch alone: output is byte-identical for every -w N, every run, and
+# after a restore (SPEC B, C5). The MAC tells a mistyped or cut token from a
+# real one; a token forged with this public secret can only ask for rows a
+# plain peek gives anyway. DDIR_CURSOR_SECRET sets a private one.
+DEFAULT_SECRET = b"ddir cursor tokens, version 1"
+
+
 def _secret() -> bytes:
-    """A random secret per server; ``DDIR_CURSOR_SECRET`` fixes it (so that
-    the tests' outputs, tokens included, are the same in every run)."""
     fixed = os.environ.get("DDIR_CURSOR_SECRET")
-    return fixed.encode() if fixed else os.urandom(32)
+    return fixed.encode() if fixed else DEFAULT_SECRET
 
 
 class Cursors:

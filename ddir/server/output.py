@@ -85,7 +85,9 @@ def _peek_text(record: dict) -> str:
     for k, v, d in record["rows"]:
         lines.append(f"  {format_value(k)} ; {format_value(v)}  x{d}")
     shown_to = record["offset"] + len(record["rows"])
-    if shown_to < total and record["rows"] and not record.get("page"):
+    # the prompt's implicit page only: elsewhere a limited peek ends with its
+    # rows and the cursor line (SPEC C4)
+    if shown_to < total and record["rows"] and record.get("offset_hint"):
         more = total - shown_to
         # the command that shows the rest, key included, written as one token each
         # (a printed value has blanks only after its commas)

@@ -24,8 +24,9 @@ from .generated import Recipe, RecipeError, parse_recipe
 from .journal import Journal
 from ..engine.exchange import split_by_owner
 from ..engine.order import sort_rows
-from ..errors import (CursorError, DdirError, DropRefused, InstallFailed, InvalidProgram,
-                      InvalidSource, NameTaken, ServerError, UnknownName, UpdateRefused)
+from ..errors import (CommandError, CursorError, DdirError, DropRefused, InstallFailed,
+                      InvalidProgram, InvalidSource, NameTaken, ServerError, UnknownName,
+                      UpdateRefused)
 from ..values import INT_MAX, INT_MIN, format_value, order_key
 
 __all__ = ["Server", "ServerError", "Installed"]
@@ -128,7 +129,9 @@ class Server:
             C.Peek: self.peek, C.ListCmd: self.list, C.Help: self.help,
             C.Load: self.load, C.Save: self.save, C.Checkpoint: self.checkpoint,
             C.Reinstall: self.reinstall,
-        }[type(cmd)]
+        }.get(type(cmd))
+        if handler is None:
+            raise CommandError(f"not a command: {type(cmd).__name__}")
         try:
             if isinstance(cmd, C.Peek):
                 return self.page(cmd) if cmd.cursor is not None else self.peek(cmd)
@@ -590,9 +593,10 @@ class Server:
                 continue
             count, message = len(messages), min(messages)
             file = self.programs[name].file if name in self.programs else ""
+            # SPEC A3's template, literally (as peek's `(<n> rows)`): 1 rows too
             records.append({"kind": "error", "message":
                             f"{name}: {operator} at {file}:{loc[0]}:{loc[1]}: {message} "
-                            f"({count} row{'s' if count != 1 else ''} dropped)"})
+                            f"({count} rows dropped)"})
         return records
 
     # ------------------------------------------------------------ reading
@@ -646,7 +650,9 @@ class Server:
                   "has_key": cmd.has_key, "rows": rows[cmd.offset:end], "total": len(rows),
                   "offset": cmd.offset}
         shown = cmd.offset + len(record["rows"])
-        if cmd.limit is not None and shown < len(rows):  # a cursor to the rest (SPEC C4)
+        # a cursor to the rest (SPEC C4); limit=0 asks for the total alone, and
+        # a cursor that pages nothing would never advance
+        if cmd.limit and shown < len(rows):
             after = rows[shown - 1][:2] if shown else None
             record["cursor"] = self._cursor(name, self.epoch, cmd.has_key, cmd.key, after, shown,
                                             len(rows), cmd.limit, index=True)
@@ -690,7 +696,7 @@ class Server:
                   "has_key": has_key, "rows": rows, "total": total, "offset": offset,
                   "page": True}
         shown = offset + len(rows)
-        if shown < total and (rows or not limit):
+        if shown < total:
             record["cursor"] = self._cursor(name, epoch, has_key, key,
                                             rows[-1][:2] if rows else after,
                                             shown, total, limit)

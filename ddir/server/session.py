@@ -60,10 +60,14 @@ class Session:
         if isinstance(cmd, C.Exit):
             self.finished = True
             return False
-        if isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None:
+        paged = isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None
+        if paged:
             cmd = dataclasses.replace(cmd, limit=50)
         try:
             records = _uninterruptible(lambda: self.client.execute(cmd))
+            if paged:  # the prompt's own page says how to see the rest (SPEC B)
+                records = [dict(r, offset_hint=True) if r["kind"] == "peek" else r
+                           for r in records]
         except ServerStopped:
             raise  # a worker died: the server cannot go on (the CLI exits)
         except DdirError as e:

@@ -220,7 +220,10 @@ def call_function(name: str, fn, *args):
         raise TermError(f"unknown function `@{name}`")
     try:
         result = fn(*args)
-    except (Exception, SystemExit) as e:  # SystemExit too: a worker outlives sys.exit()
+    # SystemExit and KeyboardInterrupt too: a worker outlives sys.exit(), and a
+    # real Ctrl-C never lands here (a command defers it until it has finished,
+    # ddir.api._deferring_interrupts), so this one is the function's own
+    except (Exception, SystemExit, KeyboardInterrupt) as e:
         text = str(e)
         if len(text) > _SHOWN:
             text = text[:_SHOWN - 3] + "..."
