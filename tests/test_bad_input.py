@@ -38,7 +38,8 @@ BAD_LINES = [
     "feed iota:3 0 1", "feed prod 0 1,2 3", "feed prod 0 99999999999999999999",
     "tick now", "drop", "drop nope", "drop prod", "drop a b", "peek", "peek nope",
     "peek edges 1 2", "peek edges limit=x", "peek edges offset=-1", "peek edges limit=1 color=red",
-    "list all", "help nope", "exit now", "peek edges (1,",
+    "list all", "help nope", "exit now", "peek edges (1,", 'install "q" programs/echo.ddp',
+    "peek edges cursor=abc limit=0",
 ] + [f"install bad{i} {{tmp}}/{name}" for i, name in enumerate(BAD_PROGRAMS)]
 
 

@@ -146,6 +146,10 @@ class Server:
 
     def install(self, cmd: C.Install) -> list:
         program = cmd.program
+        if '"' in cmd.name or not cmd.name.isprintable():
+            # every message quotes the name: "q" would print as ""q""
+            raise CommandError(f"a program name cannot hold a double quote or a control "
+                               f"character: {cmd.name!r}")
         try:
             calls = check_calls(program, self.functions, program.file)
         except C.ProgramError as e:
