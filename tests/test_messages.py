@@ -35,6 +35,10 @@ def value_error(text: str) -> str:
     ("#x", "expected an integer, found `x` (at column 2)"),
     ("(tupel(1))", "unknown function or constructor `tupel` (did you mean `tuple`?) (at column 2)"),
     ("1+", "expected `(`, `-`, a name or an integer, found end of value (at column 3)"),
+    # said of a value: no program, so no binder and no comment hint
+    ("x", "bad value `x`: `x` is not a value (a name means something only in a program) "
+          "(at column 1)"),
+    ("istag(1,#1:5)", "bad value `istag(1,#1:5)`: unexpected character `#` (at column 9)"),
 ])
 def test_value_messages_say_what_is_wrong_where(text, message):
     assert message in value_error(text)

@@ -32,6 +32,16 @@ class ValueTokenError(ValueError):
     """A malformed value token; the message says what is wrong."""
 
 
+def _as_value_message(message: str) -> str:
+    """A term parser's message, said of a value (no program around it)."""
+    message = message.replace("end of file", "end of value")
+    message = message.replace(" (`#` is not a comment in programs: use `--`)", "")
+    found = re.fullmatch(r"unknown name `([^`]*)` \(not a case binder in scope\)", message)
+    if found:
+        return f"`{found.group(1)}` is not a value (a name means something only in a program)"
+    return message
+
+
 def parse_value_token(text: str):
     if text in ("_", ""):
         return ()
@@ -64,7 +74,7 @@ def parse_value_token(text: str):
         if text[e.col - 1:e.col] == "," and _bracket_depth(text[:e.col]) == 0:
             raise _bad(text, "only integers can be written as a bare row `1,2`; write other rows "
                              "as `tuple(1,x)` or `(1,(2))`", e.col) from None
-        raise _bad(text, e.message.replace("end of file", "end of value"), e.col) from None
+        raise _bad(text, _as_value_message(e.message), e.col) from None
     except RecursionError:  # a long operator chain; the term parser recurses on it
         raise _bad(text, "too long or too deeply nested to read") from None
     if "$" in text:  # only a `$n` can hold a `$` in a term that parsed (and no walk: no recursion)
