@@ -23,7 +23,7 @@ import threading
 from types import SimpleNamespace
 
 from .server import commands as C
-from .server.output import error_record, render_json, render_text
+from .server.output import PROMPT_PAGE, error_record, prompt_page, render_json, render_text
 from .values import from_json
 
 USAGE = """usage: ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT...]
@@ -38,7 +38,6 @@ on the server's machine.
 exit status: 0 done, 2 bad usage or no connection, 3 the connection was lost
 """
 
-PAGE = 50  # rows a `peek` shows at the prompt, as the local prompt does
 
 
 class ConnectionLost(Exception):
@@ -178,13 +177,16 @@ class RemoteSession:
                 return self._report([{"kind": "error",
                                       "message": f'cannot read program file "{path}": {reason}'}],
                                     file, lineno)
-        elif (words[0] == "peek" and self.interactive
-              and not any(w.startswith(("limit=", "cursor=")) for w in words[1:])):
-            line = f"{line.rstrip()} limit={PAGE}"
+        paged = (words[0] == "peek" and self.interactive
+                 and not any(w.startswith(("limit=", "cursor=")) for w in words[1:]))
+        if paged:
+            line = f"{line.rstrip()} limit={PROMPT_PAGE}"
         with self._lock:
             self._busy = True
         try:
             records = [rebuild(r) for r in self.request(line, source)]
+            if paged:
+                records = prompt_page(records)
             if self.interactive:
                 self.refresh()
             self._report(records, file, lineno)

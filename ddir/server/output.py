@@ -99,6 +99,15 @@ def _peek_text(record: dict) -> str:
     return "\n".join(lines)
 
 
+PROMPT_PAGE = 50  # rows a `peek` without limit= shows at a prompt (local or `connect`)
+
+
+def prompt_page(records: list) -> list:
+    """The records of a prompt's implicit page: its peek says how to see
+    the rest (SPEC B), which nothing else prints."""
+    return [dict(r, offset_hint=True) if r["kind"] == "peek" else r for r in records]
+
+
 def render_json(record: dict) -> str:
     kind = record["kind"]
     if kind == "peek":

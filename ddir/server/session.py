@@ -17,7 +17,7 @@ import sys
 import threading
 
 from . import commands as C
-from .output import error_record, render_json, render_text
+from .output import PROMPT_PAGE, error_record, prompt_page, render_json, render_text
 from .registry import Server
 from ..errors import DdirError, ServerStopped
 
@@ -62,12 +62,11 @@ class Session:
             return False
         paged = isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None
         if paged:
-            cmd = dataclasses.replace(cmd, limit=50)
+            cmd = dataclasses.replace(cmd, limit=PROMPT_PAGE)
         try:
             records = _uninterruptible(lambda: self.client.execute(cmd))
-            if paged:  # the prompt's own page says how to see the rest (SPEC B)
-                records = [dict(r, offset_hint=True) if r["kind"] == "peek" else r
-                           for r in records]
+            if paged:
+                records = prompt_page(records)
         except ServerStopped:
             raise  # a worker died: the server cannot go on (the CLI exits)
         except DdirError as e:
