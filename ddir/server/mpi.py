@@ -83,6 +83,22 @@ def _give_up() -> None:
     os._exit(lifeline.EXIT_PEER_LOST)
 
 
+def _finalize_mpi(MPI) -> None:
+    """``MPI_Finalize`` with the GIL released. mpi4py's ``Finalize`` holds
+    it, so while a lost rank kept Finalize waiting (``-disable-auto-cleanup``)
+    the guard's timer thread could never run, and the rank hung for good;
+    ctypes releases the GIL around a foreign call. The symbol is looked up
+    through mpi4py's extension, which links the MPI library."""
+    try:
+        import ctypes
+        finalize = ctypes.CDLL(MPI.__file__).MPI_Finalize
+    except (ImportError, OSError, AttributeError):
+        MPI.Finalize()
+        return
+    finalize.argtypes, finalize.restype = [], ctypes.c_int
+    finalize()
+
+
 def leave(code: int) -> None:
     """End this process with ``code``. After MPI is finalized this must be
     the C library's ``exit``: MPICH tells ``mpiexec`` that the rank ended in
@@ -347,7 +363,7 @@ class Ranks:
         guard = threading.Timer(FINALIZE_TIMEOUT, _give_up)
         guard.daemon = True
         guard.start()
-        self.MPI.Finalize()
+        _finalize_mpi(self.MPI)
         guard.cancel()
         _finalized = True
 
