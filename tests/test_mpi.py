@@ -298,7 +298,8 @@ def test_killed_rank_0_takes_the_workers_with_it(options):
 
 @pytest.mark.slow
 def test_a_killed_rank_is_reported_every_time():
-    """Many trials (30 s at most for the quick tests): each shows the line."""
+    """30 trials, rotating the killed rank (1, 2, 0) and the clean-up option:
+    every one shows the line."""
     failed = []
     for trial in range(30):
         rank = (1, 2, 0)[trial % 3]
