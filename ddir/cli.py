@@ -287,7 +287,7 @@ def _serve_cli(opts: dict, ranks) -> int:
     sessions: list = []  # the session, once made: where a worker's death is reported
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
-                              opts["restore"], ranks)
+                              opts["restore"], ranks, json_mode=opts["json"])
     except CommandError as e:  # --functions MODULE could not be imported, a bad --restore
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -319,7 +319,7 @@ def _terminate(signum, frame):
 
 
 def start_server(workers: int, max_rounds, sessions: list, functions=None, restore=None,
-                 ranks=None):
+                 ranks=None, json_mode: bool = False):
     """A :class:`ddir.Server`: ``-w 1`` runs the worker in this process; more
     start worker processes (or, with ``ranks``, are the MPI job's ranks). A
     worker's death is printed (through the session in ``sessions``) as one
@@ -336,13 +336,23 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
     if workers == 1:
         return make(1, max_rounds=max_rounds, functions=functions)
     terminal = _terminal_state()
+    from .server.output import render_json, render_text
+
+    def render(message: str) -> str:
+        record = {"kind": "error", "message": message}
+        return render_json(record) if json_mode else render_text(record)
+
+    if ranks is not None:  # it prints the line, even if the launcher kills rank 0 first
+        ranks.start_reporter(render)
 
     def on_death(message: str) -> None:
         try:
-            for session in sessions:
-                session.emit([{"kind": "error", "message": message}])
-            if not sessions:  # lost while starting (an MPI rank failed to set up)
-                print(f"error: {message}", flush=True)
+            sys.stdout.flush()
+            if ranks is None or not ranks.report(render(message)):
+                for session in sessions:
+                    session.emit([{"kind": "error", "message": message}])
+                if not sessions:  # lost while starting (an MPI rank failed to set up)
+                    print(render(message), flush=True)
         except Exception:
             pass
         if terminal is not None:  # the prompt may have left the terminal in raw mode

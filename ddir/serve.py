@@ -704,7 +704,7 @@ def _main(opts: dict, ranks) -> int:
     sessions: list = []
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
-                              ranks=ranks)
+                              ranks=ranks, json_mode=opts["json"])
     except DdirError as e:  # --functions MODULE could not be imported
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,10 @@ rank 0, opened at start-up (the same model as the control sockets of
   the launcher kill rank 0 before the error is printed;
 * end of stream at a worker: rank 0 is gone, and the worker exits.
 
+Rank 0's reporter (:mod:`ddir.server.reporter`) holds copies of rank 0's
+ends and watches them too, without reading: when the launcher kills rank 0
+right after a rank died, it still prints the line.
+
 Ranks on rank 0's host connect over loopback, others to rank 0's host name
 (the names given to ``mpiexec -hosts`` must resolve for MPI anyway). A random
 secret, passed through MPI, keeps a stranger from taking a worker's place

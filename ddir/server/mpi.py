@@ -19,16 +19,21 @@ which on a machine with fewer cores than ranks takes the CPU from the rank
 with work, and at an idle prompt keeps every core busy. :func:`_wait` tests
 the request, yields the CPU while the wait is young, then sleeps in growing
 steps. It also lets rank 0 notice a lost rank (:mod:`ddir.server.lifeline`)
-while it waits.
+while it waits. The line that says so is printed by rank 0's reporter
+(:mod:`ddir.server.reporter`), a process that MPICH's ``mpiexec`` does not
+kill with the ranks.
 
 mpi4py is optional (``pip install 'ddir[mpi]'``); it is imported only here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -41,6 +46,8 @@ from .collective import ByteExchange
 from .worker import Worker
 
 INSTALL_HINT = "pip install 'ddir[mpi]'"
+REPORTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reporter.py")
+REPORT_TIMEOUT = 5.0  # how long rank 0 waits for the reporter to print its line
 _CONTROL, _REPLY = 1, 2
 # Messages of the rank loop itself, not the Worker's.
 _CLOSE = ("mpi_close",)  # this server is over: start afresh (another may follow)
@@ -77,10 +84,20 @@ _finalized = False
 FINALIZE_TIMEOUT = 10.0
 
 
-def _give_up() -> None:
-    print(f"ddir: MPI did not finalize within {FINALIZE_TIMEOUT:.0f} s; leaving", file=sys.stderr,
-          flush=True)
-    os._exit(lifeline.EXIT_PEER_LOST)
+def _finalize_mpi(MPI) -> None:
+    """``MPI_Finalize`` with the GIL released. mpi4py's ``Finalize`` holds
+    it, so while a lost rank kept Finalize waiting (``-disable-auto-cleanup``)
+    the guard's timer thread could never run, and the rank hung for good;
+    ctypes releases the GIL around a foreign call. The symbol is looked up
+    through mpi4py's extension, which links the MPI library."""
+    try:
+        import ctypes
+        finalize = ctypes.CDLL(MPI.__file__).MPI_Finalize
+    except (ImportError, OSError, AttributeError):
+        MPI.Finalize()
+        return
+    finalize.argtypes, finalize.restype = [], ctypes.c_int
+    finalize()
 
 
 def leave(code: int) -> None:
@@ -279,6 +296,8 @@ class Ranks:
         self.control = world.Dup()
         self.data = world.Dup()
         self.hub = self.line = None
+        self.reporter = None        # rank 0: (process, socket), see start_reporter
+        self._tell = threading.Lock()
         global SPIN
         SPIN = _choose_spin(world, MPI)
         _fine_timers()
@@ -309,6 +328,77 @@ class Ranks:
         except lifeline.LifelineError as e:  # the launcher then ends the other ranks
             print(f"error: {e}", file=sys.stderr, flush=True)
             os._exit(2)
+
+    # ------------------------------------------------------------ the reporter
+
+    def start_reporter(self, render) -> None:
+        """Rank 0 of a job of several ranks: start the process that prints
+        the line ending the job (:mod:`ddir.server.reporter`), out of the
+        launcher's reach. ``render(message)`` is the line the session prints
+        for an error ``message``. Without it (it could not start) rank 0
+        prints for itself, as before, and may lose the race."""
+        if self.hub is None or self.reporter is not None:
+            return
+        mine, theirs = socket.socketpair()
+        fds = {rank: sock.fileno() for rank, sock in self.hub.sockets.items()}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PMI_")}  # not a rank
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", REPORTER, str(theirs.fileno())],
+                pass_fds=[theirs.fileno(), *fds.values()], stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env)
+        except OSError:
+            mine.close()
+            return
+        finally:
+            theirs.close()
+        init = json.dumps({"fds": fds, "lines": {rank: render(lost_message(rank))
+                                                  for rank in range(self.size)}}).encode()
+        try:
+            mine.sendall(struct.pack(">I", len(init)) + init)
+        except OSError:
+            mine.close()
+            return
+        self.reporter = (process, mine)
+
+    def report(self, line: str) -> bool:
+        """Rank 0: have the reporter print ``line`` (the job ends). False:
+        there is no reporter, print it yourself."""
+        data = line.encode("utf-8", "replace")
+        with self._tell:
+            if self.reporter is None:
+                return False
+            _, sock = self.reporter
+            try:
+                sock.sendall(b"L" + struct.pack(">I", len(data)) + data)
+                sock.settimeout(REPORT_TIMEOUT)
+                return sock.recv(1) == b"A"
+            except socket.timeout:
+                return True  # slow, but it has the line: printing it here could make two
+            except OSError:
+                return False
+
+    def _quiet_reporter(self) -> None:
+        """Rank 0, the job ended in order: the reporter leaves without a word."""
+        process = self._tell_reporter(b"C")
+        if process is not None:
+            try:
+                process.wait(timeout=REPORT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _tell_reporter(self, word: bytes):
+        """Send the reporter its last word (``C`` or ``F``); its process."""
+        with self._tell:
+            if self.reporter is None:
+                return None
+            process, sock = self.reporter
+            self.reporter = None
+            try:
+                sock.sendall(word)
+            except OSError:
+                pass
+            return process
 
     # ------------------------------------------------------------ control plane
 
@@ -344,12 +434,22 @@ class Ranks:
             self.line.closing = True  # rank 0 may be gone before this rank is
         # Finalize is collective: a rank that never reaches it (killed while
         # mpiexec was told not to clean up) would hold this one forever.
-        guard = threading.Timer(FINALIZE_TIMEOUT, _give_up)
+        guard = threading.Timer(FINALIZE_TIMEOUT, self._give_up)
         guard.daemon = True
         guard.start()
-        self.MPI.Finalize()
+        _finalize_mpi(self.MPI)
         guard.cancel()
         _finalized = True
+        # Only now: every rank reached Finalize, so none was lost before it
+        # (one lost after it ends nothing). Rank 0 killed until here, by the
+        # launcher reacting to a lost rank, still has its line printed.
+        self._quiet_reporter()
+
+    def _give_up(self) -> None:
+        print(f"ddir: MPI did not finalize within {FINALIZE_TIMEOUT:.0f} s; leaving",
+              file=sys.stderr, flush=True)
+        self._tell_reporter(b"F")  # it names a rank that was lost, if one was
+        os._exit(lifeline.EXIT_PEER_LOST)
 
     # ------------------------------------------------------------ worker ranks
 
@@ -377,6 +477,11 @@ class Ranks:
                     self.control.Send([packb((seq, reply)), self.MPI.BYTE], dest=0, tag=_REPLY)
 
 
+def lost_message(rank: int) -> str:
+    """What the user reads when MPI rank ``rank`` is gone without a word."""
+    return f"worker {rank} died (MPI rank {rank} is gone); the server stops"
+
+
 class MpiCluster:
     """Rank 0's cluster: the same verbs as :class:`ddir.server.cluster.ProcessCluster`,
     with worker 0 run here and workers 1..N-1 on the other ranks."""
@@ -387,6 +492,7 @@ class MpiCluster:
         self.on_death = on_death  # called once with the message; may not return
         self.dead: str | None = None
         self._lock = threading.Lock()
+        self._reporting = threading.Lock()  # held while on_death runs
         self._seq = 0
         self._closed = False
         exchange = MpiExchange(ranks.data, ranks.MPI, check=self._check) if self.shards > 1 else None
@@ -442,16 +548,21 @@ class MpiCluster:
 
     def _lost(self, rank: int, text: str) -> None:
         """From the lifeline thread: worker ``rank`` is gone or failed."""
-        what = f"failed: {text}" if text else "died (its MPI rank is gone)"
-        self._died(f"worker {rank} {what}; the server stops")
+        self._died(f"worker {rank} failed: {text}; the server stops" if text
+                   else lost_message(rank))
 
     def _died(self, message: str) -> str:
         with self._lock:
             if self.dead is not None:
                 return self.dead
+            if self.on_death is not None:
+                self._reporting.acquire()  # before anyone can see `dead`: see close
             self.dead = message
         if self.on_death is not None:
-            self.on_death(message)
+            try:
+                self.on_death(message)
+            finally:
+                self._reporting.release()
         return message
 
     # ------------------------------------------------------------ shutdown
@@ -464,6 +575,11 @@ class MpiCluster:
             return
         self._closed = True
         if self.dead is not None:
+            # The lifeline thread may be reporting the loss (on_death ends the
+            # process): an Abort now would end the job before the line is
+            # out, as mpiexec does not wait for the reporter's output then.
+            if self._reporting.acquire(timeout=REPORT_TIMEOUT + 5.0):
+                self._reporting.release()
             self.ranks.MPI.COMM_WORLD.Abort(lifeline.EXIT_PEER_LOST)
         data = packb((self._seq + 1, _CLOSE))
         for rank in range(1, self.shards):
