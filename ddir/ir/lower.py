@@ -204,8 +204,9 @@ class _Lowerer:
         if isinstance(e, A.Import):
             if scope.parent is not None:
                 raise self.error("`import` is only allowed at the root of a program", e.loc)
+            # located at the trace's name: what install and check report on
             return self.shared(("import", e.name),
-                               lambda: self.add(N.ImportNode, scope, (), e.loc, trace=e.name))
+                               lambda: self.add(N.ImportNode, scope, (), e.at, trace=e.name))
         if isinstance(e, A.Ref):
             return (yield self.ref(e, scope))
         if isinstance(e, A.FieldRef):

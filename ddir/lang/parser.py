@@ -206,7 +206,7 @@ class _Builder:
         if kind == "input":
             return A.Input(self.int_token(c[0]), loc)
         if kind == "import_":
-            return A.Import(str(c[0])[1:-1], loc)
+            return A.Import(str(c[0])[1:-1], loc, _loc(c[0]))
         if kind == "ref":
             return A.Ref(str(c[0]), loc)
         if kind == "field_ref":
