@@ -7,17 +7,17 @@
 
 __version__ = "0.1.0"
 
-from .errors import (CommandError, CursorError, DataFileError, DdirError, DropRefused,  # noqa: E402
-                     InstallFailed,
+from .errors import (CheckpointError, CommandError, CursorError, DataFileError,  # noqa: E402
+                     DdirError, DropRefused, InstallFailed,
                      InvalidProgram, InvalidSource, NameTaken, ServerError, ServerStopped,
                      UnknownName, UpdateRefused)
 from .values import List, Variant  # noqa: E402
 
 __all__ = [
     "Server", "Result", "TickResult", "Event", "List", "Variant", "DdirError", "CommandError",
-    "InvalidProgram", "ServerError", "UnknownName", "NameTaken", "InvalidSource", "DropRefused",
-    "UpdateRefused", "InstallFailed", "CursorError", "DataFileError", "ServerStopped",
-    "Subscription", "Change", "Page", "__version__",
+    "InvalidProgram", "CheckpointError", "ServerError", "UnknownName", "NameTaken",
+    "InvalidSource", "DropRefused", "UpdateRefused", "InstallFailed", "CursorError",
+    "DataFileError", "ServerStopped", "Subscription", "Change", "Page", "__version__",
 ]
 
 _API = ("Server", "Result", "TickResult", "Event", "Subscription", "Change", "Page")

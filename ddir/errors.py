@@ -8,6 +8,7 @@ kind, so a Python caller can catch what it expects::
     DdirError
     +-- CommandError         a malformed command: unknown command, arity, option, number, value
     |   +-- InvalidProgram   install: unreadable file, parse / lowering / validation error
+    |   +-- CheckpointError  restore: a missing, malformed or damaged checkpoint
     +-- ServerError          refused by the server's state
     |   +-- UnknownName      no such program, trace, input or imported trace
     |   +-- NameTaken        a program / trace / generated-source name already in use
@@ -37,6 +38,11 @@ class CommandError(DdirError):
 
 class InvalidProgram(CommandError):
     """A program that cannot be read, parsed, lowered or validated."""
+
+
+class CheckpointError(CommandError):
+    """``--restore DIR`` / ``Server.restore``: no checkpoint there, or one whose
+    manifest or data files are malformed or damaged; no server is started."""
 
 
 class ServerError(DdirError):

@@ -93,6 +93,36 @@ def test_program_errors_name_file_line_and_column(session, tmp_path):
     assert f"{tmp_path}/syntax.ddp:1:27: expected" in session.out.getvalue()
 
 
+# what `import "<trace>"` is refused with: every one at the string literal
+IMPORT_ERRORS = {
+    "nope": 'imports unknown trace "nope"',
+    "random:nodes=0,edges=5": 'generated source "random:nodes=0,edges=5": nodes must be positive',
+    "iota:-1": 'generated source "iota:-1": N must be a non-negative integer, got `-1`',
+    "random:nodes=5": 'generated source "random:nodes=5": `edges=` is required',
+    "random:nodes=5,edges=3,foo=1": 'generated source "random:nodes=5,edges=3,foo=1": expected '
+                                    "nodes=N,edges=E[,arity=A][,seed=S], got `foo=1`",
+    "random:nodes=5,nodes=5,edges=1": 'generated source "random:nodes=5,nodes=5,edges=1": '
+                                      "`nodes` given twice",
+}
+
+
+@pytest.mark.parametrize("trace", sorted(IMPORT_ERRORS))
+def test_import_errors_are_located_at_the_trace_name(session, tmp_path, trace):
+    import ddir
+    prog = tmp_path / "half.ddp"
+    prog.write_text(f'let x = input 0;\nexport "h" = x | join(\n   import "{trace}", ($0 ; $1));\n')
+    before = state_dump(session)
+    session.out = io.StringIO()
+    session.run_line(f"install h {prog}", "s.txt", 3)
+    assert session.out.getvalue() == f"error: s.txt:3: {prog}:3:11: {IMPORT_ERRORS[trace]}\n"
+    assert state_dump(session) == before
+    source = f'export "h" = JOIN(INPUT 0, IMPORT "{trace}", ($0 ; $1));\n'
+    kind = ddir.UnknownName if trace == "nope" else ddir.InvalidProgram
+    with ddir.Server(1) as s, pytest.raises(kind) as caught:
+        s.install("h", "half.ddir", source=source)
+    assert str(caught.value) == f"half.ddir:1:35: {IMPORT_ERRORS[trace]}"
+
+
 def test_runtime_term_error_drops_rows_and_reports_once(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     prog = tmp_path / "div.ddp"

@@ -248,3 +248,203 @@ def test_sigkill_at_random_moments_leaves_a_whole_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_many_trials(tmp_path):
     assert _crash_trials(60, 2, tmp_path) >= 40
+
+
+# ------------------------------------------------------------ damaged checkpoints
+
+FUNCTIONS = str(ROOT / "tests" / "fn_module.py")
+
+
+def _write_damaged_base(snap):
+    """A checkpoint with every kind of file: an int64 input (with an update
+    staged for the future), a printed input (Lists), a generated source, and
+    a program that restores read-only without its function, so that its
+    export file is read."""
+    with ddir.Server(1, functions=FUNCTIONS) as s:
+        s.install("p", source='let e = input 0 | key($0[0] ; $0[1]);\nexport "edges" = e;\n'
+                              'export "n" = import "iota:3" | join(e, ($0 ; $1));\n')
+        s.install("l", source='export "lists" = input 0 | map($0 ; list($0[0]));\n')
+        s.install("f", source='export "scored" = input 0 | map($0 ; @score($0[0]));\n')
+        s.feed("p", 0, (1, 2))
+        s.feed("p", 0, (3, 4), time=5)
+        s.feed("l", 0, (ddir.List([1, 2]),))
+        s.feed("f", 0, (7,))
+        s.tick()
+        s.checkpoint(str(snap))
+
+
+def _state(s):
+    return s.epoch, s.list(), {t: s.peek(t) for t in ("edges", "n", "lists", "scored")}
+
+
+@pytest.fixture(scope="module")
+def damaged_base(tmp_path_factory):
+    snap = tmp_path_factory.mktemp("base") / "snap"
+    _write_damaged_base(snap)
+    with ddir.Server.restore(str(snap)) as s:
+        state = _state(s)
+    manifest = json.loads((snap / "manifest.json").read_text())
+    files = {p["name"]: {**{f"input{n}": i["file"] for n, i in p.get("input_files", {}).items()},
+                         **{t: i["file"] for t, i in p.get("export_files", {}).items()}}
+             for p in manifest["programs"]}
+    return snap, state, files
+
+
+def _copy(base, tmp_path, checksums=True):
+    import shutil
+    snap = tmp_path / "snap"
+    shutil.rmtree(snap, ignore_errors=True)
+    shutil.copytree(base, snap)
+    if not checksums:  # as a hand-edited manifest: the checks below the checksums run
+        _edit(snap, lambda m: None)
+    return snap
+
+
+def _edit(snap, change):
+    """Apply ``change`` to the manifest, dropping its checksums."""
+    m = json.loads((snap / "manifest.json").read_text())
+    m.pop("checksum", None)
+    for p in m["programs"]:
+        for info in [*p.get("input_files", {}).values(), *p.get("export_files", {}).values()]:
+            info.pop("sha256", None)
+    change(m)
+    (snap / "manifest.json").write_text(json.dumps(m))
+
+
+def _write_table(path, columns):
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    table = pa.table({k: pa.array(v, type=pa.int64() if k in ("time", "diff") else pa.string())
+                      for k, v in columns.items()})
+    with ipc.new_file(str(path), table.schema) as w:
+        w.write_table(table)
+
+
+def _prog(m, name):
+    return next(p for p in m["programs"] if p["name"] == name)
+
+
+DAMAGE = {
+    # name: (what to do to the checkpoint directory, the message after `restore "<dir>": `)
+    "garbage_data": (lambda d, f: (d / f["p"]["input0"]).write_text("garbage\n"),
+                     "{p0}: damaged: its contents do not match the checksum in manifest.json"),
+    "garbage_data_unchecked": (
+        lambda d, f: (_edit(d, lambda m: None), (d / f["p"]["input0"]).write_text("garbage\n")),
+        "{p0}: not an Arrow IPC file ("),
+    "missing_data": (lambda d, f: (d / f["p"]["input0"]).unlink(), "{p0}: missing"),
+    "missing_export_of_live_program": (lambda d, f: (d / f["p"]["edges"]).unlink(),
+                                       "{pe}: missing"),
+    "epoch_not_a_number": (lambda d, f: _edit(d, lambda m: m.update(epoch="x")),
+                           'manifest.json: "epoch" must be a non-negative integer, got "x"'),
+    "negative_epoch": (lambda d, f: _edit(d, lambda m: m.update(epoch=-1)),
+                       'manifest.json: "epoch" must be a non-negative integer, got -1'),
+    "no_programs": (lambda d, f: _edit(d, lambda m: m.pop("programs")),
+                    'manifest.json: has no "programs"'),
+    "programs_not_objects": (lambda d, f: _edit(d, lambda m: m.update(programs=[3])),
+                             "manifest.json: program 0: must be a JSON object, got 3"),
+    "since_missing": (lambda d, f: _edit(d, lambda m: _prog(m, "l").pop("since")),
+                      'manifest.json: program 2 ("l"): has no "since"'),
+    "since_after_epoch": (lambda d, f: _edit(d, lambda m: _prog(m, "l").update(since=9)),
+                          'manifest.json: program 2 ("l"): "since" (9) is after the '
+                          "checkpoint's epoch (1)"),
+    "unknown_import": (lambda d, f: _edit(d, lambda m: _prog(m, "p").update(imports=["nope"])),
+                       'manifest.json: program 1 ("p"): imports "nope", which no earlier '
+                       "program exports"),
+    "bad_recipe": (lambda d, f: _edit(d, lambda m: m["programs"][0].update(recipe="iota:-1")),
+                   'manifest.json: program 0 ("iota:3"): generated source "iota:-1": N must be '
+                   "a non-negative integer, got `-1`"),
+    "file_outside": (lambda d, f: _edit(d, lambda m: _prog(m, "p")["input_files"]["0"].update(
+        file="../x.arrow")), 'manifest.json: program 1 ("p"): "input_files" entry "0": "file" '
+        'must be a file name, got "../x.arrow"'),
+    "unknown_input_file": (lambda d, f: _edit(d, lambda m: _prog(m, "p")["input_files"].update(
+        {"4": {"file": "x", "rows": 1}})), 'manifest.json: program 1 ("p"): "input_files" has an '
+        'entry "4" that is not one of its inputs'),
+    "rows_differ": (lambda d, f: _edit(d, lambda m: _prog(m, "p")["input_files"]["0"].update(
+        rows=9)), "{p0}: holds 2 rows; manifest.json says 9"),
+    "wrong_schema": (lambda d, f: (_edit(d, lambda m: None),
+                                   (d / f["f"]["scored"]).write_bytes((d / f["p"]["input0"]).read_bytes())),
+                     '{fs}: unexpected column "time"'),
+    "bad_printed_value": (lambda d, f: (_edit(d, lambda m: None), _write_table(
+        d / f["l"]["input0"], {"time": [0], "key": ["([1, 2]"], "val": ["()"], "diff": [1]})),
+        '{l0}: row 1: column "key": bad value `([1, 2]`: '),
+    "nulls": (lambda d, f: (_edit(d, lambda m: None), _write_table(
+        d / f["l"]["input0"], {"time": [0], "key": [None], "val": ["()"], "diff": [1]})),
+        '{l0}: column "key" has nulls'),
+    "edited_value": (lambda d, f: (d / "manifest.json").write_text(
+        (d / "manifest.json").read_text().replace('"epoch": 1', '"epoch": 2')),
+        "manifest.json: damaged: its contents do not match its checksum"),
+    "not_an_object": (lambda d, f: (d / "manifest.json").write_text("[1]"),
+                      "manifest.json: must be a JSON object, got [1]"),
+    "other_version": (lambda d, f: _edit(d, lambda m: m.update(version=7)),
+                      "not a ddir checkpoint of version 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGE))
+def test_a_damaged_checkpoint_is_one_error_naming_the_problem(name, damaged_base, tmp_path):
+    import multiprocessing
+    base, _, files = damaged_base
+    snap = _copy(base, tmp_path)
+    damage, expected = DAMAGE[name]
+    damage(snap, files)
+    expected = f'restore "{snap}": ' + expected.format(
+        p0=files["p"]["input0"], pe=files["p"]["edges"], fs=files["f"]["scored"],
+        l0=files["l"]["input0"])
+    with pytest.raises(ddir.CheckpointError) as caught:
+        ddir.Server.restore(str(snap), workers=2)
+    message = str(caught.value)
+    assert "\n" not in message
+    if expected.endswith((": ", "(")):
+        assert message.startswith(expected), message
+    else:
+        assert message == expected
+    assert multiprocessing.active_children() == []  # the workers were stopped
+
+
+def test_damaged_checkpoint_on_the_command_line_is_one_error_line(damaged_base, tmp_path):
+    base, _, files = damaged_base
+    for name in ("garbage_data", "missing_data", "epoch_not_a_number"):
+        snap = _copy(base, tmp_path)
+        DAMAGE[name][0](snap, files)
+        for workers in ("1", "3"):
+            r = ddir_cli("--restore", str(snap), "-w", workers)
+            assert r.returncode == 2 and r.stdout == "", (name, r.stderr)
+            assert r.stderr.startswith(f'error: restore "{snap}": ') and r.stderr.count("\n") == 1, \
+                r.stderr
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+def test_random_damage_is_a_clean_error_or_a_whole_restore(checksums, damaged_base, tmp_path):
+    """Every file of a checkpoint, bytes flipped, cut short or extended at
+    random: a CheckpointError or a restore; never another exception. With
+    the checksums every restore that succeeds is the undamaged one."""
+    base, state, files = damaged_base
+    rng = random.Random(13 if checksums else 14)
+    names = ["manifest.json"] + sorted({f for fs in files.values() for f in fs.values()})
+    outcomes = {"error": 0, "restored": 0}
+    for name in names:
+        for trial in range(4):
+            snap = _copy(base, tmp_path, checksums)
+            path = snap / name
+            data = bytearray(path.read_bytes())
+            how = trial % 3
+            if how == 0:
+                for _ in range(rng.randint(1, 3)):
+                    i = rng.randrange(len(data))
+                    data[i] ^= 1 << rng.randrange(8)
+            elif how == 1:
+                del data[rng.randrange(len(data)):]
+            else:
+                data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+            path.write_bytes(bytes(data))
+            try:
+                with ddir.Server.restore(str(snap)) as s:
+                    got = _state(s)
+            except ddir.CheckpointError as e:
+                assert "\n" not in str(e) and str(e).startswith(f'restore "{snap}": ')
+                outcomes["error"] += 1
+                continue
+            outcomes["restored"] += 1
+            if checksums:
+                assert got == state, (name, how)
+    assert outcomes["error"] > len(names)

@@ -230,6 +230,37 @@ def test_check_reports_errors_with_caret(tmp_path):
     assert f"{bad}:1:18:" in r.stdout and "^" in r.stdout and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("syntax", ["ddp", "ddir"])
+def test_check_validates_generated_source_recipes_at_the_string(tmp_path, syntax):
+    """`check` has no server, so it cannot know whether a trace exists; a
+    generated source's recipe it can check: its syntax and ranges."""
+    recipes = {"random:nodes=0,edges=5": "nodes must be positive",
+               "iota:-1": "N must be a non-negative integer, got `-1`",
+               "random:nodes=5": "`edges=` is required",
+               "random:nodes=5,edges=1,colour=2": "expected nodes=N,edges=E[,arity=A][,seed=S], "
+                                                  "got `colour=2`",
+               "random:edges=1,nodes=5,edges=1": "`edges` given twice",
+               "iota:10000001": "at most 10000000 rows"}
+    good = ["iota:3", "clock", "random:nodes=5,edges=3", "some_trace"]
+    for i, recipe in enumerate([*recipes, *good]):
+        path = tmp_path / f"p{i}.{syntax}"
+        if syntax == "ddp":
+            path.write_text(f'let x = input 0;\nexport "o" = x | join(import "{recipe}", ($0 ;));\n')
+        else:
+            path.write_text(f'export "o" = JOIN(INPUT 0, IMPORT "{recipe}", ($0 ;));\n')
+        col = path.read_text().splitlines()[-1].index(f'"{recipe}"') + 1  # the string literal
+        r = subprocess.run([sys.executable, "-m", "ddir", "check", str(path)], capture_output=True,
+                           text=True, timeout=60)
+        if recipe in good:
+            assert r.returncode == 0 and r.stdout == f"{path}: ok\n", r.stdout
+            continue
+        line = 2 if syntax == "ddp" else 1
+        assert r.returncode == 1 and r.stderr == ""
+        head, text, caret = r.stdout.splitlines()
+        assert head == f'{path}:{line}:{col}: generated source "{recipe}": {recipes[recipe]}'
+        assert caret.index("^") - caret.index("|") - 2 == col - 1
+
+
 def test_explain_prints_scope_tree(upstream):
     r = subprocess.run([sys.executable, "-m", "ddir", "explain",
                         str(upstream / "examples/programs/reach.ddp")], capture_output=True, text=True)

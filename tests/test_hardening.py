@@ -180,8 +180,26 @@ def _sizes() -> dict:
         "flatmaps30": ('export "f" = input 0 | map($0 ; list(1, 2))'
                        + " | flatmap(list(1)) | map($0 ; $1[1])" * 30 + ";\n",
                        "feed p 0 3", "  (3) ; (1)  x1"),
+        # each definition reads the next one down: lowering walks the whole
+        # chain on demand (it recursed once per link: a RecursionError)
+        "let_chain5000": ("".join(f"let a{i + 1} = a{i} | map($0 ; $1);\n" for i in reversed(range(5000)))
+                          + 'let a0 = input 0;\nexport "f" = a5000;\n', "feed p 0 3", "  (3) ; ()  x1"),
+        # scopes at the nesting limit, each a loop, around a term near the
+        # term limit: the engine's scope runner recurses once per level
+        "scopes100": (_nested_scopes(100, "let x = y | map($0 ; " + "tuple(" * 96 + "$0[0]"
+                                     + ")" * 96 + ");"),
+                      "feed p 0 3", "  (3) ; (" + "(" * 96 + "3" + ")" * 96 + ")  x1"),
     }
     return cases
+
+
+def _nested_scopes(depth: int, inner: str) -> str:
+    """``s0: { s1: { ... inner ... let x = s1::x; } let x = ...}`` with a
+    loop (a var) in every scope; exports ``s0::x`` as "f"."""
+    text = "".join(f"s{i}: {{ var v = (y + v) | distinct; " for i in range(depth)) + inner
+    text += "".join(" }" if i == depth - 1 else f" let x = s{i + 1}::x; }}"
+                    for i in reversed(range(depth)))
+    return text + '\nlet y = input 0;\nexport "f" = s0::x;\n'
 
 
 @pytest.mark.parametrize("name", sorted(_sizes()))
@@ -200,6 +218,8 @@ DEEP = {
     "calls": 'export "f" = input 0 | map($0 ; ' + "tuple(" * 1000 + "1" + ")" * 1000 + ");\n",
     "joins": 'export "f" = ' + "input 0 | join(" * 1000 + "input 0" + ", ($0 ;))" * 1000 + ";\n",
     "exprs": 'export "f" = ' + "(input 0 + " * 1000 + "input 0" + ")" * 1000 + ";\n",
+    "scopes": "".join(f"s{i}: {{ " for i in range(1000)) + "let x = y;" + "}" * 1000
+              + '\nlet y = input 0;\nexport "f" = input 0;\n',
 }
 
 
@@ -213,6 +233,44 @@ def test_nesting_past_the_limit_is_one_located_error_in_check_and_install(tmp_pa
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 1 and "nested more than 100 levels deep" in check.stdout
     assert "Traceback" not in check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("syntax", ["ddp", "ddir"])
+def test_scopes_nested_past_the_limit_are_one_error_at_the_scope_too_deep(tmp_path, syntax):
+    keyword = "scope " if syntax == "ddir" else ""
+    program = ("".join(f"s{i}: {keyword}{{ " for i in range(500)) + "let x = y;" + "}" * 500
+               + "\nlet y = INPUT 0;\nexport \"o\" = INPUT 0;\n")
+    if syntax == "ddp":
+        program = program.replace("INPUT", "input")
+    col = len("".join(f"s{i}: {keyword}{{ " for i in range(100))) + 1
+    message = f"p.{syntax}:1:{col}: scope `s100` nested more than 100 levels deep; flatten the scopes"
+    out = same_for_1_and_3(tmp_path, {f"p.{syntax}": program}, f"install p p.{syntax}\nlist\n")
+    assert out.splitlines()[:2] == [f"error: s.txt:1: {message}", "epoch: 0"]
+    check = subprocess.run([sys.executable, "-m", "ddir", "check", f"p.{syntax}"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and check.stdout.splitlines()[0] == message, check.stdout[:300]
+    assert "Traceback" not in check.stdout + check.stderr
+    import ddir
+    with ddir.Server(1) as s, pytest.raises(ddir.InvalidProgram) as caught:
+        s.install("p", str(tmp_path / f"p.{syntax}"))
+    assert str(caught.value) == f"{tmp_path}/{message}"
+
+
+def test_scopes_at_the_limit_explain_checkpoint_and_restore(tmp_path):
+    program = _sizes()["scopes100"][0]
+    row = _sizes()["scopes100"][2]
+    out = same_for_1_and_3(tmp_path, {"p.ddp": program},
+                           "install p p.ddp\nfeed p 0 3\ntick\ncheckpoint snap\n")
+    assert out.endswith('checkpoint "snap" at epoch 1 (1 programs, 1 rows)\n')
+    (tmp_path / "more.txt").write_text("feed p 0 4\ntick\npeek f\n")
+    r = subprocess.run([sys.executable, "-m", "ddir", "--restore", "snap", "-w", "2", "more.txt"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.endswith(f'peek "f" (2 rows):\n{row}\n'
+                                                   + row.replace("(3)", "(4)", 1).replace("3)", "4)")
+                                                   + "\n"), r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "ddir", "explain", "p.ddp"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "scope s99 (depth 100):" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -166,6 +166,8 @@ def test_unreadable_ir_is_read_only_and_needs_a_file(tmp_path):
         s.checkpoint(str(snap))
     manifest = json.loads((snap / "manifest.json").read_text())
     manifest["programs"][0]["ir_version"] = 99
+    # as another version would write it: with its own checksum (or none)
+    del manifest["checksum"]
     (snap / "manifest.json").write_text(json.dumps(manifest))
     with ddir.Server.restore(str(snap)) as s:
         (p,) = s.list()["programs"]

@@ -5,6 +5,12 @@ dependency order and a definition that is reached again while it is still
 being lowered is a cycle ("use var for recursion"). A child scope is lowered
 as one unit: everything it reads from enclosing scopes is lowered first,
 then all of its definitions, then it takes its place in the parent's order.
+
+The on-demand walk follows definitions: ``let a2 = a1; let a1 = a0; ...``
+goes as deep as the chain is long. So the walk is written as generators
+driven by :func:`_drive` with an explicit stack: a step yields the
+generator of a sub-step and is sent its result, and no chain of any length
+recurses in Python.
 """
 
 from __future__ import annotations
@@ -24,6 +30,25 @@ def lower(program: A.Program) -> N.Program:
 
 def lower_unoptimized(program: A.Program) -> N.Program:
     return _Lowerer(program).run()
+
+
+def _drive(step):
+    """Run the generator ``step`` to its return value. A generator it
+    yields runs first, and its return value is sent back to the one that
+    yielded it (a call, on a stack of our own instead of Python's)."""
+    stack = [step]
+    value = None
+    while True:
+        try:
+            sub = stack[-1].send(value)
+        except StopIteration as done:
+            stack.pop()
+            if not stack:
+                return done.value
+            value = done.value
+            continue
+        stack.append(sub)
+        value = None
 
 
 class _ScopeBuild:
@@ -114,11 +139,11 @@ class _Lowerer:
 
     def run(self) -> N.Program:
         root = self.declare(self.program.body, None, "", (1, 1))
-        self.lower_scope(root)
+        _drive(self.lower_scope(root))
         for stmt in self.export_stmts:
             if stmt.name in self.exports:
                 raise self.error(f'export "{stmt.name}" is defined twice', stmt.loc)
-            self.exports[stmt.name] = self.arrange(self.expr(stmt.expr, root), root, stmt.loc)
+            self.exports[stmt.name] = self.arrange(_drive(self.expr(stmt.expr, root)), root, stmt.loc)
         nodes = tuple(_with_name(n, self.names.get(n.id)) for n in self.nodes)
         scopes = tuple(
             N.Scope(id=s.id, parent=-1 if s.parent is None else s.parent.id, name=s.name,
@@ -129,7 +154,10 @@ class _Lowerer:
         return N.Program(file=self.file, nodes=nodes, scopes=scopes, inputs=tuple(inputs),
                          imports=tuple(imports), exports=tuple(sorted(self.exports.items())))
 
-    def lower_scope(self, scope: _ScopeBuild) -> None:
+    # Below, the steps of the walk are generators (see :func:`_drive`):
+    # ``x = yield self.f(...)`` is the call ``x = self.f(...)``.
+
+    def lower_scope(self, scope: _ScopeBuild):
         for name, stmt in scope.defs.items():
             if isinstance(stmt, A.Var):
                 var_id = self.add(N.VarNode, scope, (), stmt.loc)
@@ -137,9 +165,9 @@ class _Lowerer:
                 scope.values[name] = var_id
                 self.names[var_id] = name
         for name in scope.defs:
-            self.ensure(scope, name, scope.defs[name].loc)
+            yield self.ensure(scope, name, scope.defs[name].loc)
 
-    def ensure(self, scope: _ScopeBuild, name: str, loc) -> int | None:
+    def ensure(self, scope: _ScopeBuild, name: str, loc):
         """Lower definition ``name`` of ``scope`` (once); its value node."""
         state = scope.state.get(name)
         if state == "done":
@@ -153,14 +181,14 @@ class _Lowerer:
         self.lowering_stack.append((scope.id, name))
         if isinstance(stmt, A.ScopeDecl):
             child = scope.children[name]
-            self.lower_scope(child)
+            yield self.lower_scope(child)
             scope.order.append(("scope", child.id))
         elif isinstance(stmt, A.Let):
-            value = self.expr(stmt.expr, scope)
+            value = yield self.expr(stmt.expr, scope)
             scope.values[name] = value
             self.names.setdefault(value, name)
         else:  # Var
-            body = self.expr(stmt.expr, scope)
+            body = yield self.expr(stmt.expr, scope)
             scope.vars.append((scope.var_nodes[name], body))
         self.lowering_stack.pop()
         scope.state[name] = "done"
@@ -168,7 +196,7 @@ class _Lowerer:
 
     # -------------------------------------------------------- expressions
 
-    def expr(self, e, scope: _ScopeBuild) -> int:
+    def expr(self, e, scope: _ScopeBuild):
         if isinstance(e, A.Input):
             if scope.parent is not None:
                 raise self.error("`input` is only allowed at the root of a program", e.loc)
@@ -176,27 +204,40 @@ class _Lowerer:
         if isinstance(e, A.Import):
             if scope.parent is not None:
                 raise self.error("`import` is only allowed at the root of a program", e.loc)
+            # located at the trace's name: what install and check report on
             return self.shared(("import", e.name),
-                               lambda: self.add(N.ImportNode, scope, (), e.loc, trace=e.name))
+                               lambda: self.add(N.ImportNode, scope, (), e.at, trace=e.name))
         if isinstance(e, A.Ref):
-            return self.ref(e, scope)
+            return (yield self.ref(e, scope))
         if isinstance(e, A.FieldRef):
-            return self.field_ref(e, scope)
+            return (yield self.field_ref(e, scope))
         if isinstance(e, A.Concat):
-            parts = tuple(self.expr(p, scope) for p in e.parts)
-            return self.add(N.ConcatNode, scope, parts, e.loc)
+            parts = []
+            for p in e.parts:
+                parts.append((yield self.expr(p, scope)))
+            return self.add(N.ConcatNode, scope, tuple(parts), e.loc)
         if isinstance(e, A.Op):  # a pipe chain, lowered in a loop (it may be long)
             chain = []
             while isinstance(e, A.Op):
                 chain.append(e)
                 e = e.source
-            src = self.expr(e, scope)
+            src = yield self.expr(e, scope)
             for op in reversed(chain):
-                src = self.op(op, src, scope)
+                if op.kind == "join":
+                    src = yield self.join(op, src, scope)
+                else:
+                    src = self.op(op, src, scope)
             return src
         raise AssertionError(e)
 
+    def join(self, e: A.Op, src: int, scope: _ScopeBuild):
+        left = self.arrange(src, scope, e.loc)
+        right = self.arrange((yield self.expr(e.other, scope)), scope, e.loc)
+        return self.add(N.JoinNode, scope, (left, right), e.loc, proj=e.proj)
+
     def op(self, e: A.Op, src: int, scope: _ScopeBuild) -> int:
+        """One step of a pipe chain other than a join (which reads another
+        expression: :meth:`join`)."""
         kind, loc = e.kind, e.loc
         step = {
             "map": lambda: N.MapStep(e.proj, loc),
@@ -212,10 +253,6 @@ class _Lowerer:
             return self.add(N.ReduceNode, scope, (self.arrange(src, scope, loc),), loc, reducer=kind)
         if kind == "arrange":
             return self.arrange(src, scope, loc)
-        if kind == "join":
-            left = self.arrange(src, scope, loc)
-            right = self.arrange(self.expr(e.other, scope), scope, loc)
-            return self.add(N.JoinNode, scope, (left, right), loc, proj=e.proj)
         if kind == "enter_at":
             if scope.parent is None:
                 raise self.error("`enter_at` needs an enclosing iterative scope; at the root "
@@ -228,7 +265,7 @@ class _Lowerer:
             return src
         return self.add(N.ArrangeNode, scope, (src,), loc)
 
-    def ref(self, e: A.Ref, scope: _ScopeBuild) -> int:
+    def ref(self, e: A.Ref, scope: _ScopeBuild):
         home = scope
         while home is not None and e.name not in home.defs:
             home = home.parent
@@ -244,7 +281,7 @@ class _Lowerer:
         if isinstance(stmt, A.Var):  # feedback: readable before its body is lowered
             node = home.var_nodes[e.name]
         else:
-            node = self.ensure(home, e.name, e.loc)
+            node = yield self.ensure(home, e.name, e.loc)
         return self.enter(node, home, scope)
 
     def enter(self, node: int, home: _ScopeBuild, scope: _ScopeBuild) -> int:
@@ -260,7 +297,7 @@ class _Lowerer:
                                lambda: self.add(N.EnterNode, child, (prev,), self.nodes[prev].loc))
         return node
 
-    def field_ref(self, e: A.FieldRef, scope: _ScopeBuild) -> int:
+    def field_ref(self, e: A.FieldRef, scope: _ScopeBuild):
         child = scope.children.get(e.scope)
         if child is None:
             exists = any(s.name == e.scope for s in self.scopes if s.parent is not None)
@@ -271,7 +308,7 @@ class _Lowerer:
         stmt = child.defs.get(e.field)
         if stmt is None or isinstance(stmt, A.ScopeDecl):
             raise self.error(f"scope `{e.scope}` has no let or var named `{e.field}`", e.loc)
-        self.ensure(scope, e.scope, e.loc)
+        yield self.ensure(scope, e.scope, e.loc)
         inner = child.values[e.field]
         return self.shared(("leave", inner, scope.id),
                            lambda: self.add(N.LeaveNode, scope, (inner,), e.loc))

@@ -38,7 +38,8 @@ class Input:
 @dataclass(frozen=True)
 class Import:
     name: str
-    loc: Loc
+    loc: Loc     # the `import` keyword
+    at: Loc      # its string literal: where a bad or unknown trace name is reported
 
 
 @dataclass(frozen=True)

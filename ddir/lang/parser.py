@@ -22,10 +22,12 @@ from .syntax_errors import describe_unexpected
 from ..terms import ast as T
 from ..values import INT_MAX
 
-# How deeply terms and collection expressions may nest. Flat chains
-# (``a && b && ...``, ``1 + 2 + ...``, ``x | map(...) | ...``) do not count;
-# only real nesting does, which no sensible program takes this far, and every
-# stage below (lowering, the codec, code generation) recurses over it.
+# How deeply terms and collection expressions may nest, and (counted apart)
+# how deeply scopes may nest. Flat chains (``a && b && ...``, ``1 + 2 + ...``,
+# ``x | map(...) | ...``) do not count; only real nesting does, which no
+# sensible program takes this far, and every stage below recurses over it:
+# lowering and the codec over terms, code generation, explain and the
+# engine's scope runner (about three frames a scope level) over scopes.
 MAX_NESTING = 100
 
 __all__ = ["parse_program", "parse_program_file", "parse_term", "syntax_of"]
@@ -114,6 +116,7 @@ class _Builder:
         self.syntax = syntax
         self.constructors: dict[str, tuple] = {}  # name -> (arity, tag)
         self.depth = 0  # nesting of the term or expression being built
+        self.scope_depth = 0  # nesting of the scope whose statements are being built
         self.value = False  # a command-line value: no `@f(...)` calls
 
     def error(self, message: str, node) -> ProgramError:
@@ -152,8 +155,15 @@ class _Builder:
         if kind == "export":
             return A.Export(str(first)[1:-1], self.expr(node.children[1]), _loc(first))
         if kind == "scope":
+            if self.scope_depth >= MAX_NESTING:
+                raise self.error(f"scope `{first}` nested more than {MAX_NESTING} levels deep; "
+                                 "flatten the scopes", first)
             body = [c for c in node.children[1:] if isinstance(c, Tree)]
-            return A.ScopeDecl(str(first), tuple(self.statements(body)), _loc(first))
+            self.scope_depth += 1
+            try:
+                return A.ScopeDecl(str(first), tuple(self.statements(body)), _loc(first))
+            finally:
+                self.scope_depth -= 1
         raise AssertionError(kind)
 
     # -------------------------------------------------------- collections
@@ -196,7 +206,7 @@ class _Builder:
         if kind == "input":
             return A.Input(self.int_token(c[0]), loc)
         if kind == "import_":
-            return A.Import(str(c[0])[1:-1], loc)
+            return A.Import(str(c[0])[1:-1], loc, _loc(c[0]))
         if kind == "ref":
             return A.Ref(str(c[0]), loc)
         if kind == "field_ref":

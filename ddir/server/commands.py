@@ -244,8 +244,11 @@ def read_source(path: str):
 def program_from_source(source: str, path: str, syntax: str | None = None):
     """Parse, lower and validate program text; ``path`` labels errors and
     its extension chooses `.ddp` or `.ddir` unless ``syntax`` says
-    (``ProgramError`` on failure)."""
-    return lower(parse_program(source, path, syntax))
+    (``ProgramError`` on failure), generated-source imports included."""
+    from .generated import check_recipes
+    program = lower(parse_program(source, path, syntax))
+    check_recipes(program, source)
+    return program
 
 
 def _columns(text: str, what: str) -> tuple:

@@ -99,6 +99,33 @@ def parse_recipe(name: str):
                              params.get("seed", 0)))
 
 
+def import_at(program, trace: str) -> str:
+    """``file:line:col`` of the import of ``trace`` in the lowered
+    ``program`` (its string literal), for an install error about it."""
+    from ..ir.nodes import ImportNode
+    for node in program.nodes:
+        if isinstance(node, ImportNode) and node.trace == trace:
+            line, col = node.loc
+            return f"{program.file}:{line}:{col}"
+    return program.file
+
+
+def check_recipes(program, source: str | None = None) -> None:
+    """A located :class:`ProgramError` at the first import of a malformed
+    generated-source spelling (`iota:-1`, `random:nodes=0,edges=5`): what
+    ``ddir check`` can tell without a server (whether another name is a
+    trace depends on the server)."""
+    from ..ir.nodes import ImportNode
+    from ..lang.errors import ProgramError
+    for node in program.nodes:
+        if isinstance(node, ImportNode):
+            try:
+                parse_recipe(node.trace)
+            except RecipeError as e:
+                line, col = node.loc
+                raise ProgramError(str(e), program.file, line, col, source) from None
+
+
 def random_rows(nodes: int, edges: int, arity: int, seed: int, shard: int = 0,
                 shards: int = 1) -> list:
     rows = []

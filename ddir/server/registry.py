@@ -20,7 +20,7 @@ from . import commands as C
 from .cluster import LocalCluster
 from .cursor import Cursors
 from .functions import check_calls, load_functions
-from .generated import Recipe, RecipeError, parse_recipe
+from .generated import Recipe, RecipeError, import_at, parse_recipe
 from .journal import Journal
 from ..engine.exchange import split_by_owner
 from ..engine.order import sort_rows
@@ -167,9 +167,12 @@ class Server:
         for trace in program.imports:
             if trace in self.traces:
                 continue
-            recipe = parse_recipe(trace)
+            try:  # a program from a checkpoint was not checked by check_recipes
+                recipe = parse_recipe(trace)
+            except RecipeError as e:
+                raise InvalidSource(f"{import_at(program, trace)}: {e}") from None
             if recipe is None:
-                raise UnknownName(f'{cmd.path}: imports unknown trace "{trace}"')
+                raise UnknownName(f'{import_at(program, trace)}: imports unknown trace "{trace}"')
             if recipe.name in self.traces:
                 continue
             if self._taken(recipe.name):
