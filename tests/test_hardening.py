@@ -362,3 +362,20 @@ def test_a_reduce_whose_accumulated_input_leaves_i64_reports_it_and_recovers(tmp
     assert lines[5:7] == ['peek "d" (0 rows):', 'peek "m" (0 rows):']
     assert lines[8:] == ['peek "d" (1 rows):', "  (1) ; ()  x1", 'peek "m" (1 rows):',
                          "  (0) ; (1)  x1"]
+
+
+def test_an_inspect_event_whose_diff_leaves_i64_is_reported_not_printed(tmp_path):
+    out = same_for_1_and_3(tmp_path, {"echo.ddp": 'export "out" = input 0 | inspect(e);\n'},
+                           "install e echo.ddp\nfeed e 0 1 diff=9223372036854775807\n"
+                           "feed e 0 1 diff=9223372036854775807\nfeed e 0 2\ntick\n")
+    assert out.splitlines()[1:3] == [
+        "  [e] (2) ; ()  @0  +1",
+        "error: s.txt:5: inspect [e]: multiplicity overflow: the net diff of 1 event left the "
+        "signed 64-bit range (not shown)"]
+    assert "18446744073709551614" not in out
+
+
+def test_help_takes_a_two_word_entry(tmp_path):
+    out = same_for_1_and_3(tmp_path, {}, "help peek cursor\nhelp peek nope\n")
+    assert out.startswith("  peek [<trace>] cursor=<token> [limit=<n>]")
+    assert "error: s.txt:2: no command `peek nope` (try `help`)" in out

@@ -362,9 +362,10 @@ def parse_command(line: str, script_dir: str | None = None):
         _arity(cmd, positional, 1, 1)
         return Drop(positional[0])
     if cmd == "help":
-        _arity(cmd, positional, 0, 1)
-        topic = positional[0] if positional else None
-        if topic is not None and topic not in COMMANDS:
+        _arity(cmd, positional, 0, 2)
+        # `help peek cursor`: an entry of the table is one or two words
+        topic = " ".join(positional) if positional else None
+        if topic is not None and topic not in COMMANDS and topic not in HELP:
             raise CommandError(f"no command `{topic}` (try `help`)")
         return Help(topic)
     _arity(cmd, positional, 0, 0)

@@ -589,7 +589,16 @@ class Server:
                          key=lambda item: (item[0][0], item[0][1], order_key(item[0][2]),
                                            order_key(item[0][3])))
         records = [{"kind": "inspect", "label": label, "key": k, "val": v, "time": t, "diff": d}
-                   for (label, t, k, v), d in ordered]
+                   for (label, t, k, v), d in ordered if INT_MIN <= d <= INT_MAX]
+        overflowed: dict = {}  # label -> events whose summed diff left i64 (SPEC A1): not shown
+        for (label, _, _, _), d in ordered:
+            if not INT_MIN <= d <= INT_MAX:
+                overflowed[label] = overflowed.get(label, 0) + 1
+        for label, count in overflowed.items():
+            records.append({"kind": "error", "message":
+                            f"inspect [{label}]: multiplicity overflow: the net diff of {count} "
+                            f"event{'s' if count != 1 else ''} left the signed 64-bit range "
+                            "(not shown)"})
         rank = {name: i for i, name in enumerate(self.programs)}
         for (name, loc, operator), failed in sorted(
                 errors.items(), key=lambda i: (rank.get(i[0][0], -1), i[0][1], i[0][2])):
