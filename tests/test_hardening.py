@@ -379,3 +379,25 @@ def test_help_takes_a_two_word_entry(tmp_path):
     out = same_for_1_and_3(tmp_path, {}, "help peek cursor\nhelp peek nope\n")
     assert out.startswith("  peek [<trace>] cursor=<token> [limit=<n>]")
     assert "error: s.txt:2: no command `peek nope` (try `help`)" in out
+
+
+def test_computed_values_nest_at_most_100_levels(tmp_path):
+    """SPEC B: size is never a traceback. A fold or a loop that wraps a value
+    again and again stops at 100 levels (what the command line takes, so
+    every printed value feeds back) with a term error, for any -w N."""
+    fold = ('export "o" = input 0 | map(fold(list(' + ",".join(["0"] * 400)
+            + '), tuple(), list(^1)) ;);\nexport "ok" = input 0 | map(fold(list(' + ",".join(["0"] * 99)
+            + '), 7, list(^1)) ;);\n')
+    loop = ('let seed = input 0;\ns: { var x = seed + (x | map(list($0) ;)) | distinct; }\n'
+            'export "n" = s::x | map(1 ;) | count;\n')
+    out = same_for_1_and_3(tmp_path, {"f.ddp": fold, "l.ddp": loop},
+                           "install f f.ddp\ninstall l l.ddp\nfeed f 0 1\nfeed l 0 1\ntick\n"
+                           "peek o\npeek n\npeek ok\n")
+    lines = out.splitlines()
+    assert lines[2] == ("error: s.txt:5: f: map at f.ddp:1:24: `fold` would nest more than 100 "
+                        "levels deep (1 rows dropped)")
+    assert lines[3] == ("error: s.txt:5: l: map at l.ddp:2:26: the key would nest more than 100 "
+                        "levels deep (1 rows dropped)")
+    assert 'peek "o" (0 rows):' in lines and "  (1) ; (50)  x1" in lines
+    deepest = lines[-1]  # 99 lists around 7 inside the key tuple: 100 levels, printed whole
+    assert deepest.startswith("  (" + "[" * 99 + "7") and deepest.endswith(" ; ()  x1")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from .time import join as time_join, less_equal
 from ..ir import nodes as N
 from ..lang.ast import Splice
+from ..terms import ast as T
 from ..terms import runtime as rt
 from ..terms.compile import CannotCompile, Codegen, build_function, compilable
 from ..terms.interp import evaluate
@@ -53,6 +54,8 @@ def compile_join(proj, depth: int, functions: dict | None = None):
         return _interpret_join(proj, depth, functions)
     gen = Codegen(functions)
     key, val = projection_source(gen, proj, ("k", "a", "b"))
+    if deepens(proj):
+        key, val = f"_capped({key}, 'the key')", f"_capped({val}, 'the val')"
 
     def loop(delta, hist_of, skip_now):
         d_new, d_old, row = ("d1", "d2", "b") if delta == "dl" else ("d2", "d1", "a")
@@ -137,6 +140,25 @@ def compile_chain(steps: tuple, functions: dict | None = None):
     return interpret_chain(steps, functions)
 
 
+def deepens(proj) -> bool:
+    """Whether a projection can build a value deeper than its input rows:
+    a field other than an Int-valued term, a field of a row (``$0[1]``) or a
+    splice. Its key and val are then checked (``runtime.capped``): repeated
+    in a loop, such a projection could otherwise nest without bound."""
+    def flat(term) -> bool:
+        if isinstance(term, (T.Lit, T.Neg, T.Arith, T.Cmp, T.And)):
+            return True
+        if isinstance(term, T.Index):
+            return isinstance(term.arg, (T.Row, T.Index)) and flat_path(term.arg)
+        if isinstance(term, T.Call):
+            return term.name in ("len", "istag", "not", "or", "hash")
+        return False
+
+    def flat_path(term) -> bool:
+        return isinstance(term, T.Row) or (isinstance(term, T.Index) and flat_path(term.arg))
+    return not all(flat(f) for f in proj_terms(proj))
+
+
 def step_terms(steps: tuple):
     """Every term the steps evaluate."""
     for step in steps:
@@ -187,6 +209,8 @@ def _step_lines(gen: Codegen, i: int, step, names: tuple):
     rows = (k, v)
     if isinstance(step, N.MapStep):
         key, val = projection_source(gen, step.proj, rows)
+        if deepens(step.proj):
+            key, val = f"_capped({key}, 'the key')", f"_capped({val}, 'the val')"
         return (["try:", f"    k{i}, v{i} = {key}, {val}", "except TermError as e:",
                  f"    fail({i}, e, {k}, {v}, {d})", "    continue"], (f"k{i}", f"v{i}", d))
     if isinstance(step, N.FilterStep):
@@ -206,7 +230,8 @@ def _step_lines(gen: Codegen, i: int, step, names: tuple):
 
 def project(proj, rows: tuple, functions: dict | None = None) -> tuple:
     """(key, val) of a projection, through the interpreter."""
-    return _side(proj.key, rows, functions), _side(proj.val, rows, functions)
+    return (rt.capped(_side(proj.key, rows, functions), "the key"),
+            rt.capped(_side(proj.val, rows, functions), "the val"))
 
 
 def _side(fields: tuple, rows: tuple, functions: dict | None = None) -> tuple:

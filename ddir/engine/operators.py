@@ -19,7 +19,7 @@ from .time import join as time_join, less_equal
 from .trace import Trace
 from ..ir import nodes as N
 from ..terms.compile import compile_term
-from ..terms.runtime import TermError, bit_length_u64
+from ..terms.runtime import TermError, bit_length_u64, capped
 from ..values import INT_MAX, INT_MIN, List, order_key
 
 # A `collect` result is a materialised list: one element per unit of
@@ -501,7 +501,7 @@ def _reduce_collect(acc: dict):
     for v in sorted(acc, key=order_key):
         if acc[v] > 0:
             items.extend([v] * acc[v])
-    return {List(items): 1}
+    return {capped(List(items), "`collect`"): 1}
 
 
 def _reduce(reducer, acc: dict):

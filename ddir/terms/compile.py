@@ -26,7 +26,7 @@ GLOBALS = {
     "_fold": rt.fold, "_scrut": rt.case_scrutinee, "_noarm": rt.no_arm,
     "_norow": rt.no_row, "_hash": rt.hash_term, "_bits": rt.bit_length_u64,
     "_aslist": lambda v: rt.as_list(v, "`flatmap`"),
-    "_List": List, "TermError": rt.TermError, "_pycall": rt.call_function,
+    "_List": List, "TermError": rt.TermError, "_pycall": rt.call_function, "_capped": rt.capped,
 }
 
 _ARITH_FN = {"+": "_add", "-": "_sub", "*": "_mul"}

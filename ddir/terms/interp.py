@@ -56,7 +56,7 @@ def evaluate(term: Term, rows: tuple, binders: tuple = (), functions: dict | Non
         acc = ev(term.init)
         for item in rt.as_list(items, "`fold`"):
             acc = evaluate(term.step, rows, binders + (acc, item), functions)
-        return acc
+        return rt.capped(acc, "`fold`")
     raise TypeError(f"not a term: {term!r}")
 
 

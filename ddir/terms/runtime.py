@@ -158,7 +158,36 @@ def fold(items, init, step):
     acc = init
     for item in as_list(items, "`fold`"):
         acc = step(item, acc)
-    return acc
+    return capped(acc, "`fold`")
+
+
+# A value computed by a term nests at most as deep as one on the command line
+# (lang.value_token.MAX_VALUE_DEPTH) or a function's result: so everything
+# peek prints can be fed back, and printing, hashing and ordering values
+# (recursive, like Python's own tuple hash) stay far from the recursion limit.
+MAX_NESTING = 100
+
+
+def capped(v, what: str):
+    """``v``, or a :class:`TermError` when it nests more than
+    :data:`MAX_NESTING` levels. Iterative; Ints cost one type check."""
+    if type(v) is int:
+        return v
+    stack = [(v, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        x, depth = pop()
+        if depth > MAX_NESTING:
+            raise TermError(f"{what} would nest more than {MAX_NESTING} levels deep")
+        t = type(x)
+        if t is tuple or t is List:
+            for y in x:
+                if type(y) is not int:
+                    push((y, depth + 1))
+        elif t is Variant:
+            if type(x[1]) is not int:
+                push((x[1], depth + 1))
+    return v
 
 
 def case_scrutinee(v):
