@@ -401,3 +401,15 @@ def test_computed_values_nest_at_most_100_levels(tmp_path):
     assert 'peek "o" (0 rows):' in lines and "  (1) ; (50)  x1" in lines
     deepest = lines[-1]  # 99 lists around 7 inside the key tuple: 100 levels, printed whole
     assert deepest.startswith("  (" + "[" * 99 + "7") and deepest.endswith(" ; ()  x1")
+
+
+def test_only_a_bare_negated_literal_may_be_minus_2_to_the_63(tmp_path):
+    """SPEC A1/A2: `-9223372036854775808` is the least Int; in parentheses the
+    literal stands alone and does not fit."""
+    from ddir.lang.errors import ProgramError
+    from ddir.lang.parser import parse_term
+    assert parse_term("-9223372036854775808").value == -2 ** 63
+    assert parse_term("- 9223372036854775808").value == -2 ** 63
+    for text in ("-(9223372036854775808)", "-(((9223372036854775808))) * 1"):
+        with pytest.raises(ProgramError, match="integer literal 9223372036854775808 does not fit"):
+            parse_term(text)

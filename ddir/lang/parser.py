@@ -301,8 +301,11 @@ class _Builder:
             return T.Lit(self.int_token(c[0]))
         if kind == "neg":
             inner = c[0]
-            if isinstance(inner, Tree) and inner.data == "int_lit":
-                n = int(str(inner.children[0]))  # -9223372036854775808 is a literal
+            # -9223372036854775808 is a literal; -(9223372036854775808) is the minus
+            # of a literal that does not fit (SPEC A1, A2)
+            if isinstance(inner, Tree) and inner.data == "int_lit" and "(" not in \
+                    self.source[node.meta.start_pos:inner.children[0].start_pos]:
+                n = int(str(inner.children[0]))
                 if n > INT_MAX + 1:
                     raise self.error(f"integer literal -{n} does not fit in 64 bits", inner.children[0])
                 return T.Lit(-n)
