@@ -309,7 +309,9 @@ class Server:
         whose subscriptions these are, and where a ``subscribe``'s later
         records go (see :meth:`ddir.server.registry.Server.run`)."""
         if isinstance(cmd, str):
-            return self.command(cmd)
+            cmd = C.parse_command(cmd)
+            if cmd is None or isinstance(cmd, C.Exit):
+                return []
         if self._closed:
             raise E.ServerStopped("the server is closed")
         if self.core.cluster is not None and getattr(self.core.cluster, "dead", None):

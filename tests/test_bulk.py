@@ -381,3 +381,18 @@ def test_an_empty_csv_loads_as_zero_rows(tmp_path):
         s.feed("p", 0, (1,))
         s.tick()
         assert s.peek("out") == [((1,), (), 1)]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_keys_of_several_arities_on_different_workers_save_as_printed_values(workers, tmp_path):
+    """Each worker's part may be Tuples of Ints of one arity while the parts
+    differ: the table is then the printed one, whatever -w N."""
+    with ddir.Server(workers=workers) as s:
+        s.install("p", source=EXPORT)
+        for key in [(3, 4), (5, 6), (1, 2, 3), (7, 8, 9)]:
+            s.feed("p", 0, key)
+        s.tick()
+        table = s.peek_arrow("out")
+        assert table.equals(bulk.rows_to_table(s.peek("out")))
+        assert table.column_names == ["key", "val", "diff"]
+        assert s.save("out", str(tmp_path / "o.parquet")) == 4

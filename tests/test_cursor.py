@@ -2,12 +2,14 @@
 cursor's epoch exactly, while ticks and feeds happen in between; forged,
 expired (an injected clock) and dropped cursors get clear errors; the lease
 holds back compaction and is released."""
+import os
 import random
 
 import pytest
 
 import ddir
 from ddir.server import commands as C
+from conftest import ROOT
 
 PRODUCER = 'export "edges" = input 0 | key($0[0] ; $0[1]);\n'
 
@@ -300,3 +302,59 @@ def test_a_cursor_page_of_zero_rows_is_refused():
         with pytest.raises(ddir.CommandError, match="limit= must be at least 1, got 0"):
             s.command(f"peek out cursor={first.cursor} limit=0")
         assert first.next() == [((2,), (), 1), ((3,), (), 1)]
+
+
+@pytest.mark.parametrize("field, value", [(9, -3), (9, "x"), (9, 0), (6, 5), (6, [[1, 2, 3]]),
+                                          (2, -1), (4, 1), (7, 99), (1, 7)])
+def test_a_forged_token_is_an_invalid_cursor_and_harms_nothing(field, value):
+    """The default secret is public (tokens are the same for every -w N):
+    every field of a token is checked before anything reaches a worker."""
+    import base64
+    import hashlib
+    import hmac
+    from ddir.server.cursor import DEFAULT_SECRET, MAC_BYTES
+    from ddir.ir.codec import packb, unpackb
+    with ddir.Server(2) as s:
+        s.install("p", source='export "x" = input 0;\n')
+        s.feed_many("p", 0, keys=[(i,) for i in range(20)])
+        s.tick()
+        page = s.peek("x", limit=5)
+        raw = base64.urlsafe_b64decode(page.cursor + "=" * (-len(page.cursor) % 4))
+        fields = list(unpackb(raw[:-MAC_BYTES]))
+        fields[field] = value
+        payload = packb(fields)
+        token = base64.urlsafe_b64encode(
+            payload + hmac.new(DEFAULT_SECRET, payload, hashlib.sha256).digest()[:MAC_BYTES])
+        with pytest.raises(ddir.CursorError, match="invalid cursor"):
+            s.page(cursor=token.decode().rstrip("="))
+        assert page.next() == [((i,), (), 1) for i in range(5, 10)]  # every worker alive
+
+
+def test_a_typed_cursor_page_of_zero_rows_is_refused_too():
+    with ddir.Server() as s:
+        s.install("p", source='export "x" = input 0;\n')
+        s.feed_many("p", 0, keys=[(i,) for i in range(5)])
+        s.tick()
+        page = s.peek("x", limit=2)
+        with pytest.raises(ddir.CommandError, match="limit= must be at least 1, got 0"):
+            s.execute(C.Peek("x", None, False, 0, 0, page.cursor))
+
+
+def test_a_cursor_page_at_the_prompt_keeps_its_limit_and_has_no_offset_hint():
+    import io
+    from ddir.server.session import Session
+    out = io.StringIO()
+    s = Session(out=out)
+    s.interactive = True
+    s.run_line("install p " + os.path.join(ROOT, "programs", "producer.ddp"))
+    for i in range(80):
+        s.run_line(f"feed p 0 {i},{i}")
+    s.run_line("tick")
+    s.run_line("peek edges limit=10")
+    token = out.getvalue().split("cursor=")[-1].split()[0]
+    out.truncate(0)
+    out.seek(0)
+    s.run_line(f"peek cursor={token}")
+    lines = out.getvalue().splitlines()
+    assert len([x for x in lines if x.startswith("  (")]) == 10  # the cursor's own limit
+    assert not any("more row" in x for x in lines) and lines[-1].startswith("  more: peek edges cursor=")

@@ -381,24 +381,32 @@ def test_help_takes_a_two_word_entry(tmp_path):
     assert "error: s.txt:2: no command `peek nope` (try `help`)" in out
 
 
-def test_computed_values_nest_at_most_100_levels(tmp_path):
-    """SPEC B: size is never a traceback. A fold or a loop that wraps a value
-    again and again stops at 100 levels (what the command line takes, so
-    every printed value feeds back) with a term error, for any -w N."""
+def test_computed_values_nest_at_most_200_levels(tmp_path):
+    """SPEC B: size is never a traceback. A fold, a loop or a flatmap that
+    wraps a value again and again stops at 200 levels (twice what the
+    command line takes, so operators may wrap values at that limit) with a
+    term error, for any -w N."""
     fold = ('export "o" = input 0 | map(fold(list(' + ",".join(["0"] * 400)
             + '), tuple(), list(^1)) ;);\nexport "ok" = input 0 | map(fold(list(' + ",".join(["0"] * 99)
             + '), 7, list(^1)) ;);\n')
     loop = ('let seed = input 0;\ns: { var x = seed + (x | map(list($0) ;)) | distinct; }\n'
             'export "n" = s::x | map(1 ;) | count;\n')
-    out = same_for_1_and_3(tmp_path, {"f.ddp": fold, "l.ddp": loop},
-                           "install f f.ddp\ninstall l l.ddp\nfeed f 0 1\nfeed l 0 1\ntick\n"
-                           "peek o\npeek n\npeek ok\n")
+    flat = ('let seed = input 0 | key($0[0] ; 0);\ngrow: {\n  var x = seed + (x | flatmap(list($1)) '
+            '| key($0[0] + 1 ; $1[0], $1[1]) | filter($0[0] < 1500));\n}\n'
+            'export "y" = grow::x | map(1 ;) | count;\n')
+    out = same_for_1_and_3(tmp_path, {"f.ddp": fold, "l.ddp": loop, "g.ddp": flat},
+                           "install f f.ddp\ninstall l l.ddp\ninstall g g.ddp\nfeed f 0 1\n"
+                           "feed l 0 1\nfeed g 0 0\ntick\npeek o\npeek n\npeek y\npeek ok\n")
     lines = out.splitlines()
-    assert lines[2] == ("error: s.txt:5: f: map at f.ddp:1:24: `fold` would nest more than 100 "
+    assert lines[3] == ("error: s.txt:7: f: map at f.ddp:1:24: `fold` would nest more than 200 "
                         "levels deep (1 rows dropped)")
-    assert lines[3] == ("error: s.txt:5: l: map at l.ddp:2:26: the key would nest more than 100 "
+    assert lines[4] == ("error: s.txt:7: l: map at l.ddp:2:26: the key would nest more than 200 "
                         "levels deep (1 rows dropped)")
-    assert 'peek "o" (0 rows):' in lines and "  (1) ; (50)  x1" in lines
+    assert lines[5] == ("error: s.txt:7: g: flatmap at g.ddp:3:23: the val would nest more than "
+                        "200 levels deep (1 rows dropped)")
+    assert 'peek "o" (0 rows):' in lines
+    counts = [line for line in lines if line.startswith("  (1) ; (")]
+    assert len(counts) == 2 and all(80 <= int(c[9:].split(")")[0]) <= 200 for c in counts)
     deepest = lines[-1]  # 99 lists around 7 inside the key tuple: 100 levels, printed whole
     assert deepest.startswith("  (" + "[" * 99 + "7") and deepest.endswith(" ; ()  x1")
 

@@ -145,18 +145,23 @@ def deepens(proj) -> bool:
     a field other than an Int-valued term, a field of a row (``$0[1]``) or a
     splice. Its key and val are then checked (``runtime.capped``): repeated
     in a loop, such a projection could otherwise nest without bound."""
-    def flat(term) -> bool:
-        if isinstance(term, (T.Lit, T.Neg, T.Arith, T.Cmp, T.And)):
-            return True
-        if isinstance(term, T.Index):
-            return isinstance(term.arg, (T.Row, T.Index)) and flat_path(term.arg)
-        if isinstance(term, T.Call):
-            return term.name in ("len", "istag", "not", "or", "hash")
-        return False
+    return not all(_shallow(f) for f in proj_terms(proj))
 
-    def flat_path(term) -> bool:
-        return isinstance(term, T.Row) or (isinstance(term, T.Index) and flat_path(term.arg))
-    return not all(flat(f) for f in proj_terms(proj))
+
+def _shallow(term) -> bool:
+    """An Int-valued term or a proper part of a row (``$0[1][2]``): never
+    deeper than the row it reads."""
+    if isinstance(term, (T.Lit, T.Neg, T.Arith, T.Cmp, T.And)):
+        return True
+    if isinstance(term, T.Index):
+        return _path(term.arg)
+    if isinstance(term, T.Call):
+        return term.name in ("len", "istag", "not", "or", "hash")
+    return False
+
+
+def _path(term) -> bool:
+    return isinstance(term, T.Row) or (isinstance(term, T.Index) and _path(term.arg))
 
 
 def step_terms(steps: tuple):
@@ -188,8 +193,15 @@ def _generate_chain(steps: tuple, functions: dict | None = None):
             lines += [indent + "try:", indent + f"    _l{i} = _aslist({gen.expr(step.term, (k, v))})",
                       indent + "except TermError as e:", indent + f"    fail({i}, e, {k}, {v}, {d})",
                       indent + "    continue",
-                      indent + f"for _p{i}, _x{i} in enumerate(_l{i}):",
-                      indent + f"    v{i} = (_p{i}, _x{i})"]
+                      indent + f"for _p{i}, _x{i} in enumerate(_l{i}):"]
+            if _shallow(step.term):  # its elements are parts of the row: (i, e) is no deeper
+                lines += [indent + f"    v{i} = (_p{i}, _x{i})"]
+            else:  # `(i, e)` wraps what the term built: in a loop, one level a round
+                lines += [indent + "    try:",
+                          indent + f"        v{i} = _capped((_p{i}, _x{i}), 'the val')",
+                          indent + "    except TermError as e:",
+                          indent + f"        fail({i}, e, {k}, {v}, {d})",
+                          indent + "        continue"]
             indent += "    "
             names = (k, f"v{i}", d)
             continue
@@ -267,7 +279,12 @@ def interpret_chain(steps: tuple, functions: dict | None = None):
                 elif isinstance(step, N.FlatMapStep):
                     items = rt.as_list(evaluate(step.term, (k, v), (), functions), "`flatmap`")
                     for p, x in enumerate(items):
-                        run((k, (p, x), d), i + 1, t, it, fail, events, append)
+                        try:
+                            element = rt.capped((p, x), "the val")
+                        except rt.TermError as e:
+                            fail(i, e, k, v, d)
+                            continue
+                        run((k, element, d), i + 1, t, it, fail, events, append)
                     return
             except rt.TermError as e:
                 fail(i, e, k, v, d)

@@ -551,7 +551,8 @@ class ReduceOp(Operator):
 
     def incomparable(self, t: tuple) -> list:
         """The scheduled times neither <= nor >= ``t`` (another epoch's
-        later iterations): usually none."""
+        later iterations, or in nested loops another outer iteration's):
+        none in a single loop within one epoch."""
         return [s for s in self.scheduled if not less_equal(s, t) and not less_equal(t, s)]
 
     def join_scheduled(self, keys, t: tuple, times: list) -> None:

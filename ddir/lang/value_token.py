@@ -12,7 +12,7 @@ import re
 from .errors import ProgramError
 from .parser import parse_term
 from ..terms.interp import evaluate
-from ..terms.runtime import TermError
+from ..terms.runtime import TermError, TooDeep
 from ..values import (INT_MAX, INT_MIN, ValueSyntaxError, ValueTooDeepError, parse_printed,
                       value_depth)
 
@@ -81,6 +81,8 @@ def parse_value_token(text: str):
         raise _bad(text, "a value cannot refer to an input row ($n)")
     try:
         value = evaluate(term, ())
+    except TooDeep:  # a fold wrapping its accumulator: the command line's own limit
+        raise _too_deep(text) from None
     except TermError as e:
         raise _bad(text, str(e)) from None
     except RecursionError:

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from ..engine.order import sorted_keys
 from ..errors import CursorError
 from ..ir.codec import packb, unpackb
-from ..values import INT_MAX, INT_MIN, order_key
+from ..values import INT_MAX, INT_MIN, List, Variant, order_key
 
 LEASE_SECONDS = 60.0
 MAC_BYTES = 16
@@ -92,9 +92,15 @@ class Cursors:
         try:
             fields = unpackb(payload)
             version, trace, seq, epoch, has_key, key, after, offset, total, limit = fields
-        except Exception:  # signed by us, so only another version's format
+        except Exception:  # another version's format, or forged (the secret is public)
             raise bad from None
-        if version != VERSION:
+        # checked field by field: a forged token must never reach a worker
+        if (version != VERSION or type(trace) is not str or not _count(seq) or not _count(epoch)
+                or type(has_key) is not bool or not _count(offset) or not _count(total)
+                or not _count(limit) or limit < 1 or offset > total
+                or not (after is None or (type(after) in (tuple, list) and len(after) == 2
+                                          and all(_is_value(x) for x in after)))
+                or not (has_key is False or _is_value(key))):
             raise bad
         return (trace, seq, epoch, has_key, key, None if after is None else tuple(after),
                 offset, total, limit)
@@ -123,6 +129,33 @@ class Cursors:
         """``[[trace, epoch], ...]`` of the held leases, for the workers."""
         self.expire()
         return sorted([t, e] for t, e in self.leases)
+
+
+def _count(n) -> bool:
+    return type(n) is int and 0 <= n <= INT_MAX
+
+
+def _is_value(v) -> bool:
+    """Whether a decoded token field is a ddir value (Ints in i64, tuples,
+    Lists, Variants with a non-negative tag, at most 100 levels)."""
+    stack = [(v, 1)]
+    while stack:
+        x, depth = stack.pop()
+        t = type(x)
+        if depth > 100:
+            return False
+        if t is int:
+            if not INT_MIN <= x <= INT_MAX:
+                return False
+        elif t is tuple or t is List:
+            stack.extend((y, depth + 1) for y in x)
+        elif t is Variant:
+            if type(x[0]) is not int or x[0] < 0:
+                return False
+            stack.append((x[1], depth + 1))
+        else:
+            return False
+    return True
 
 
 def _val_order(row) -> tuple:

@@ -34,7 +34,8 @@ FOLD_FLOOR = 50_000   # unfolded rows below this are never worth a fold
 class Journal:
     def __init__(self) -> None:
         self.frontier: int | None = None  # every update at a time <= this is folded onto it
-        self.folded: dict = {}            # input -> consolidated rows or IntColumns at frontier
+        self.folded: dict = {}            # input -> rows or IntColumns at frontier (consolidated
+                                          # unless one batch was all there was to fold)
         self.recent: list = []            # [(input, time, rows or IntColumns)], times > frontier
         self.folded_rows = 0
         self.recent_rows = 0

@@ -653,7 +653,10 @@ class Server:
             raise UnknownName(f'unknown trace "{trace}"')
         replies = self.cluster.broadcast(("peek_columns", name))
         parts = [r["columns"] for r in replies if "columns" in r]
-        if not parts or any("rows" in r for r in replies):
+        # each worker's trace has one shape, but workers may differ (keys of
+        # two fields here, three there): then only printed columns can hold it
+        if not parts or any("rows" in r for r in replies) or \
+                len({(len(p[0]), len(p[1])) for p in parts}) > 1:
             name, rows, records = self.contents(trace)
             return name, bulk.rows_to_table(rows), records
         return name, bulk.columns_to_table(parts, merge=len(parts) > 1), []
@@ -703,6 +706,8 @@ class Server:
         if not self.cursors.held(name, epoch):
             raise CursorError(f'cursor expired: peek "{name}" again')
         limit = limit if cmd.limit is None else cmd.limit
+        if limit < 1:  # a typed command skips the parser's check
+            raise CommandError(f"limit= must be at least 1, got {limit}")
         replies = self.cluster.broadcast(("page", name, epoch, key, has_key,
                                           None if after is None else list(after), limit))
         rank = lambda r: (order_key(r[0]), order_key(r[1]))  # noqa: E731

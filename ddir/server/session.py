@@ -60,7 +60,9 @@ class Session:
         if isinstance(cmd, C.Exit):
             self.finished = True
             return False
-        paged = isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None
+        # a plain peek at the prompt pages (as connect does); a cursor page keeps its limit
+        paged = (isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None
+                 and cmd.cursor is None)
         if paged:
             cmd = dataclasses.replace(cmd, limit=PROMPT_PAGE)
         try:

@@ -161,11 +161,18 @@ def fold(items, init, step):
     return capped(acc, "`fold`")
 
 
-# A value computed by a term nests at most as deep as one on the command line
-# (lang.value_token.MAX_VALUE_DEPTH) or a function's result: so everything
-# peek prints can be fed back, and printing, hashing and ordering values
-# (recursive, like Python's own tuple hash) stay far from the recursion limit.
-MAX_NESTING = 100
+# A value computed by a term nests at most twice as deep as one on the
+# command line (lang.value_token.MAX_VALUE_DEPTH): an operator may wrap values
+# that are at that limit (a join's `list($0)`, a `collect`), and printing,
+# hashing and ordering values (recursive, like Python's own tuple hash) stay
+# far from the recursion limit (they fail from about 350 levels). A printed
+# value deeper than 100 levels is refused if fed back, with the command
+# line's message.
+MAX_NESTING = 200
+
+
+class TooDeep(TermError):
+    """A computed value would nest more than :data:`MAX_NESTING` levels."""
 
 
 def capped(v, what: str):
@@ -178,7 +185,7 @@ def capped(v, what: str):
     while stack:
         x, depth = pop()
         if depth > MAX_NESTING:
-            raise TermError(f"{what} would nest more than {MAX_NESTING} levels deep")
+            raise TooDeep(f"{what} would nest more than {MAX_NESTING} levels deep")
         t = type(x)
         if t is tuple or t is List:
             for y in x:
