@@ -218,18 +218,49 @@ def test_a_save_that_fails_half_way_leaves_the_old_file(tmp_path, monkeypatch):
         assert path.read_text().splitlines() == ['"key_0","diff"', "1,1"]
 
 
+# Every edge of msgpack's int widths (fixint, 8, 16, 32, 64 bits, both signs).
+INT_EDGES = [-2 ** 63, -2 ** 31 - 1, -2 ** 31, -32769, -32768, -129, -128, -33, -32, -1, 0,
+             127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1]
+INT_NEAR_EDGES = sorted({e + d for e in INT_EDGES for d in (-1, 0, 1)
+                         if -2 ** 63 <= e + d < 2 ** 63})
+
+
 def test_owners_of_columns_match_shard_of():
+    """owners_of (column-wise CRC) equals shard_of bit for bit: every int width
+    boundary and its neighbours, 0-17 key fields, columns of one msgpack class
+    and of many, 1-7 shards, empty inputs."""
     rng = random.Random(7)
-    edges = [0, 127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1, -1, -32,
-             -33, -128, -129, -32768, -32769, -2 ** 31, -2 ** 31 - 1, -2 ** 63]
-    for n in range(5):
-        rows = [tuple(rng.choice(edges + [rng.randint(-2 ** 63, 2 ** 63 - 1),
-                                          rng.randint(-300, 300)]) for _ in range(n))
-                for _ in range(400)]
-        cols = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(n)]
-        for shards in (2, 3, 5):
-            assert bulk.owners_of(cols, len(rows), shards).tolist() == \
-                [shard_of(r, shards) for r in rows]
+
+    def pool(kind):  # a column's values
+        if kind == 0:
+            return lambda: rng.choice(INT_NEAR_EDGES)
+        if kind == 1:
+            return lambda: rng.choice([rng.choice(INT_NEAR_EDGES),
+                                       rng.randint(-2 ** 63, 2 ** 63 - 1),
+                                       rng.randint(-300, 300), rng.randint(-2 ** 40, 2 ** 40)])
+        lo, hi = sorted(rng.sample(INT_NEAR_EDGES, 2))  # often one class, sometimes narrow
+        if kind == 3:
+            hi = min(hi, lo + rng.choice([0, 1, 3, 100]))
+        return lambda: rng.randint(lo, hi)
+
+    for n in range(18):
+        for trial in range(6):
+            count = [0, 1, 2, 7, 300, 300][trial]
+            gens = [pool(rng.randrange(4)) for _ in range(n)]
+            rows = [tuple(g() for g in gens) for _ in range(count)]
+            cols = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(n)]
+            for shards in range(1, 8):
+                got = bulk.owners_of(cols, count, shards)
+                assert got.dtype == np.int64, (n, trial, shards)
+                assert got.tolist() == [shard_of(r, shards) for r in rows], (n, trial, shards)
+    # several blocks of rows (the last one partial), a non-contiguous column
+    count = 70_001
+    nrng = np.random.default_rng(7)
+    cols = [nrng.choice(np.array(INT_NEAR_EDGES, dtype=np.int64), count),
+            nrng.integers(-2 ** 20, 2 ** 20, count), nrng.integers(0, 2 ** 40, 2 * count)[::2]]
+    rows = list(zip(*(c.tolist() for c in cols)))
+    for shards in (3, 4):
+        assert bulk.owners_of(cols, count, shards).tolist() == [shard_of(r, shards) for r in rows]
 
 
 def test_load_output_is_identical_for_1_and_3_workers(tmp_path):

@@ -13,6 +13,7 @@ and takes the row path (Python ints) when one could.
 from __future__ import annotations
 
 import gc
+from bisect import bisect_left
 from contextlib import contextmanager
 from itertools import chain, repeat
 from operator import itemgetter
@@ -295,6 +296,28 @@ def consolidate(c: Cols) -> Cols | None:
 
 
 # ------------------------------------------------------------ owners
+#
+# owners_of: crc32(packb(key)) % shards for every row at once, equal bit for
+# bit to shard_of. CRC-32 is linear over GF(2). With R(s, B) the CRC register
+# after bytes B from state s (no final inversion):
+#
+#   R(s, B) = R(s, zeros(len(B))) ^ R(0, B), and leading zero bytes leave R(0, .)
+#
+# So a key column's msgpack bytes (a tag, then the low 1, 2, 4 or 8 bytes of
+# the value, big-endian; or one fixint byte) contribute
+#
+#   R(0, encoding) = V(x) ^ K[class]
+#
+# V(x) = R(0, the 8 big-endian bytes of x): one lookup per 16-bit chunk of x
+# (a chunk that is sign extension in every row of the column, 0x0000, or 0xFFFF
+# in a negative row, is not looked up: its part folds into K). K[class] is a
+# constant per msgpack class (ten: the tag, and for a negative value the 0xFF
+# bytes the encoding leaves out). Moving the register s over a later column's L
+# bytes is S_L(s) = R(s, zeros(L)): two lookups, by 16-bit halves of s. A column
+# whose rows share a class takes scalar constants; otherwise each row's class
+# (a few comparisons) picks its K and its S_L. Rows go in blocks so the scratch
+# buffers stay in cache: a fresh array of megabytes costs its page faults, as
+# much as the lookups it would hold.
 
 def _crc_table() -> np.ndarray:
     table = np.zeros(256, dtype=np.uint32)
@@ -307,55 +330,164 @@ def _crc_table() -> np.ndarray:
 
 
 _CRC_TABLE = _crc_table()
+_U32 = np.uint32
+
+# class(x) = how many bounds lie below x; per class (by value, low to high):
+# (encoded length, tag (None: a fixint), value bytes encoded, negative)
+_CLASS_BOUNDS = (-2 ** 31 - 1, -32769, -129, -33, -1, 127, 255, 65535, 2 ** 32 - 1)
+_CLASS_FORMS = ((9, 0xD3, 8, True), (5, 0xD2, 4, True), (3, 0xD1, 2, True), (2, 0xD0, 1, True),
+                (1, None, 1, True), (1, None, 1, False), (2, 0xCC, 1, False),
+                (3, 0xCD, 2, False), (5, 0xCE, 4, False), (9, 0xCF, 8, False))
+_LENGTHS = (1, 2, 3, 5, 9)
+# per class: where the shift tables of its length start (stacked by length)
+_CLASS_SHIFT_AT = np.array([_LENGTHS.index(form[0]) << 16 for form in _CLASS_FORMS], dtype=np.intp)
+_OWNER_BLOCK = 1 << 15  # rows per pass
 
 
-def _msgpack_int_bytes(col: np.ndarray) -> tuple:
-    """msgpack's encoding of each int64 (positive: fixint / uint8..64, negative:
-    negative fixint / int8..64, the shortest): a (N, 9) uint8 matrix and the
-    length used in each row."""
-    n = len(col)
-    be = col.astype(">i8").view(np.uint8).reshape(n, 8)
-    out = np.zeros((n, 9), dtype=np.uint8)
-    length = np.ones(n, dtype=np.int64)
-    fix = (col >= -32) & (col <= 127)
-    out[:, 0] = be[:, 7]  # fixints are their own low byte
-    pos, neg = col >= 0, col < 0
-    for size, (lo_pos, hi_pos, lo_neg, hi_neg), (tag_pos, tag_neg) in (
-            (1, (128, 255, -128, -33), (0xCC, 0xD0)),
-            (2, (256, 65535, -32768, -129), (0xCD, 0xD1)),
-            (4, (65536, 2 ** 32 - 1, -2 ** 31, -32769), (0xCE, 0xD2)),
-            (8, (2 ** 32, INT_MAX, INT_MIN, -2 ** 31 - 1), (0xCF, 0xD3))):
-        for tag, lo, hi, sign in ((tag_pos, lo_pos, hi_pos, pos), (tag_neg, lo_neg, hi_neg, neg)):
-            rows = np.nonzero(sign & (col >= lo) & (col <= hi) & ~fix)[0]
-            if len(rows):
-                out[rows, 0] = tag
-                out[rows, 1:1 + size] = be[rows, 8 - size:]
-                length[rows] = 1 + size
-    return out, length
+def _register(state: int, data: bytes) -> int:
+    for b in data:
+        state = int(_CRC_TABLE[(state ^ b) & 0xFF]) ^ (state >> 8)
+    return state
 
 
-def _crc_update(crc: np.ndarray, data: np.ndarray, length: np.ndarray | None) -> np.ndarray:
-    for j in range(data.shape[1]):
-        new = _CRC_TABLE[(crc ^ data[:, j]) & 0xFF] ^ (crc >> 8)
-        crc = new if length is None else np.where(j < length, new, crc)
-    return crc
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 65536:
+        return bytes([0xDC]) + n.to_bytes(2, "big")
+    return bytes([0xDD]) + n.to_bytes(4, "big")
+
+
+def _shift1(r: np.ndarray) -> np.ndarray:
+    return _CRC_TABLE[r & 0xFF] ^ (r >> _U32(8))
+
+
+_OWNER_CACHE: dict = {}
+
+
+def _owner_tables() -> tuple:
+    """``(value, shift_lo, shift_hi)``, built on first use (3.5 MB):
+    ``value[w][v]`` = R(0, v as two big-endian bytes + 2w zero bytes);
+    ``shift_lo[(i << 16) | v]`` = R(v, zeros(_LENGTHS[i])), ``shift_hi`` the
+    same for the state ``v << 16``."""
+    tables = _OWNER_CACHE.get("tables")
+    if tables is None:
+        value = [(_shift1(_CRC_TABLE)[:, None] ^ _CRC_TABLE[None, :]).ravel()]
+        for _ in range(3):
+            value.append(_shift1(_shift1(value[-1])))
+        lo = np.arange(65536, dtype=_U32)
+        hi = lo << _U32(16)
+        los, his, done = [], [], 0
+        for length in _LENGTHS:
+            for _ in range(length - done):
+                lo, hi = _shift1(lo), _shift1(hi)
+            done = length
+            los.append(lo)
+            his.append(hi)
+        tables = _OWNER_CACHE["tables"] = (value, np.concatenate(los), np.concatenate(his))
+    return tables
+
+
+def _class_constants(chunks: int, start: int | None) -> np.ndarray:
+    """K[class] when V looks up the low ``chunks`` 16-bit chunks; for the first
+    column (``start``: the register after the array header) with the move of
+    ``start`` over the column's bytes folded in."""
+    key = (chunks, start)
+    ks = _OWNER_CACHE.get(key)
+    if ks is None:
+        ks = []
+        for length, tag, size, negative in _CLASS_FORMS:
+            k = 0 if tag is None else _register(0, bytes([tag]) + bytes(size))
+            if negative:  # the 0xFF bytes above the encoded ones, and above V's chunks
+                k ^= _register(0, b"\xff" * (8 - size) + bytes(size))
+                k ^= _register(0, b"\xff" * (8 - 2 * chunks) + bytes(2 * chunks))
+            if start is not None:
+                k ^= _register(start, bytes(length))
+            ks.append(k)
+        ks = _OWNER_CACHE[key] = np.array(ks, dtype=_U32)
+    return ks
 
 
 def owners_of(keys, count: int, shards: int) -> np.ndarray:
     """The owner of each key ``tuple(keys[0][i], keys[1][i], ...)``:
     ``crc32(packb(key)) % shards`` (:func:`ddir.engine.exchange.shard_of`)
-    for every row at once."""
-    n = len(keys)
-    if n >= 16:  # not a fixarray: no vectorised encoding; rare enough to do row by row
-        from .exchange import shard_of
-        return np.fromiter((shard_of(tuple(int(c[i]) for c in keys), shards)
-                            for i in range(count)), dtype=np.int64, count=count)
-    crc = np.full(count, 0xFFFFFFFF, dtype=np.uint32)
-    crc = _crc_update(crc, np.full((count, 1), 0x90 | n, dtype=np.uint8), None)
-    for col in keys:
-        data, length = _msgpack_int_bytes(np.asarray(col, dtype=I64))
-        crc = _crc_update(crc, data, length)
-    return ((crc ^ np.uint32(0xFFFFFFFF)).astype(np.int64)) % shards
+    for every row at once (int64)."""
+    if shards == 1 or count == 0:
+        return np.zeros(count, dtype=I64)
+    start = _register(0xFFFFFFFF, _array_header(len(keys)))
+    if not keys:
+        return np.full(count, (start ^ 0xFFFFFFFF) % shards, dtype=I64)
+    value, shift_lo, shift_hi = _owner_tables()
+    plans = []  # per column: values, chunks looked up, first class, bounds crossed, K, at
+    for j, col in enumerate(keys):
+        x = np.ascontiguousarray(col, dtype="<i8")
+        lo, hi = int(x.min()), int(x.max())
+        chunks = (max(hi, ~lo).bit_length() + 15) >> 4
+        first, last = bisect_left(_CLASS_BOUNDS, lo), bisect_left(_CLASS_BOUNDS, hi)
+        ks = _class_constants(chunks, None if j else start)
+        if first == last:  # one class: a scalar K, one length
+            plans.append((x, chunks, first, None, ks[first], int(_CLASS_SHIFT_AT[first])))
+        else:
+            plans.append((x, chunks, first, _CLASS_BOUNDS[first:last], ks, None))
+    owners = np.empty(count, dtype=I64)
+    size = min(count, _OWNER_BLOCK)
+    acc_b, tmp_b, k_b = (np.empty(size, dtype=_U32) for _ in range(3))
+    idx_b, at_b = np.empty(size, dtype=np.intp), np.empty(size, dtype=np.intp)
+    cls_b, flags_b = np.empty(size, dtype=np.uint8), np.empty(size, dtype=bool)
+    take, xor = np.take, np.bitwise_xor
+    for i in range(0, count, size):
+        stop = min(i + size, count)
+        m = stop - i
+        acc, tmp, row_k, idx, at = acc_b[:m], tmp_b[:m], k_b[:m], idx_b[:m], at_b[:m]
+        cls, flags = cls_b[:m], flags_b[:m]
+        for j, (x, chunks, first, bounds, k, shift_at) in enumerate(plans):
+            x = x[i:stop]
+            if bounds is None:
+                if j == 0:
+                    acc.fill(k)
+                else:  # acc = S_L(acc) ^ K
+                    np.bitwise_and(acc, 0xFFFF, out=idx)
+                    if shift_at:
+                        np.bitwise_or(idx, shift_at, out=idx)
+                    take(shift_lo, idx, out=tmp, mode="wrap")
+                    np.right_shift(acc, 16, out=idx)
+                    if shift_at:
+                        np.bitwise_or(idx, shift_at, out=idx)
+                    take(shift_hi, idx, out=acc, mode="wrap")
+                    xor(acc, tmp, out=acc)
+                    if k:
+                        xor(acc, k, out=acc)
+            else:  # each row's class
+                cls.fill(first)
+                for bound in bounds:
+                    np.greater(x, bound, out=flags)
+                    np.add(cls, flags, out=cls)
+                np.copyto(idx, cls)
+                if j == 0:
+                    take(k, idx, out=acc, mode="wrap")
+                else:
+                    take(k, idx, out=row_k, mode="wrap")
+                    take(_CLASS_SHIFT_AT, idx, out=at, mode="wrap")
+                    np.bitwise_and(acc, 0xFFFF, out=idx)
+                    np.bitwise_or(idx, at, out=idx)
+                    take(shift_lo, idx, out=tmp, mode="wrap")
+                    np.right_shift(acc, 16, out=idx)
+                    np.bitwise_or(idx, at, out=idx)
+                    take(shift_hi, idx, out=acc, mode="wrap")
+                    xor(acc, tmp, out=acc)
+                    xor(acc, row_k, out=acc)
+            if chunks:  # acc ^= V(x)
+                halves = x.view("<u2").reshape(m, 4)
+                for w in range(chunks):
+                    np.copyto(idx, halves[:, w])
+                    take(value[w], idx, out=tmp, mode="wrap")
+                    xor(acc, tmp, out=acc)
+        np.invert(acc, out=acc)
+        if shards & (shards - 1) == 0:
+            np.bitwise_and(acc, shards - 1, out=owners[i:stop])
+        else:
+            np.remainder(acc, _U32(shards), out=owners[i:stop])
+    return owners
 
 
 def split_by_owner(c: Cols, shards: int) -> list:
