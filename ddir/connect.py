@@ -23,7 +23,8 @@ import threading
 from types import SimpleNamespace
 
 from .server import commands as C
-from .server.output import PROMPT_PAGE, error_record, prompt_page, render_json, render_text
+from .server.output import (PROMPT_PAGE, error_record, prompt_page, render_json, render_text,
+                            text_order)
 from .values import from_json
 
 USAGE = """usage: ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT...]
@@ -153,6 +154,8 @@ class RemoteSession:
 
     def emit(self, records) -> None:
         out = self.out
+        if not self.json_mode:
+            records = text_order(records)
         for record in records:
             out.write(render(record, self.json_mode) + "\n")
         out.flush()

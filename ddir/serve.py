@@ -319,12 +319,16 @@ class Hub:
     """The sequencer and the connections it answers."""
 
     def __init__(self, client, loop, subscriber_queue: int = SUBSCRIBER_QUEUE,
-                 hook: SubscriptionHook | None = None, subscriber_bytes: int = SUBSCRIBER_BYTES):
+                 hook: SubscriptionHook | None = None, subscriber_bytes: int = SUBSCRIBER_BYTES,
+                 local_output=None):
+        """``local_output(records)``: where the startup scripts' subscriptions
+        report (their session's output, the server's stdout)."""
         self.client = client
         self.loop = loop
         self.limit = subscriber_queue
         self.byte_limit = subscriber_bytes
         self.hook = hook or SubscriptionHook()
+        self.local_output = local_output or (lambda records: None)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.connections: set = set()
         self.fatal: str | None = None
@@ -458,7 +462,17 @@ class Hub:
         if self.hook.handles(cmd):
             records, sub, ended = self.hook.run(self.client, conn, req_id, cmd)
             return records, sub, ended, False
-        return self.client.execute(cmd, conn), None, [], False
+        return self._own(self.client.execute(cmd, conn)), None, [], False
+
+    def _own(self, records: list) -> list:
+        """The records that answer the client. A tick or drop also returns
+        the change/ended records of subscriptions nobody delivers: those the
+        startup scripts made, whose output is the server's stdout."""
+        local = [r for r in records if r["kind"] in ("change", "ended") and "sub" in r]
+        if local:
+            self.local_output(local)
+            records = [r for r in records if not (r["kind"] in ("change", "ended") and "sub" in r)]
+        return records
 
     def _with_source(self, conn, words: list, source) -> list:
         """``install <name> <file>`` / ``check <file>`` with the program text
@@ -633,9 +647,9 @@ async def listen(hub: Hub, host: str, port: int, token: str | None = None,
                        ping_timeout=None)
 
 
-async def _serve(client, opts: dict, token: str | None) -> int:
+async def _serve(client, opts: dict, token: str | None, local_output=None) -> int:
     loop = asyncio.get_running_loop()
-    hub = Hub(client, loop, opts["subscriber_queue"])
+    hub = Hub(client, loop, opts["subscriber_queue"], local_output=local_output)
     try:
         server = await listen(hub, opts["host"], opts["port"], token)
     except OSError as e:
@@ -726,7 +740,10 @@ def _main(opts: dict, ranks) -> int:
             session.run_script(path, lines)  # `exit` ends that script; then we serve
         sys.stdout.flush()
         try:
-            return asyncio.run(_serve(client, opts, token))
+            def local_output(records):  # the startup scripts' subscriptions
+                session.emit(records)
+                sys.stdout.flush()
+            return asyncio.run(_serve(client, opts, token, local_output))
         except KeyboardInterrupt:
             return 130
     except ServerStopped:

@@ -251,6 +251,23 @@ def test_scripts_run_before_serving(served):
     assert s.proc.stdout.read().startswith('installed "prod"\ninstalled "reach"\n')
 
 
+def test_a_startup_scripts_subscription_reports_on_the_servers_stdout(served, tmp_path):
+    """Its changes are the script's output (stdout), never a record of the
+    client whose tick made them; that client cannot end it."""
+    (tmp_path / "e.ddp").write_text(ECHO)
+    (tmp_path / "s.txt").write_text("install e e.ddp\nfeed e 0 1\ntick\nsubscribe echoed\n")
+    s = served(str(tmp_path / "s.txt"))
+    with s.client() as ws:
+        assert ask(ws, 1, "feed e 0 2") == []
+        assert [r["kind"] for r in ask(ws, 2, "tick")] == ["tick"]
+        assert ask(ws, 3, "unsubscribe echoed")[0]["kind"] == "error"
+        assert [r["kind"] for r in ask(ws, 4, "drop e")] == ["dropped"]
+    s.stop()
+    assert s.proc.stdout.read().endswith(
+        'subscribed "echoed" at epoch 1 (1 rows)\n  {echoed} (1) ; ()  x1\n'
+        '  {echoed} (2) ; ()  @1  +1\nsubscription "echoed" ended: its producer was dropped\n')
+
+
 def test_a_cursor_pages_on_after_its_client_reconnects(served):
     """SPEC C4: the token is self-contained, so a client whose connection
     dropped goes on paging on a new one, as of the first page's epoch, while

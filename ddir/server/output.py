@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..engine.time import format_time
-from ..values import format_value, to_json
+from ..values import format_value, order_key, to_json
 
 
 def error_record(message: str, file: str | None = None, line: int | None = None) -> dict:
@@ -97,6 +97,25 @@ def _peek_text(record: dict) -> str:
     if record.get("cursor"):  # SPEC C4: the next page, as of this page's epoch
         lines.append(f"  more: peek {record['trace']} cursor={record['cursor']}")
     return "\n".join(lines)
+
+
+def text_order(records: list) -> list:
+    """Records as the text output prints them: the change records of one
+    tick for one trace (several subscriptions to it) become one, its lines
+    sorted by (key, val) (SPEC C2: changes sorted by trace, time, key, val);
+    each subscription still reports its rows. JSON keeps one record per
+    subscription."""
+    out: list = []
+    for r in records:
+        last = out[-1] if out else None
+        if (r.get("kind") == "change" and last is not None and last.get("kind") == "change"
+                and last["trace"] == r["trace"] and last["epoch"] == r["epoch"]):
+            rows = last["rows"] + r["rows"]
+            rows.sort(key=lambda row: (order_key(row[0]), order_key(row[1])))
+            out[-1] = dict(last, rows=rows)
+        else:
+            out.append(r)
+    return out
 
 
 PROMPT_PAGE = 50  # rows a `peek` without limit= shows at a prompt (local or `connect`)

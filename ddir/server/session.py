@@ -17,7 +17,8 @@ import sys
 import threading
 
 from . import commands as C
-from .output import PROMPT_PAGE, error_record, prompt_page, render_json, render_text
+from .output import (PROMPT_PAGE, error_record, prompt_page, render_json, render_text,
+                     text_order)
 from .registry import Server
 from ..errors import DdirError, ServerStopped
 
@@ -41,6 +42,8 @@ class Session:
         return self.client.core
 
     def emit(self, records) -> None:
+        if not self.json_mode:
+            records = text_order(records)
         for record in records:
             text = render_json(record) if self.json_mode else render_text(record)
             self.out.write(text + "\n")
