@@ -206,6 +206,12 @@ def _program(path, source, syntax) -> tuple:
     """(lowered program, its text) from a file or from ``source`` (``path``,
     if given too, labels errors and chooses `.ddp`/`.ddir`; without it the
     source is `.ddp` unless ``syntax="ddir"``)."""
+    if source is not None and type(source) is not str:
+        raise E.CommandError(f"source= must be the program's text (a str), not {_show(source)}")
+    if syntax is not None and syntax not in ("ddp", "ddir"):
+        raise E.CommandError(f'syntax= must be "ddp" or "ddir", not {_show(syntax)}')
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise E.CommandError(f"the program's path must be a str, not {_show(path)}")
     try:
         if source is None:
             return C.load_program(str(path)), C.read_source(str(path))
@@ -263,7 +269,9 @@ class Server:
 
     def checkpoint(self, path) -> dict:
         """``checkpoint <dir>``: the record (dir, epoch, programs, rows)."""
-        (record,) = self._call(C.Checkpoint(str(path)))
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise E.CommandError(f"checkpoint needs a directory path, not {_show(path)}")
+        (record,) = self._call(C.Checkpoint(os.fspath(path)))
         return record
 
     @classmethod

@@ -83,7 +83,7 @@ The address served is printed on stderr once the server listens:
 
 DEFAULT_PORT = 7468
 MAX_FRAME = 1 << 20          # SPEC C3: a bigger frame gets an error record
-HARD_FRAME = 16 << 20        # past this websockets closes the connection (1009)
+HARD_FRAME = 64 << 20        # past this websockets closes the connection (1009): a memory guard
 MAX_IN_FLIGHT = 64           # requests of one connection queued or running
 SUBSCRIBER_QUEUE = 10_000    # records queued per subscription
 SUBSCRIBER_BYTES = 64 << 20  # ... and bytes: 10,000 records of 1 MB each are not "bounded"
@@ -504,7 +504,7 @@ class Hub:
             program = C.program_from_source(source, path)
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
-        return self.client.execute(C.Install(name, path, program), conn)
+        return self.client.execute(C.Install(name, path, program, source), conn)
 
 
 # ============================================================ the websocket side
@@ -514,9 +514,9 @@ def _parse_request(message) -> tuple:
     """(id, line, source) or raise ValueError(message) with the id found."""
     if isinstance(message, bytes):
         raise _BadFrame(None, "frames must be text (JSON), not binary")
-    if len(message) > MAX_FRAME:
-        raise _BadFrame(None, f"frame of {len(message)} characters is over the limit of "
-                              f"{MAX_FRAME} (1 MiB)")
+    if len(message) > MAX_FRAME // 4 and len(message.encode("utf-8")) > MAX_FRAME:
+        raise _BadFrame(None, f"frame of {len(message.encode('utf-8'))} bytes is over the "
+                              f"limit of {MAX_FRAME} (1 MiB)")
     try:
         obj = json.loads(message)
     except (ValueError, RecursionError) as e:

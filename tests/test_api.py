@@ -264,3 +264,19 @@ def test_feed_many_takes_keys_or_updates_and_execute_takes_a_line():
             s.execute(42)
         with pytest.raises(ddir.UnknownName):
             s.execute("peek nope")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.install("x", source=5), "source= must be the program's text"),
+    (lambda s: s.install("x", source=b'export "q" = input 0;'), "source= must be the program's text"),
+    (lambda s: s.install("x", source='export "q" = input 0;', syntax="xyz"), 'syntax= must be'),
+    (lambda s: s.install("x", 5), "the program's path must be a str"),
+    (lambda s: s.checkpoint(None), "checkpoint needs a directory path"),
+    (lambda s: s.checkpoint(5), "checkpoint needs a directory path"),
+])
+def test_wrong_argument_types_are_command_errors(call, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with ddir.Server() as s:
+        with pytest.raises(ddir.CommandError, match=message):
+            call(s)
+        assert s.list()["programs"] == [] and os.listdir(tmp_path) == []

@@ -159,8 +159,11 @@ def test_malformed_frames_keep_the_connection(served):
         assert "binary" in error_then_done(b"\x00\x01")
         assert "over the limit" in error_then_done(json.dumps({"id": 1, "line": "x" * (1 << 20)}))
         assert "goes with `install`" in ask(ws, 2, "tick", source="x")[0]["message"]
+        # the limit is in UTF-8 bytes: 600k two-byte characters are over it
+        assert "bytes is over the limit" in error_then_done("\u00e9" * 600_000)
+        assert "over the limit" in error_then_done("x" * (17 << 20))  # still an error record
         assert ask(ws, 3, "list")[0]["kind"] == "list"  # still usable
-        ws.send("x" * (17 << 20))  # past the hard limit: websockets closes (1009)
+        ws.send("x" * (65 << 20))  # past the hard limit: websockets closes (1009)
         with pytest.raises(ConnectionClosed) as e:
             ws.recv(timeout=10)
         assert e.value.rcvd.code == 1009
@@ -181,6 +184,10 @@ def test_remote_install_with_source(served, tmp_path):
         assert ask(ws, 4, "feed a 0 5,6")== []
         assert [r["kind"] for r in ask(ws, 5, "tick")] == ["tick"]
         assert ask(ws, 6, "peek app")[0]["rows"] == [[[5], [], 1]]
+        # the text sent is what a checkpoint keeps (SPEC C5: the manifest has the source)
+        assert ask(ws, 7, f"checkpoint {tmp_path / 'snap'}")[0]["kind"] == "checkpoint"
+    manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
+    assert manifest["programs"][0]["source"] == 'export "app" = MAP(INPUT 0, ($0[0] ;));\n'
 
 
 def test_killed_client_does_not_hurt_others(served):
