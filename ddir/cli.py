@@ -319,13 +319,14 @@ def _terminate(signum, frame):
 
 
 def start_server(workers: int, max_rounds, sessions: list, functions=None, restore=None,
-                 ranks=None, json_mode: bool = False):
+                 ranks=None, json_mode: bool = False, last_words: list | None = None):
     """A :class:`ddir.Server`: ``-w 1`` runs the worker in this process; more
     start worker processes (or, with ``ranks``, are the MPI job's ranks). A
     worker's death is printed (through the session in ``sessions``) as one
     error and ends the server at once, whatever the intake was doing (even
     waiting at the prompt). ``functions``: the ``--functions`` module
-    (imported before the workers are forked)."""
+    (imported before the workers are forked). ``last_words``: callables
+    given the message before the process ends (``serve`` tells its clients)."""
     from .api import Server
     if restore is not None:
         make = lambda *a, **k: Server.restore(restore, *a, **k)  # noqa: E731
@@ -355,6 +356,11 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
                     print(render(message), flush=True)
         except Exception:
             pass
+        for tell in last_words or ():
+            try:
+                tell(message)
+            except Exception:
+                pass
         if terminal is not None:  # the prompt may have left the terminal in raw mode
             import termios
             termios.tcsetattr(terminal[0], termios.TCSADRAIN, terminal[1])

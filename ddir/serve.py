@@ -647,9 +647,38 @@ async def listen(hub: Hub, host: str, port: int, token: str | None = None,
                        ping_timeout=None)
 
 
+# What a worker's death runs before the process ends (cli.start_server): tell
+# every client, so none sees only a dropped connection (SPEC B: reported).
+LAST_WORDS: list = []
+
+
+def _farewell(hub: "Hub", message: str) -> None:
+    """From the thread that saw the death: an error record (id null) and a
+    close frame (1011) to every connection, waiting at most 2 s for them."""
+    done = threading.Event()
+
+    async def tell_all():
+        try:
+            text = frame(None, {"kind": "error", "message": message})
+            for conn in list(hub.connections):
+                try:
+                    await asyncio.wait_for(conn.ws.send(text), 1)
+                    await asyncio.wait_for(conn.ws.close(1011, "a worker died"), 1)
+                except Exception:
+                    pass
+        finally:
+            done.set()
+    try:
+        asyncio.run_coroutine_threadsafe(tell_all(), hub.loop)
+    except RuntimeError:  # the loop is gone
+        return
+    done.wait(2)
+
+
 async def _serve(client, opts: dict, token: str | None, local_output=None) -> int:
     loop = asyncio.get_running_loop()
     hub = Hub(client, loop, opts["subscriber_queue"], local_output=local_output)
+    LAST_WORDS.append(lambda message: _farewell(hub, message))
     try:
         server = await listen(hub, opts["host"], opts["port"], token)
     except OSError as e:
@@ -718,7 +747,7 @@ def _main(opts: dict, ranks) -> int:
     sessions: list = []
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
-                              ranks=ranks, json_mode=opts["json"])
+                              ranks=ranks, json_mode=opts["json"], last_words=LAST_WORDS)
     except DdirError as e:  # --functions MODULE could not be imported
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -275,6 +275,28 @@ def test_a_startup_scripts_subscription_reports_on_the_servers_stdout(served, tm
         '  {echoed} (2) ; ()  @1  +1\nsubscription "echoed" ended: its producer was dropped\n')
 
 
+def test_a_dead_worker_is_told_to_every_client(tmp_path):
+    """SPEC B: a worker that dies is reported; under serve every client gets
+    the error record and a close frame (1011), and the server exits 3."""
+    s = Served("-w", "3")
+    try:
+        with s.client() as ws:
+            assert ask(ws, 1, "list")[0]["kind"] == "list"
+            kids = subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+            os.kill(int(kids[-1]), signal.SIGKILL)
+            record = json.loads(ws.recv(timeout=20))
+            assert record["id"] is None and record["kind"] == "error"
+            assert "died" in record["message"] and record["message"].endswith("the server stops")
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1011
+        assert s.proc.wait(timeout=20) == 3
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
 def test_a_cursor_pages_on_after_its_client_reconnects(served):
     """SPEC C4: the token is self-contained, so a client whose connection
     dropped goes on paging on a new one, as of the first page's epoch, while
