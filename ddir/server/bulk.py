@@ -20,8 +20,6 @@ writes it atomically.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
 import os
 import re
@@ -81,19 +79,6 @@ class IntColumns:
                 self.count)
 
 
-@contextlib.contextmanager
-def no_gc():
-    """Build millions of tuples without the cyclic GC rescanning the heap
-    after every 700 of them (none of them can be part of a cycle)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def rows_from_message(keys: list, vals: list, diffs, count: int) -> list:
     """A worker's ``stage_columns`` payload -> ``[(key, val, diff)]``."""
     def tuples(columns):
@@ -119,7 +104,7 @@ def split_columns(batch: IntColumns, shards: int) -> list:
 
 # owners_of: the CRC-32 of each key's msgpack bytes, for every row at once; the
 # engine uses it to split its columnar batches between workers too.
-from ..engine.columns import owners_of  # noqa: E402
+from ..engine.columns import no_gc, owners_of  # noqa: E402,F401  (no_gc: api uses it too)
 
 
 # ============================================================ reading
@@ -356,10 +341,8 @@ def rows_to_table(rows: list) -> pa.Table:
         order = np.lexsort([vals[:, j] for j in reversed(range(m))]
                            + [keys[:, j] for j in reversed(range(n))]) if n + m else None
         take = (lambda a: a[order]) if order is not None else (lambda a: a)
-        data = {f"key_{i}": take(keys[:, i]) for i in range(n)}
-        data.update({f"val_{i}": take(vals[:, i]) for i in range(m)})
-        data["diff"] = take(diffs)
-        return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
+        return _int_table([take(keys[:, i]) for i in range(n)],
+                          [take(vals[:, i]) for i in range(m)], take(diffs))
     rows = sorted(rows, key=lambda r: (order_key(r[0]), order_key(r[1])))
     return pa.table({"key": pa.array([format_value(k) for k, _, _ in rows], type=pa.string()),
                      "val": pa.array([format_value(v) for _, v, _ in rows], type=pa.string()),
@@ -379,9 +362,14 @@ def columns_to_table(parts: list, merge: bool) -> pa.Table:
     d = np.concatenate([np.frombuffer(p[2], dtype="<i8") for p in parts])
     if merge:  # a key lives on one worker, so this only restores the order
         cols, d = consolidate_columns(cols, d, len(d))
-    data = {f"key_{i}": cols[i] for i in range(n)}
-    data.update({f"val_{i}": cols[n + i] for i in range(m)})
-    data["diff"] = d
+    return _int_table(cols[:n], cols[n:], d)
+
+
+def _int_table(keys, vals, diffs) -> pa.Table:
+    """Save's layout for Tuples of Ints: int64 ``key_i``, ``val_i``, ``diff``."""
+    data = {f"key_{i}": c for i, c in enumerate(keys)}
+    data.update({f"val_{i}": c for i, c in enumerate(vals)})
+    data["diff"] = diffs
     return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
 
 
