@@ -394,44 +394,20 @@ class Trace:
     def int_columns(self, before: int | None = None):
         """:meth:`contents` as consolidated int64 columns ``(key columns,
         val columns, diffs)`` in (key, val) order, without a Python row: for
-        ``save`` and checkpoints of large traces. None when some key or val
-        is not a Tuple of Ints of the trace's arity, or a sum could leave
-        int64 (the caller takes :meth:`rows`)."""
-        import numpy as np
-
-        from .columns import _int_columns, consolidate_columns, sums_fit
+        ``save`` and checkpoints of large traces. The row part goes into a
+        run first (:meth:`columnar`, as before a columnar join). None when
+        some key or val is not a Tuple of Ints of the trace's arity, or a sum
+        could leave int64 (the caller takes :meth:`rows`)."""
+        from .columns import consolidate_columns, sums_fit
         from .runs import gather_columns
-        parts = []
-        if self.runs:
-            gathered = gather_columns(self.runs, before)
-            if gathered is not None:
-                parts.append(gathered)
-        if self.data:
-            entries = [(k, v, d) for k, hist in self.data.items() for v, s, d in hist
-                       if before is None or s[0] < before]
-            if entries:
-                n = len(entries)
-                keys, vals, diffs = zip(*entries)
-                kcols, vcols = _int_columns(keys, n), _int_columns(vals, n)
-                if kcols is None or vcols is None:
-                    return None
-                try:
-                    d = np.fromiter(diffs, dtype=np.int64, count=n)
-                except OverflowError:
-                    return None
-                parts.append((kcols, vcols, d))
-        if not parts:
+        if not self.columnar():
             return None
-        if len({(len(k), len(v)) for k, v, _ in parts}) != 1:
+        gathered = gather_columns(self.runs, before)
+        if gathered is None or not sums_fit(gathered[2]):
             return None
-        ka, va = len(parts[0][0]), len(parts[0][1])
-        cols = tuple(np.concatenate([p[0][i] for p in parts]) for i in range(ka))
-        cols += tuple(np.concatenate([p[1][i] for p in parts]) for i in range(va))
-        d = np.concatenate([p[2] for p in parts])
-        if not sums_fit(d):
-            return None
-        cols, d = consolidate_columns(cols, d, len(d))
-        return cols[:ka], cols[ka:], d
+        kcols, vcols, d = gathered
+        cols, d = consolidate_columns(kcols + vcols, d, len(d))
+        return cols[:len(kcols)], cols[len(kcols):], d
 
     def key_contents(self, key, before: int | None = None) -> dict:
         acc: dict = {}
