@@ -350,3 +350,15 @@ def test_a_cursor_page_at_the_prompt_keeps_its_limit_and_has_no_offset_hint():
     lines = out.getvalue().splitlines()
     assert len([x for x in lines if x.startswith("  (")]) == 10  # the cursor's own limit
     assert not any("more row" in x for x in lines) and lines[-1].startswith("  more: peek edges cursor=")
+
+
+def test_a_cursor_pages_keys_deeper_than_the_command_line_allows():
+    """A computed key may nest up to 200 levels (runtime.MAX_NESTING); its
+    token must not be taken for a forged one."""
+    deep = "fold(list(" + ",".join(["0"] * 150) + "), $0[0], list(^1))"
+    with ddir.Server() as s:
+        s.install("p", source=f'export "o" = input 0 | map({deep} ;);\n')
+        s.feed_many("p", 0, keys=[(i,) for i in range(5)])
+        s.tick()
+        pages = list(s.peek("o", limit=2).pages())
+        assert [len(p) for p in pages] == [2, 2, 1] and sum(pages, []) == s.peek("o")

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from ..engine.order import sorted_keys
 from ..errors import CursorError
 from ..ir.codec import packb, unpackb
+from ..terms.runtime import MAX_NESTING
 from ..values import INT_MAX, INT_MIN, List, Variant, order_key
 
 LEASE_SECONDS = 60.0
@@ -137,12 +138,13 @@ def _count(n) -> bool:
 
 def _is_value(v) -> bool:
     """Whether a decoded token field is a ddir value (Ints in i64, tuples,
-    Lists, Variants with a non-negative tag, at most 100 levels)."""
+    Lists, Variants with a non-negative tag) no deeper than a trace's key or
+    val can be (``runtime.MAX_NESTING``: computed values, not only fed ones)."""
     stack = [(v, 1)]
     while stack:
         x, depth = stack.pop()
         t = type(x)
-        if depth > 100:
+        if depth > MAX_NESTING:
             return False
         if t is int:
             if not INT_MIN <= x <= INT_MAX:
