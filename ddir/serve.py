@@ -468,11 +468,12 @@ class Hub:
         """The records that answer the client. A tick or drop also returns
         the change/ended records of subscriptions nobody delivers: those the
         startup scripts made, whose output is the server's stdout."""
-        local = [r for r in records if r["kind"] in ("change", "ended") and "sub" in r]
+        own, local = [], []
+        for r in records:
+            (local if r["kind"] in ("change", "ended") and "sub" in r else own).append(r)
         if local:
             self.local_output(local)
-            records = [r for r in records if not (r["kind"] in ("change", "ended") and "sub" in r)]
-        return records
+        return own
 
     def _with_source(self, conn, words: list, source) -> list:
         """``install <name> <file>`` / ``check <file>`` with the program text
