@@ -33,6 +33,7 @@ import weakref
 from dataclasses import dataclass
 
 from . import errors as E
+from .engine.batch import columnar_min
 from .server import commands as C
 from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.functions import load_functions
@@ -398,7 +399,13 @@ class Server:
             batch = [(k, (), 1) for k in keys]
         else:
             batch = [tuple(row) if _is_update(row) else (row, (), 1) for row in rows]
-        columns = _int_columns(batch)
+        # As int64 columns (no Python object per row crosses to the workers)
+        # when numpy pays: the engine's own threshold, which also keeps a
+        # small feed from loading numpy at all.
+        columns = None
+        if len(batch) >= columnar_min():
+            from .server.staged import from_rows
+            columns = from_rows(batch)
         if columns is None:
             for i, (k, v, d) in enumerate(batch):
                 _value(k, f"row {i + 1}: key")
@@ -614,31 +621,6 @@ def _value(v, what: str):
             raise E.CommandError(f"{what}: {_show(x)} is not a value (values are int, tuple, "
                                  "ddir.List and ddir.Variant)")
     return v
-
-
-def _int_columns(batch: list):
-    """``bulk.IntColumns`` when every key is a Tuple of n Ints, every val a
-    Tuple of m Ints and every diff an int, all within i64; else None."""
-    if not batch:
-        return None
-    import numpy as np
-    from .server import bulk
-    with bulk.no_gc():
-        keys, vals, diffs = (list(c) for c in zip(*batch))
-    n = bulk._arity(keys)
-    m = bulk._arity(vals) if n is not None else None
-    if m is None or set(map(type, diffs)) != {int}:
-        return None
-    count = len(batch)
-    try:
-        key_matrix = bulk._int_matrix(keys, count, n)
-        val_matrix = bulk._int_matrix(vals, count, m)
-        diff_array = np.fromiter(diffs, dtype=np.int64, count=count)
-    except OverflowError:  # some Int out of range: the row-by-row check names it
-        return None
-    return bulk.IntColumns([key_matrix[:, i].copy() for i in range(n)],
-                           [val_matrix[:, i].copy() for i in range(m)],
-                           None if (diff_array == 1).all() else diff_array, count)
 
 
 def _warn(records) -> None:

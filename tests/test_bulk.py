@@ -14,6 +14,7 @@ import pytest
 
 import ddir
 from ddir import List, Variant
+from ddir.engine.columns import owners_of
 from ddir.engine.exchange import shard_of
 from ddir.server import bulk
 from ddir.server.session import Session
@@ -250,7 +251,7 @@ def test_owners_of_columns_match_shard_of():
             rows = [tuple(g() for g in gens) for _ in range(count)]
             cols = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(n)]
             for shards in range(1, 8):
-                got = bulk.owners_of(cols, count, shards)
+                got = owners_of(cols, count, shards)
                 assert got.dtype == np.int64, (n, trial, shards)
                 assert got.tolist() == [shard_of(r, shards) for r in rows], (n, trial, shards)
     # several blocks of rows (the last one partial), a non-contiguous column
@@ -260,7 +261,7 @@ def test_owners_of_columns_match_shard_of():
             nrng.integers(-2 ** 20, 2 ** 20, count), nrng.integers(0, 2 ** 40, 2 * count)[::2]]
     rows = list(zip(*(c.tolist() for c in cols)))
     for shards in (3, 4):
-        assert bulk.owners_of(cols, count, shards).tolist() == [shard_of(r, shards) for r in rows]
+        assert owners_of(cols, count, shards).tolist() == [shard_of(r, shards) for r in rows]
 
 
 def test_load_output_is_identical_for_1_and_3_workers(tmp_path):

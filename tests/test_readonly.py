@@ -16,7 +16,7 @@ import pytest
 import ddir
 from conftest import ROOT
 from ddir.server import journal as J
-from ddir.server.bulk import IntColumns
+from ddir.server.staged import IntColumns
 
 FUNCTIONS = str(ROOT / "tests" / "fn_module.py")
 SCORED = 'export "scored" = input 0 | map($0 ; @score($0[0]));\n'

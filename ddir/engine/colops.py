@@ -179,7 +179,7 @@ def reduce_keys(batch, due, ka: int):
     or Cols, and the ``due`` keys scheduled at this time) as sorted,
     distinct key columns of ``ka`` fields; None if some key is not a Tuple
     of ``ka`` Ints."""
-    from .columns import _int_columns
+    from .columns import int_columns
     parts = []
     if type(batch) is Cols:
         if len(batch.keys) != ka:
@@ -188,13 +188,13 @@ def reduce_keys(batch, due, ka: int):
             parts.append(unique_keys(batch) if ka else ())
     elif batch:
         keys = list(dict.fromkeys(k for k, _, _ in batch))
-        cols = _int_columns(keys, len(keys))
+        cols = int_columns(keys, len(keys))
         if cols is None or len(cols) != ka:
             return None
         parts.append(cols)
     if due:
         keys = list(due)
-        cols = _int_columns(keys, len(keys))
+        cols = int_columns(keys, len(keys))
         if cols is None or len(cols) != ka:
             return None
         parts.append(cols)

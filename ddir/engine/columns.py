@@ -46,7 +46,7 @@ def no_gc():
 
 # ------------------------------------------------------------ rows <-> columns
 
-def _int_columns(values, n: int):
+def int_columns(values, n: int):
     """The columns of ``n`` Tuples of Ints of one arity, or None."""
     first = values[0]
     if type(first) is not tuple:
@@ -82,10 +82,10 @@ def from_rows(rows) -> Cols | None:
     if not n:
         return None
     keys = list(map(_KEY, rows))
-    kcols = _int_columns(keys, n)
+    kcols = int_columns(keys, n)
     if kcols is None:
         return None
-    vcols = _int_columns(list(map(_VAL, rows)), n)
+    vcols = int_columns(list(map(_VAL, rows)), n)
     if vcols is None:
         return None
     try:

@@ -268,12 +268,12 @@ def make_run(c: Cols, t: tuple) -> Run | None:
 def run_from_entries(ka: int, keys: list, vals: list, times: list, diffs: list):
     """A run of row entries (Python values at any times), or None when they
     are not Tuples of Ints of ``ka`` key fields with diffs in i64."""
-    from .columns import _int_columns
+    from .columns import int_columns
     n = len(diffs)
-    kcols = _int_columns(tuple(keys), n)
+    kcols = int_columns(tuple(keys), n)
     if kcols is None or len(kcols) != ka:
         return None
-    vcols = _int_columns(tuple(vals), n)
+    vcols = int_columns(tuple(vals), n)
     if vcols is None:
         return None
     try:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-from importlib import resources
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
 
 from . import ast as A
+from . import tables
 from .errors import ProgramError
 from .syntax_errors import describe_unexpected
 from ..terms import ast as T
@@ -40,10 +40,7 @@ def syntax_of(path: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _parser(syntax: str) -> Lark:
-    grammars = resources.files("ddir.lang") / "grammars"
-    text = (grammars / "terms.lark").read_text() + (grammars / f"{syntax}.lark").read_text()
-    return Lark(text, parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, start=["start", "term"])
+    return tables.load(syntax)
 
 
 def parse_program_file(path: str) -> A.Program:

@@ -3,13 +3,9 @@
 Reading a file gives a :class:`Batch` of updates, validated as a whole
 before anything is staged (a load is all-or-nothing):
 
-* :class:`IntColumns` when every key and val field comes from an integer
-  column: int64 numpy arrays, never a Python object per row on the intake.
-  Owners are computed column-wise (:func:`owners_of`: the CRC-32 of the
-  msgpack bytes of each key tuple, exactly :func:`ddir.engine.exchange.shard_of`,
-  evaluated for a million keys at once), the columns are split by owner and
-  sent as raw int64 bytes; each worker builds its own rows
-  (``stage_columns``, :mod:`ddir.server.worker`).
+* :class:`ddir.server.staged.IntColumns` when every key and val field comes
+  from an integer column: int64 numpy arrays, never a Python object per row
+  on the intake (split by owner and sent to the workers as raw bytes);
 * a list of ``(key, val, diff)`` rows otherwise (string columns hold any value).
 
 Writing turns consolidated, sorted rows into a table with save's columns
@@ -20,23 +16,21 @@ writes it atomically.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataFileError
+from .staged import IntColumns, from_rows, no_gc
 from ..lang.value_token import ValueTokenError, parse_value_token
 from ..values import INT_MAX, INT_MIN, format_value, order_key
 
 FORMATS = {".parquet": "parquet", ".arrow": "ipc", ".feather": "ipc", ".ipc": "ipc", ".csv": "csv"}
 ACCEPTED = ", ".join(FORMATS)
-CHUNK = 1 << 16          # rows per stage message (progress and memory stay bounded)
 
 _INT_TEXT = re.compile(r"-?[0-9]+")
 
@@ -48,63 +42,6 @@ def file_format(path: str, verb: str) -> str:
         what = f"extension `{ext}`" if ext else "no extension"
         raise DataFileError(f'{verb} "{path}": {what}; use one of {ACCEPTED}')
     return fmt
-
-
-# ============================================================ batches
-
-
-@dataclass
-class IntColumns:
-    """Updates whose key and val are Tuples of Ints: one int64 array per
-    field (``keys``: n arrays, ``vals``: m arrays), ``diffs`` (None: +1)."""
-    keys: list
-    vals: list
-    diffs: np.ndarray | None
-    count: int
-
-    def take(self, index) -> "IntColumns":
-        return IntColumns([c[index] for c in self.keys], [c[index] for c in self.vals],
-                          None if self.diffs is None else self.diffs[index], len(index))
-
-    def slice(self, start: int, stop: int) -> "IntColumns":
-        return IntColumns([c[start:stop] for c in self.keys], [c[start:stop] for c in self.vals],
-                          None if self.diffs is None else self.diffs[start:stop],
-                          max(0, min(stop, self.count) - start))
-
-    def message(self) -> tuple:
-        """The payload of a ``stage_columns`` worker message."""
-        return ([c.astype("<i8", copy=False).tobytes() for c in self.keys],
-                [c.astype("<i8", copy=False).tobytes() for c in self.vals],
-                None if self.diffs is None else self.diffs.astype("<i8", copy=False).tobytes(),
-                self.count)
-
-
-def rows_from_message(keys: list, vals: list, diffs, count: int) -> list:
-    """A worker's ``stage_columns`` payload -> ``[(key, val, diff)]``."""
-    def tuples(columns):
-        if not columns:
-            return itertools.repeat((), count)
-        return zip(*(np.frombuffer(c, dtype="<i8").tolist() for c in columns))
-    ds = itertools.repeat(1, count) if diffs is None else np.frombuffer(diffs, dtype="<i8").tolist()
-    with no_gc():
-        return list(zip(tuples(keys), tuples(vals), ds))
-
-
-def split_columns(batch: IntColumns, shards: int) -> list:
-    """``[IntColumns]`` per owner (rows keep their order within an owner)."""
-    if shards == 1:
-        return [batch]
-    owners = owners_of(batch.keys, batch.count, shards)
-    order = np.argsort(owners, kind="stable")
-    bounds = np.searchsorted(owners[order], np.arange(shards + 1))
-    return [batch.take(order[bounds[w]:bounds[w + 1]]) for w in range(shards)]
-
-
-# ------------------------------------------------------------ owners, column-wise
-
-# owners_of: the CRC-32 of each key's msgpack bytes, for every row at once; the
-# engine uses it to split its columnar batches between workers too.
-from ..engine.columns import no_gc, owners_of  # noqa: E402,F401  (no_gc: api uses it too)
 
 
 # ============================================================ reading
@@ -329,20 +266,16 @@ def _saved_layout(table: pa.Table):
 def rows_to_table(rows: list) -> pa.Table:
     """Consolidated rows ``[(key, val, diff)]`` -> save's columns, sorted as
     peek sorts them (by key, then val, in Value order)."""
-    count = len(rows)
-    keys, vals, diffs = (list(c) for c in zip(*rows)) if rows else ([], [], [])
-    shape = _int_shape(keys, vals)
-    if shape is not None:
-        n, m = shape
-        diffs = np.fromiter(diffs, dtype=np.int64, count=count)
-        keys = _int_matrix(keys, count, n)
-        vals = _int_matrix(vals, count, m)
+    cols = from_rows(rows)
+    if cols is not None:
         # Tuples of Ints of one arity: Value order is lexicographic on the fields
-        order = np.lexsort([vals[:, j] for j in reversed(range(m))]
-                           + [keys[:, j] for j in reversed(range(n))]) if n + m else None
-        take = (lambda a: a[order]) if order is not None else (lambda a: a)
-        return _int_table([take(keys[:, i]) for i in range(n)],
-                          [take(vals[:, i]) for i in range(m)], take(diffs))
+        fields = cols.keys + cols.vals
+        diffs = np.ones(cols.count, dtype=np.int64) if cols.diffs is None else cols.diffs
+        if fields:
+            order = np.lexsort(fields[::-1])
+            fields, diffs = [c[order] for c in fields], diffs[order]
+        n = len(cols.keys)
+        return _int_table(fields[:n], fields[n:], diffs)
     rows = sorted(rows, key=lambda r: (order_key(r[0]), order_key(r[1])))
     return pa.table({"key": pa.array([format_value(k) for k, _, _ in rows], type=pa.string()),
                      "val": pa.array([format_value(v) for _, v, _ in rows], type=pa.string()),
@@ -373,49 +306,12 @@ def _int_table(keys, vals, diffs) -> pa.Table:
     return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
 
 
-def _int_matrix(values: list, count: int, width: int) -> np.ndarray:
-    if width == 0:
-        return np.zeros((count, 0), dtype=np.int64)
-    flat = np.fromiter(itertools.chain.from_iterable(values), dtype=np.int64, count=count * width)
-    return flat.reshape(count, width)
 
 
-def _arity(values: list):
-    """n when every value is a Tuple of n Ints, else None (C-level loops
-    only: ``map`` over types and lengths)."""
-    if set(map(type, values)) != {tuple}:
-        return None
-    lengths = set(map(len, values))
-    if len(lengths) != 1:
-        return None
-    if lengths != {0} and set(map(type, itertools.chain.from_iterable(values))) != {int}:
-        return None
-    return lengths.pop()
 
 
-def _int_shape(keys: list, vals: list):
-    """(n, m) when every key is a Tuple of n Ints and every val a Tuple of m
-    Ints, else None. No rows: None (string columns). Ints are in i64 and
-    diffs too (the server refuses anything else), so no range check here."""
-    if not keys:
-        return None
-    n = _arity(keys)
-    m = _arity(vals) if n is not None else None
-    return None if m is None else (n, m)
 
 
-def rows_to_columns(rows: list):
-    """``[(key, val, diff)]`` as :class:`IntColumns` when every key and val
-    is a Tuple of Ints of one arity (None otherwise)."""
-    count = len(rows)
-    keys, vals, diffs = (list(c) for c in zip(*rows)) if rows else ([], [], [])
-    shape = _int_shape(keys, vals)
-    if shape is None:
-        return None
-    n, m = shape
-    kmat, vmat = _int_matrix(keys, count, n), _int_matrix(vals, count, m)
-    return IntColumns([kmat[:, i].copy() for i in range(n)], [vmat[:, i].copy() for i in range(m)],
-                      np.fromiter(diffs, dtype=np.int64, count=count), count)
 
 
 def write_table(table: pa.Table, path: str) -> None:

@@ -77,18 +77,18 @@ def _input_table(batches: list):
     printed form and ``diff`` (its decimal text if a sum left int64)."""
     import numpy as np
     import pyarrow as pa
-    from . import bulk
+    from . import staged
     from .journal import consolidate
     timed = []
     for time, batch in batches:
-        cols = batch if isinstance(batch, bulk.IntColumns) else bulk.rows_to_columns(batch)
+        cols = batch if isinstance(batch, staged.IntColumns) else staged.from_rows(batch)
         if cols is None:
             break
-        timed.append(bulk.IntColumns([np.full(cols.count, time, dtype=np.int64)] + list(cols.keys),
-                                     cols.vals, cols.diffs, cols.count))
+        timed.append(staged.IntColumns([np.full(cols.count, time, dtype=np.int64)] + list(cols.keys),
+                                       cols.vals, cols.diffs, cols.count))
     if len(timed) == len(batches) and len({(len(c.keys), len(c.vals)) for c in timed}) == 1:
         merged = consolidate(timed)
-        if isinstance(merged, bulk.IntColumns):
+        if isinstance(merged, staged.IntColumns):
             data = {"time": merged.keys[0]}
             data.update({f"key_{i}": c for i, c in enumerate(merged.keys[1:])})
             data.update({f"val_{i}": c for i, c in enumerate(merged.vals)})
@@ -534,7 +534,7 @@ def _printed(name: str, column: str, texts, depth: int) -> list:
 def _by_time(directory: str, info: dict) -> list:
     """[(time, rows or IntColumns)] of one checked input file, in time order."""
     import numpy as np
-    from .bulk import IntColumns
+    from .staged import IntColumns
     name = info["file"]
     table, layout = _read_table(directory, info, timed=True)
     times = table.column("time").to_numpy()

@@ -86,8 +86,7 @@ def _count(batch) -> int:
 def consolidate(batches: list):
     """One consolidated batch of ``batches``: int64 columns when they all are
     (and of one shape), else rows."""
-    from . import bulk
-    if all(isinstance(b, bulk.IntColumns) for b in batches):
+    if not any(isinstance(b, list) for b in batches):  # all IntColumns
         shapes = {(len(b.keys), len(b.vals)) for b in batches}
         if len(shapes) == 1:
             merged = _consolidate_columns(batches)
@@ -115,7 +114,7 @@ def _consolidate_columns(batches: list):
     """Sort the rows by all their fields and sum the diffs of equal rows
     (numpy: lexsort + reduceat); None when the sums could leave int64."""
     import numpy as np
-    from . import bulk
+    from .staged import IntColumns
     width_k, width_v = len(batches[0].keys), len(batches[0].vals)
     cols = [np.concatenate([b.keys[i] for b in batches]) for i in range(width_k)]
     cols += [np.concatenate([b.vals[i] for b in batches]) for i in range(width_v)]
@@ -123,8 +122,8 @@ def _consolidate_columns(batches: list):
                             for b in batches])
     count = len(diffs)
     if count == 0:
-        return bulk.IntColumns([np.empty(0, np.int64)] * width_k, [np.empty(0, np.int64)] * width_v,
-                               np.empty(0, np.int64), 0)
+        return IntColumns([np.empty(0, np.int64)] * width_k, [np.empty(0, np.int64)] * width_v,
+                          np.empty(0, np.int64), 0)
     largest = int(np.abs(diffs.astype(np.float64)).max())
     if largest * count >= 2 ** 62:  # a sum could overflow int64: Python ints instead
         return None
@@ -143,4 +142,4 @@ def _consolidate_columns(batches: list):
     live = sums != 0
     firsts = starts[live]
     cols = [c[firsts] for c in cols]
-    return bulk.IntColumns(cols[:width_k], cols[width_k:], sums[live], int(live.sum()))
+    return IntColumns(cols[:width_k], cols[width_k:], sums[live], int(live.sum()))

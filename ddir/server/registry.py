@@ -29,6 +29,8 @@ from ..errors import (CommandError, CursorError, DdirError, DropRefused, Install
                       UpdateRefused)
 from ..values import INT_MAX, INT_MIN, format_value, order_key
 
+STAGE_CHUNK = 1 << 16  # rows per stage message (progress and memory stay bounded)
+
 __all__ = ["Server", "ServerError", "Installed"]
 
 
@@ -357,22 +359,22 @@ class Server:
 
     def stage_batch(self, program: str, n: int, time: int, batch, update=None,
                     journal: bool = True) -> None:
-        """Stage a validated batch (:class:`bulk.IntColumns` or a list of rows)
-        on the owners of its keys, in messages of at most ``bulk.CHUNK`` rows;
+        """Stage a validated batch (:class:`staged.IntColumns` or a list of rows)
+        on the owners of its keys, in messages of at most ``STAGE_CHUNK`` rows;
         ``update(done)`` after each. Nothing here can refuse: check first.
         ``journal=False``: updates the journal already holds (a reinstall's
         catch-up) or that are not inputs (a stand-in's contents)."""
-        from . import bulk  # numpy and pyarrow load only when bulk data is used
         shards = self.cluster.shards
         # in one process nothing is gained by cutting a batch up (and the
         # engine would concatenate the pieces again)
-        chunk = bulk.CHUNK if shards > 1 else max(1, len(batch) if isinstance(batch, list)
-                                                  else batch.count)
+        rows = isinstance(batch, list)
+        chunk = STAGE_CHUNK if shards > 1 else max(1, len(batch) if rows else batch.count)
         done = 0
         if journal:
             self.journal.setdefault(program, Journal()).add(n, time, batch)
-        if isinstance(batch, bulk.IntColumns):
-            for owner, part in enumerate(bulk.split_columns(batch, shards)):
+        if not rows:  # IntColumns (numpy is loaded: they are numpy arrays)
+            from .staged import split_columns
+            for owner, part in enumerate(split_columns(batch, shards)):
                 for start in range(0, part.count, chunk):
                     piece = part.slice(start, start + chunk)
                     self.cluster.send(owner, ("stage_columns", program, n, time) + piece.message())
@@ -396,7 +398,7 @@ class Server:
             table = bulk.read_table(cmd.resolved, cmd.path)
             batch = bulk.table_to_batch(table, cmd.path, cmd.resolved, cmd.key, cmd.val, cmd.diff)
             del table
-            count = batch.count if isinstance(batch, bulk.IntColumns) else len(batch)
+            count = len(batch) if isinstance(batch, list) else batch.count
             update(0, count)
             self.stage_batch(cmd.program, cmd.input, time, batch, update)
         return [{"kind": "loaded", "program": cmd.program, "input": cmd.input, "rows": count}]

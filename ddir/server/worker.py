@@ -14,7 +14,7 @@ Messages:
 * ``("stage", name, input, time, rows)`` - no reply
 * ``("stage_columns", name, input, time, keys, vals, diffs, count)`` - no reply:
   the same for rows whose key and val are Tuples of Ints, sent as int64
-  column bytes (a load or feed_many, :mod:`ddir.server.bulk`); the worker
+  column bytes (a load or feed_many, :mod:`ddir.server.staged`); the worker
   builds the rows, so the intake never encodes one object per row
 * ``("tick", epoch, watched, leases)`` - ``watched``: the subscribed traces, whose
   rows at ``(epoch,)`` the reply carries as ``changes``; ``leases``: ``[trace,
@@ -203,7 +203,7 @@ class Worker:
             from ..engine.columns import from_buffers
             self.dataflows[name].stage(n, (time,), from_buffers(keys, vals, diffs, count))
             return
-        from .bulk import rows_from_message
+        from .staged import rows_from_message
         self.dataflows[name].stage(n, (time,), rows_from_message(keys, vals, diffs, count))
 
     def do_tick(self, epoch, watched=(), leases=()) -> dict:
