@@ -170,6 +170,10 @@ def run_script(cmd: DdirCmd, flags: list, script_path: str, cwd: str,
                sample_tree: bool = False) -> RunResult:
     """Run ``cmd flags script_path`` in ``cwd``; time it from spawn to exit."""
     env = dict(os.environ)
+    # An installed package runs from compiled bytecode (pip compiles it at
+    # install time); with this variable set, as in some sandboxes, every run
+    # would compile every module again and measure that instead.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(cmd.env)
     out_path = os.path.join(cwd, "stdout.txt")
     err_path = os.path.join(cwd, "stderr.txt")

@@ -21,11 +21,13 @@ wherever order matters (min, collect, printing).
 from __future__ import annotations
 
 import json
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 __all__ = [
     "List", "Variant", "Value", "order_key", "compare", "truthy",
-    "format_value", "to_json", "from_json", "parse_printed", "ValueSyntaxError",
+    "format_value", "to_json", "rows_to_json", "from_json", "parse_printed", "ValueSyntaxError",
     "ValueTooDeepError", "value_depth", "is_value", "INT_MIN", "INT_MAX",
 ]
 
@@ -296,6 +298,19 @@ def to_json(v: Value):
     if t is Variant:
         return {"tag": v[0], "val": to_json(v[1])}
     raise TypeError(f"not a DDIR value: {v!r}")
+
+
+def rows_to_json(rows) -> list:
+    """``[(key, val, diff)]`` in JSON form. Rows whose keys and vals are all
+    flat Tuples of Ints already are it (``json`` writes a tuple as a list),
+    which a few C-level passes confirm; the others convert value by value."""
+    if _flat_ints(list(map(itemgetter(0), rows))) and _flat_ints(list(map(itemgetter(1), rows))):
+        return rows
+    return [[to_json(k), to_json(v), d] for k, v, d in rows]
+
+
+def _flat_ints(values: list) -> bool:
+    return set(map(type, values)) <= {tuple} and set(map(type, chain.from_iterable(values))) <= {int}
 
 
 def from_json(j) -> Value:

@@ -1,7 +1,10 @@
+import json
+
 from hypothesis import given, settings, strategies as st
 
 from ddir.lang.value_token import ValueTokenError, parse_value_token
-from ddir.values import List, Variant, format_value, from_json, order_key, parse_printed, to_json
+from ddir.values import (List, Variant, format_value, from_json, order_key, parse_printed, rows_to_json,
+                         to_json)
 
 ints = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 values = st.recursive(
@@ -52,6 +55,19 @@ def test_printed_form_round_trips(v):
 @given(values)
 def test_json_form_round_trips(v):
     assert from_json(to_json(v)) == v
+
+
+flat = st.lists(ints, max_size=3).map(tuple)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.one_of(flat, values), st.one_of(flat, values), ints), max_size=6)
+       | st.lists(st.tuples(flat, flat, ints), max_size=6))
+def test_rows_json_is_the_json_of_each_value(rows):
+    """rows_to_json's shortcut (flat Tuples of Ints are their own JSON form)
+    writes exactly what converting value by value writes."""
+    expected = [[to_json(k), to_json(v), d] for k, v, d in rows]
+    assert json.dumps(rows_to_json(rows)) == json.dumps(expected)
 
 
 @settings(max_examples=200)

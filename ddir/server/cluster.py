@@ -16,8 +16,6 @@ is waiting for replies, and reported once through ``on_death``.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
 import os
 import selectors
 import signal
@@ -73,6 +71,7 @@ class ProcessCluster:
         self._seq = 0
         self._closing = False
         self._lock = threading.Lock()
+        import multiprocessing  # here, not at the top: `-w 1` never needs it (~20 ms of start)
         _allow_open_files(2 * shards * shards + 64)  # every socket exists in here at first
         context = multiprocessing.get_context("fork")
         control = [socket.socketpair() for _ in range(shards)]
@@ -162,6 +161,7 @@ class ProcessCluster:
     # ------------------------------------------------------------ failure
 
     def _monitor(self) -> None:
+        import multiprocessing.connection
         multiprocessing.connection.wait([p.sentinel for p in self.processes])
         if not self._closing:
             self._died()

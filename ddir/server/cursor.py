@@ -22,8 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import hashlib
-import hmac
 import os
 import time
 from collections import OrderedDict
@@ -75,8 +73,14 @@ class Cursors:
                offset: int, total: int, limit: int) -> str:
         payload = packb([VERSION, trace, seq, epoch, has_key, key,
                          None if after is None else list(after), offset, total, limit])
-        mac = hmac.new(self.secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
-        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode("ascii")
+
+    def _mac(self, payload: bytes) -> bytes:
+        # imported here: a session that never pages with a cursor does not
+        # pay for hashlib's OpenSSL start
+        import hashlib
+        import hmac
+        return hmac.new(self.secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
 
     def decode(self, token: str) -> tuple:
         """(trace, seq, epoch, has_key, key, after, offset, total, limit), or
@@ -87,8 +91,8 @@ class Cursors:
         except (binascii.Error, ValueError):
             raise bad from None
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        if len(raw) <= MAC_BYTES or not hmac.compare_digest(
-                mac, hmac.new(self.secret, payload, hashlib.sha256).digest()[:MAC_BYTES]):
+        import hmac
+        if len(raw) <= MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise bad
         try:
             fields = unpackb(payload)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..engine.time import format_time
-from ..values import format_value, order_key, to_json
+from ..values import format_value, order_key, rows_to_json, to_json
 
 
 def error_record(message: str, file: str | None = None, line: int | None = None) -> dict:
@@ -132,7 +132,7 @@ def render_json(record: dict) -> str:
     if kind == "peek":
         obj = {"kind": "peek", "trace": record["trace"],
                "key": to_json(record["key"]) if record.get("has_key") else None,
-               "rows": [[to_json(k), to_json(v), d] for k, v, d in record["rows"]],
+               "rows": rows_to_json(record["rows"]),
                "total": record["total"], "offset": record["offset"]}
         if record.get("cursor"):
             obj["cursor"] = record["cursor"]
@@ -141,7 +141,7 @@ def render_json(record: dict) -> str:
         if kind == "subscribed" and record.get("has_key"):
             obj["key"] = to_json(record["key"])
         obj["epoch"] = record["epoch"]
-        obj["rows"] = [[to_json(k), to_json(v), d] for k, v, d in record["rows"]]
+        obj["rows"] = rows_to_json(record["rows"])
     elif kind == "ended":
         obj = {"kind": "ended", "trace": record["trace"], "reason": record["reason"]}
     elif kind == "inspect":
