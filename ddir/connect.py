@@ -23,8 +23,8 @@ import threading
 from types import SimpleNamespace
 
 from .server import commands as C
-from .server.output import (PROMPT_PAGE, error_record, prompt_page, render_json, render_text,
-                            text_order)
+from .server.output import (PROMPT_PAGE, changes_at, error_record, prompt_page, render_json,
+                            render_text, text_order)
 from .values import from_json
 
 USAGE = """usage: ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT...]
@@ -227,9 +227,7 @@ def merge(records: list, pushed: list) -> list:
         r.pop("id", None)
     changes = [r for r in pushed if r.get("kind") == "change"]
     others = [r for r in pushed if r.get("kind") != "change"]
-    at = 0
-    while at < len(records) and records[at].get("kind") == "inspect":
-        at += 1
+    at = changes_at(records)
     return records[:at] + changes + records[at:] + others
 
 

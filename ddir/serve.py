@@ -54,7 +54,7 @@ from .errors import DdirError, InvalidProgram, ServerStopped
 from .lang.errors import ProgramError
 from .server import commands as C
 from .server.functions import check_calls
-from .server.output import render_json
+from .server.output import changes_at, render_json
 
 USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N | --mpi] [--token-file F]
                   [--max-rounds N] [--functions MODULE] [--subscriber-queue N] [--json]
@@ -344,7 +344,7 @@ class Hub:
     def answer_now(self, conn: Connection, frames: list) -> None:
         """A reply that needs no command (a malformed frame), still in order
         with the replies to the requests before it."""
-        self.jobs.put(lambda: self.loop.call_soon_threadsafe(self._deliver, conn, frames, [], []))
+        self.jobs.put(lambda: self.loop.call_soon_threadsafe(self._deliver, conn, frames, 0, [], []))
 
     def disconnected(self, conn: Connection) -> None:
         conn.gone = True
@@ -362,41 +362,50 @@ class Hub:
             sub.conn.outbox.drop(sub)
             self.jobs.put(lambda: self.hook.release(self.client, sub))
 
-    def _deliver(self, conn: Connection, frames: list, pushes: list, ended: list) -> None:
+    def _deliver(self, conn: Connection, frames: list, at: int, pushes: list, ended: list) -> None:
         """On the loop: the reply to ``conn`` and the pushes of its command,
-        in the sequencer's order. The reply's records go first and its
-        ``done`` last, after the pushes: a client that ticks has every change
-        its tick made by the time it sees that tick's ``done`` (``ddir
-        connect`` prints them where the local CLI does, before `tick ->`)."""
+        in the local CLI's order (``at``: :func:`changes_at` of the reply's
+        records): the tick's inspect events, the ``change`` pushes, the rest
+        of the reply, ``ended`` pushes, and ``done`` last, so a client that
+        ticks has every change its tick made by the time it sees ``done``."""
         for sub in ended:
             sub.ended = True
             if sub in sub.conn.subs:
                 sub.conn.subs.remove(sub)
         if conn is not None:
             conn.in_flight.release()
-            conn.outbox.put(frames[:-1])
+            conn.outbox.put(frames[:at])
         for sub, record in pushes:
-            c = sub.conn
-            if c.gone or sub.ended:
-                continue
-            if record["kind"] == "ended":  # its producer was dropped
-                c.outbox.put([frame(sub.req_id, record)])
-                sub.ended = True
-                if sub in c.subs:
-                    c.subs.remove(sub)
-                continue
-            full = c.outbox.put([frame(sub.req_id, record)], sub)
-            if full is not None:
-                # overflow (SPEC C3): drop what it queued, end it, say so once
-                self._end(sub)
-                if sub in c.subs:
-                    c.subs.remove(sub)
-                c.outbox.put([frame(sub.req_id, {
-                    "kind": "error",
-                    "message": f'subscription "{sub.trace}" ended: the client did not keep up '
-                               f"({full})"})])
+            if record["kind"] == "change":
+                self._push(sub, record)
+        if conn is not None:
+            conn.outbox.put(frames[at:-1])
+        for sub, record in pushes:
+            if record["kind"] != "change":
+                self._push(sub, record)
         if conn is not None:
             conn.outbox.put(frames[-1:])
+
+    def _push(self, sub: Subscription, record: dict) -> None:
+        c = sub.conn
+        if c.gone or sub.ended:
+            return
+        if record["kind"] == "ended":  # its producer was dropped
+            c.outbox.put([frame(sub.req_id, record)])
+            sub.ended = True
+            if sub in c.subs:
+                c.subs.remove(sub)
+            return
+        full = c.outbox.put([frame(sub.req_id, record)], sub)
+        if full is not None:
+            # overflow (SPEC C3): drop what it queued, end it, say so once
+            self._end(sub)
+            if sub in c.subs:
+                c.subs.remove(sub)
+            c.outbox.put([frame(sub.req_id, {
+                "kind": "error",
+                "message": f'subscription "{sub.trace}" ended: the client did not keep up '
+                           f"({full})"})])
 
     # ---------------------------------------------------------- sequencer side
 
@@ -432,14 +441,15 @@ class Hub:
             records = [{"kind": "error", "message": f"internal error: {type(e).__name__}: {e}"}]
         frames = [frame(req_id, r) for r in records]
         frames.append(done_frame(req_id))
+        at = changes_at(records)
         try:
             pushes = self.hook.drain(self.client)
         except Exception:
             traceback.print_exc(file=sys.stderr)
             pushes = []
-        self.loop.call_soon_threadsafe(self._finish, conn, frames, pushes, ended, sub, close)
+        self.loop.call_soon_threadsafe(self._finish, conn, frames, at, pushes, ended, sub, close)
 
-    def _finish(self, conn, frames, pushes, ended, sub, close) -> None:
+    def _finish(self, conn, frames, at, pushes, ended, sub, close) -> None:
         if sub is not None:
             if conn.gone:  # subscribed, then left before the reply
                 self._end(sub)
@@ -447,7 +457,7 @@ class Hub:
                 conn.subs.append(sub)
         if close:
             conn.closing = True
-        self._deliver(conn, frames, pushes, ended)
+        self._deliver(conn, frames, at, pushes, ended)
 
     def _records(self, conn, req_id, line: str, source) -> tuple:
         """(records, new subscription, ended subscriptions, close after)."""

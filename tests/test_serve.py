@@ -465,6 +465,33 @@ def test_subscriptions_are_pushed_to_the_subscriber_tagged_with_its_id(served):
         assert ask(b, 9, "list")[0]["traces"] == []
 
 
+def test_a_ticking_subscriber_gets_the_clis_order_on_the_wire(served, tmp_path):
+    """The records of one tick reach its own subscriber in the order
+    `ddir --json` prints them: inspect events, changes, tick, then done;
+    a drop's `ended` follows its `dropped`."""
+    s = served()
+    program = 'export "echoed" = input 0 | inspect(seen);\n'
+    with s.client() as ws:
+        ask(ws, 1, "install p p.ddp", source=program)
+        ask(ws, "sub", "subscribe echoed")
+        ask(ws, 2, "feed p 0 1")
+        ws.send(json.dumps({"id": 3, "line": "tick"}))
+        wire = [json.loads(ws.recv(timeout=30)) for _ in range(4)]
+        assert [(r["id"], r["kind"]) for r in wire] == [
+            (3, "inspect"), ("sub", "change"), (3, "tick"), (3, "done")]
+        ws.send(json.dumps({"id": 4, "line": "drop p"}))
+        wire = [json.loads(ws.recv(timeout=30)) for _ in range(3)]
+        assert [(r["id"], r["kind"]) for r in wire] == [
+            (4, "dropped"), ("sub", "ended"), (4, "done")]
+    script = tmp_path / "s.txt"
+    (tmp_path / "p.ddp").write_text(program)
+    script.write_text("install p p.ddp\nsubscribe echoed\nfeed p 0 1\ntick\ndrop p\n")
+    cli = subprocess.run([sys.executable, "-m", "ddir", "--json", str(script)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    kinds = [json.loads(line)["kind"] for line in cli.stdout.splitlines()]
+    assert kinds == ["installed", "subscribed", "inspect", "change", "tick", "dropped", "ended"]
+
+
 def subscriber_streams(served, workers: str) -> tuple:
     """What two subscribers receive over the wire (records, ids and all)
     while another client grows and shrinks the edges under reach over 8

@@ -16,6 +16,17 @@ def error_record(message: str, file: str | None = None, line: int | None = None)
     return record
 
 
+def changes_at(records: list) -> int:
+    """Where a command's subscription ``change`` records go among its own
+    records (a tick's): after the inspect events, before the rest (SPEC C2,
+    as the registry orders them for the CLI). An ``ended`` record follows
+    all of them (after the drop's own record)."""
+    at = 0
+    while at < len(records) and records[at].get("kind") == "inspect":
+        at += 1
+    return at
+
+
 def render_text(record: dict) -> str:
     kind = record["kind"]
     if kind == "installed":
