@@ -38,7 +38,7 @@ from .server import commands as C
 from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.functions import load_functions
 from .server.registry import Server as _Core
-from .values import INT_MAX, INT_MIN, List, Variant
+from .values import value_problem
 
 MAX_VALUE_DEPTH = 100  # as on the command line (ddir.lang.value_token.MAX_VALUE_DEPTH)
 
@@ -599,28 +599,18 @@ def _show(x) -> str:
 def _value(v, what: str):
     """``v`` if it is a ddir value (int in i64, tuple, List, Variant with a
     non-negative tag), nested at most as deep as the command line allows."""
-    stack = [(v, 1)]
-    while stack:
-        x, depth = stack.pop()
-        t = type(x)
-        if t is int:
-            if not INT_MIN <= x <= INT_MAX:
-                raise E.CommandError(f"{what}: {_show(x)} does not fit in a signed 64-bit integer")
-            continue
-        if depth > MAX_VALUE_DEPTH:
-            raise E.CommandError(f"{what}: nested more than {MAX_VALUE_DEPTH} levels deep")
-        if t is tuple or t is List:
-            stack.extend((y, depth + 1) for y in x)
-        elif t is Variant:
-            tag = x[0]
-            if type(tag) is not int or not 0 <= tag <= INT_MAX:
-                raise E.CommandError(f"{what}: a Variant tag must be a non-negative Int, got "
-                                     f"{_show(tag)}")
-            stack.append((x[1], depth + 1))
-        else:
-            raise E.CommandError(f"{what}: {_show(x)} is not a value (values are int, tuple, "
-                                 "ddir.List and ddir.Variant)")
-    return v
+    problem = value_problem(v, MAX_VALUE_DEPTH)
+    if problem is None:
+        return v
+    kind, part = problem
+    if kind == "int":
+        raise E.CommandError(f"{what}: {_show(part)} does not fit in a signed 64-bit integer")
+    if kind == "deep":
+        raise E.CommandError(f"{what}: nested more than {MAX_VALUE_DEPTH} levels deep")
+    if kind == "tag":
+        raise E.CommandError(f"{what}: a Variant tag must be a non-negative Int, got {_show(part)}")
+    raise E.CommandError(f"{what}: {_show(part)} is not a value (values are int, tuple, "
+                         "ddir.List and ddir.Variant)")
 
 
 def _warn(records) -> None:

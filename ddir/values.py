@@ -28,7 +28,7 @@ from typing import Any
 __all__ = [
     "List", "Variant", "Value", "order_key", "compare", "truthy",
     "format_value", "to_json", "rows_to_json", "from_json", "parse_printed", "ValueSyntaxError",
-    "ValueTooDeepError", "value_depth", "is_value", "INT_MIN", "INT_MAX",
+    "ValueTooDeepError", "value_depth", "value_problem", "INT_MIN", "INT_MAX",
 ]
 
 INT_MIN = -(1 << 63)
@@ -88,16 +88,34 @@ class Variant(tuple):
 Value = Any  # int | tuple | List | Variant
 
 
-def is_value(v: object) -> bool:
-    """True when ``v`` is a well-formed DDIR value (recursively)."""
-    t = type(v)
-    if t is int:
-        return INT_MIN <= v <= INT_MAX
-    if t is tuple or t is List:
-        return all(is_value(x) for x in v)
-    if t is Variant:
-        return type(v[0]) is int and v[0] >= 0 and is_value(v[1])
-    return False
+def value_problem(v: object, max_depth: int):
+    """None when ``v`` is a DDIR value nested at most ``max_depth`` levels
+    (Ints in i64, tuples, Lists, Variants whose tag is an Int in 0..INT_MAX);
+    else ``(problem, part)``, the first problem found, for the caller to
+    word: ``("int", i)`` an Int outside i64, ``("deep", None)``, ``("tag",
+    tag)`` or ``("type", obj)`` an object that is not a value. Iterative, so
+    any depth is checked safely. The one value check of every way in (API
+    arguments, a function's result, a cursor token's fields)."""
+    stack = [(v, 1)]
+    while stack:
+        x, depth = stack.pop()
+        t = type(x)
+        if t is int:
+            if not INT_MIN <= x <= INT_MAX:
+                return ("int", x)
+            continue
+        if depth > max_depth:
+            return ("deep", None)
+        if t is tuple or t is List:
+            stack.extend((y, depth + 1) for y in x)
+        elif t is Variant:
+            tag = x[0]
+            if type(tag) is not int or not 0 <= tag <= INT_MAX:
+                return ("tag", tag)
+            stack.append((x[1], depth + 1))
+        else:
+            return ("type", x)
+    return None
 
 
 # ---------------------------------------------------------------- order

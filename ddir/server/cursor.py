@@ -30,7 +30,7 @@ from ..engine.order import sorted_keys
 from ..errors import CursorError
 from ..ir.codec import packb, unpackb
 from ..terms.runtime import MAX_NESTING
-from ..values import INT_MAX, INT_MIN, List, Variant, order_key
+from ..values import INT_MAX, INT_MIN, order_key, value_problem
 
 LEASE_SECONDS = 60.0
 MAC_BYTES = 16
@@ -141,27 +141,10 @@ def _count(n) -> bool:
 
 
 def _is_value(v) -> bool:
-    """Whether a decoded token field is a ddir value (Ints in i64, tuples,
-    Lists, Variants with a non-negative tag) no deeper than a trace's key or
-    val can be (``runtime.MAX_NESTING``: computed values, not only fed ones)."""
-    stack = [(v, 1)]
-    while stack:
-        x, depth = stack.pop()
-        t = type(x)
-        if depth > MAX_NESTING:
-            return False
-        if t is int:
-            if not INT_MIN <= x <= INT_MAX:
-                return False
-        elif t is tuple or t is List:
-            stack.extend((y, depth + 1) for y in x)
-        elif t is Variant:
-            if type(x[0]) is not int or x[0] < 0:
-                return False
-            stack.append((x[1], depth + 1))
-        else:
-            return False
-    return True
+    """Whether a decoded token field is a ddir value no deeper than a
+    trace's key or val can be (``runtime.MAX_NESTING``: computed values, not
+    only fed ones)."""
+    return value_problem(v, MAX_NESTING) is None
 
 
 def _val_order(row) -> tuple:

@@ -7,7 +7,7 @@ the engine drops the row and counts the error per operator.
 
 from __future__ import annotations
 
-from ..values import INT_MAX, INT_MIN, List, Variant, format_value, order_key
+from ..values import INT_MAX, INT_MIN, List, Variant, format_value, order_key, value_problem
 
 MASK64 = (1 << 64) - 1
 
@@ -277,31 +277,23 @@ def call_function(name: str, fn, *args):
 def check_result(name: str, result) -> None:
     """Raise :class:`TermError` unless ``result`` is a value: Ints in i64,
     tuples, :class:`List`, :class:`Variant` (non-negative Int tag), nested at
-    most :data:`MAX_RESULT_DEPTH` levels. Iterative: no recursion limit."""
-    stack = [(result, 1)]
-    while stack:
-        v, d = stack.pop()
-        t = type(v)
-        if t is int:
-            if not INT_MIN <= v <= INT_MAX:
-                raise TermError(f"`@{name}` returned an integer that does not fit in 64 bits: "
-                                f"{_clip(str(v))}")
-            continue
-        if d > MAX_RESULT_DEPTH:
-            raise TermError(f"`@{name}` returned a value nested more than {MAX_RESULT_DEPTH} "
-                            "levels deep")
-        if t is tuple or t is List:
-            stack.extend((x, d + 1) for x in v)
-        elif t is Variant:
-            tag = v[0]
-            if type(tag) is not int or not 0 <= tag <= INT_MAX:
-                raise TermError(f"`@{name}` returned a Variant whose tag is not a non-negative "
-                                f"Int: {_clip(repr(tag))}")
-            stack.append((v[1], d + 1))
-        else:
-            what = "" if v is result else " inside its result"
-            raise TermError(f"`@{name}` returned {_python_kind(v)}{what}, not a value (an int, "
-                            "a tuple, a ddir.List or a ddir.Variant)")
+    most :data:`MAX_RESULT_DEPTH` levels."""
+    problem = value_problem(result, MAX_RESULT_DEPTH)
+    if problem is None:
+        return
+    kind, part = problem
+    if kind == "int":
+        raise TermError(f"`@{name}` returned an integer that does not fit in 64 bits: "
+                        f"{_clip(str(part))}")
+    if kind == "deep":
+        raise TermError(f"`@{name}` returned a value nested more than {MAX_RESULT_DEPTH} "
+                        "levels deep")
+    if kind == "tag":
+        raise TermError(f"`@{name}` returned a Variant whose tag is not a non-negative "
+                        f"Int: {_clip(repr(part))}")
+    what = "" if part is result else " inside its result"
+    raise TermError(f"`@{name}` returned {_python_kind(part)}{what}, not a value (an int, "
+                    "a tuple, a ddir.List or a ddir.Variant)")
 
 
 def _clip(text: str) -> str:
