@@ -180,8 +180,12 @@ class RemoteSession:
                 return self._report([{"kind": "error",
                                       "message": f'cannot read program file "{path}": {reason}'}],
                                     file, lineno)
-        paged = (words[0] == "peek" and self.interactive
-                 and not any(w.startswith(("limit=", "cursor=")) for w in words[1:]))
+        paged = False
+        if words[0] == "peek" and self.interactive:
+            try:
+                paged = C.pages_at_prompt(C.parse_command(line))
+            except C.CommandError:
+                pass  # the server says what is wrong with it
         if paged:
             line = f"{line.rstrip()} limit={PROMPT_PAGE}"
         with self._lock:

@@ -276,6 +276,13 @@ def plain_feed(line: str):
     return Feed(prog, int(n), tuple(map(int, key.split(","))), (), None, 1)
 
 
+def pages_at_prompt(cmd) -> bool:
+    """A plain ``peek`` typed at a prompt shows one page of
+    ``output.PROMPT_PAGE`` rows (SPEC B); one with ``limit=`` or a cursor
+    page keeps its own. The local prompt and ``connect`` both ask this."""
+    return isinstance(cmd, Peek) and cmd.limit is None and cmd.cursor is None
+
+
 def parse_command(line: str, script_dir: str | None = None):
     """One command line -> a command (``None`` for blank/comment lines)."""
     plain = plain_feed(line)

@@ -63,9 +63,7 @@ class Session:
         if isinstance(cmd, C.Exit):
             self.finished = True
             return False
-        # a plain peek at the prompt pages (as connect does); a cursor page keeps its limit
-        paged = (isinstance(cmd, C.Peek) and self.interactive and cmd.limit is None
-                 and cmd.cursor is None)
+        paged = self.interactive and C.pages_at_prompt(cmd)
         if paged:
             cmd = dataclasses.replace(cmd, limit=PROMPT_PAGE)
         try:
