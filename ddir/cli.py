@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from . import __version__
+from . import __version__, options
 from .ir.explain import explain
 from .lang.errors import ProgramError
 from .errors import ServerStopped
@@ -47,79 +47,16 @@ exit status: 0 done, 1 an error with --strict, 2 bad usage or a missing script,
 """
 
 
-class UsageError(Exception):
-    pass
-
-
 def parse_args(argv: list) -> dict:
-    opts = {"scripts": [], "workers": None, "json": False, "strict": False, "max_rounds": None,
-            "functions": None, "restore": None, "mpi": False}
-    numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
-               "--max-rounds": ("max_rounds", 1, 10 ** 9)}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in numbers:
-            if i + 1 >= len(argv):
-                raise UsageError(f"{a} needs a number")
-            key, low, high = numbers[a]
-            opts[key] = _number(a, argv[i + 1], low, high)
-            i += 2
-            continue
-        if a == "--restore":
-            if i + 1 >= len(argv):
-                raise UsageError("--restore needs a checkpoint directory")
-            opts["restore"] = argv[i + 1]
-            i += 2
-            continue
-        if a == "--functions":
-            if i + 1 >= len(argv):
-                raise UsageError("--functions needs a module name or a .py file")
-            opts["functions"] = argv[i + 1]
-            i += 2
-            continue
-        name, eq, value = a.partition("=")
-        if name == "--functions" and eq:
-            if not value:
-                raise UsageError("--functions needs a module name or a .py file")
-            opts["functions"] = value
-        elif eq and name in numbers and name.startswith("--"):
-            key, low, high = numbers[name]
-            opts[key] = _number(name, value, low, high)
-        elif a.startswith("-w") and len(a) > 2:
-            opts["workers"] = _number("-w", a[2:], 1, 64)
-        elif a == "--json":
-            opts["json"] = True
-        elif a == "--mpi":
-            opts["mpi"] = True
-        elif a == "--strict":
-            opts["strict"] = True
-        elif a.startswith("-") and a != "-":
-            raise UsageError(f"unknown option {a}")
-        else:
-            opts["scripts"].append(a)
-        i += 1
-    return mpi_or_workers(opts)
-
-
-def mpi_or_workers(opts: dict) -> dict:
-    """``-w N`` and ``--mpi`` exclude each other: with MPI the workers are the
-    job's ranks (``mpiexec -n N``)."""
-    if opts["mpi"] and opts["workers"] is not None:
-        raise UsageError("--mpi takes its workers from the MPI job (mpiexec -n N): drop -w")
-    if opts["workers"] is None:
-        opts["workers"] = 1
-    return opts
-
-
-def _number(option: str, text: str, low: int, high: int) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise UsageError(f"{option} needs a number from {low} to {high}, got `{text}`") from None
-    if not low <= n <= high:
-        raise UsageError(f"{option} needs a number from {low} to {high}, got {n}")
-    return n
+    opts, scripts = options.parse(
+        argv, {"workers": None, "json": False, "strict": False, "max_rounds": None,
+               "functions": None, "restore": None, "mpi": False},
+        numbers={**options.WORKERS, **options.MAX_ROUNDS},
+        texts={"--restore": ("restore", "a checkpoint directory"),
+               "--functions": ("functions", "a module name or a .py file")},
+        flags={"--json": "json", "--mpi": "mpi", "--strict": "strict"})
+    opts["scripts"] = scripts
+    return options.mpi_or_workers(opts)
 
 
 def check(args: list) -> int:
@@ -239,7 +176,7 @@ def _main(argv: list | None) -> int:
         return 0
     try:
         opts = parse_args(argv)
-    except UsageError as e:
+    except options.UsageError as e:
         if not _not_rank_0():  # under mpiexec, once (every rank parses the same argv)
             print(f"error: {e}", file=sys.stderr)
             print(USAGE, end="", file=sys.stderr)

@@ -22,6 +22,8 @@ import sys
 import threading
 from types import SimpleNamespace
 
+from . import options
+from .options import UsageError
 from .server import commands as C
 from .server.output import (PROMPT_PAGE, changes_at, error_record, prompt_page, render_json,
                             render_text, text_order)
@@ -279,45 +281,28 @@ def render(record: dict, json_mode: bool) -> str:
 
 
 def parse_args(argv: list) -> dict:
-    opts = {"url": None, "token_file": None, "json": False, "scripts": []}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--token-file":
-            if i + 1 >= len(argv):
-                raise ValueError("--token-file needs a file")
-            opts["token_file"] = argv[i + 1]
-            i += 2
-            continue
-        if a.startswith("--token-file="):
-            opts["token_file"] = a.partition("=")[2]
-        elif a == "--json":
-            opts["json"] = True
-        elif a.startswith("-") and a != "-":
-            raise ValueError(f"unknown option {a}")
-        elif opts["url"] is None:
-            opts["url"] = a
-        else:
-            opts["scripts"].append(a)
-        i += 1
-    if opts["url"] is None:
-        raise ValueError("connect needs the server's address: ddir connect ws://HOST:PORT")
+    opts, positional = options.parse(argv, {"token_file": None, "json": False},
+                                     texts={"--token-file": ("token_file", "a file")},
+                                     flags={"--json": "json"})
+    if not positional:
+        raise UsageError("connect needs the server's address: ddir connect ws://HOST:PORT")
+    opts["url"], opts["scripts"] = positional[0], positional[1:]
     if not opts["url"].startswith(("ws://", "wss://")):
-        raise ValueError(f"the address must start with ws:// or wss://, got `{opts['url']}`")
+        raise UsageError(f"the address must start with ws:// or wss://, got `{opts['url']}`")
     return opts
 
 
 def main(argv: list) -> int:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
-    from .serve import UsageError, read_token
+    from .serve import read_token
     if "-h" in argv or "--help" in argv:
         print(USAGE, end="")
         return 0
     try:
         opts = parse_args(argv)
         token = read_token(opts["token_file"]) if opts["token_file"] else None
-    except (ValueError, UsageError) as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         print(USAGE, end="", file=sys.stderr)
         return 2

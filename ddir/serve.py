@@ -50,8 +50,10 @@ from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from . import options
 from .errors import DdirError, InvalidProgram, ServerStopped
 from .lang.errors import ProgramError
+from .options import UsageError
 from .server import commands as C
 from .server.functions import check_calls
 from .server.output import changes_at, render_json
@@ -94,46 +96,19 @@ TCP_KEEPALIVE = (60, 10, 6)  # idle s, interval s, probes: a vanished host is fo
 # ============================================================ arguments
 
 
-from .cli import UsageError  # noqa: E402  (one usage error for ddir and its subcommands)
-
-
 def parse_args(argv: list) -> dict:
-    from .cli import _number, mpi_or_workers
-    opts = {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": None, "token_file": None,
-            "max_rounds": None, "json": False, "scripts": [], "subscriber_queue": SUBSCRIBER_QUEUE,
-            "mpi": False, "functions": None}
-    numbers = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64),
-               "--port": ("port", 0, 65535), "--max-rounds": ("max_rounds", 1, 10 ** 9),
-               "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9)}
-    texts = {"--host": "host", "--token-file": "token_file", "--functions": "functions"}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        name, eq, value = a.partition("=")
-        if a in numbers or a in texts:
-            if i + 1 >= len(argv):
-                raise UsageError(f"{a} needs a value")
-            name, value, i = a, argv[i + 1], i + 1
-            eq = "="
-        if eq and name in numbers and (name.startswith("--") or a in numbers):
-            key, low, high = numbers[name]
-            opts[key] = _number(name, value, low, high)
-        elif eq and name in texts:
-            if not value:
-                raise UsageError(f"{name} needs a value")
-            opts[texts[name]] = value
-        elif a.startswith("-w") and len(a) > 2:
-            opts["workers"] = _number("-w", a[2:], 1, 64)
-        elif a == "--json":
-            opts["json"] = True
-        elif a == "--mpi":
-            opts["mpi"] = True
-        elif a.startswith("-") and a != "-":
-            raise UsageError(f"unknown option {a}")
-        else:
-            opts["scripts"].append(a)
-        i += 1
-    return mpi_or_workers(opts)
+    opts, scripts = options.parse(
+        argv, {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": None, "token_file": None,
+               "max_rounds": None, "json": False, "subscriber_queue": SUBSCRIBER_QUEUE,
+               "mpi": False, "functions": None},
+        numbers={**options.WORKERS, **options.MAX_ROUNDS, "--port": ("port", 0, 65535),
+                 "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9)},
+        texts={"--host": ("host", "a host name or address"),
+               "--token-file": ("token_file", "a file"),
+               "--functions": ("functions", "a module name or a .py file")},
+        flags={"--json": "json", "--mpi": "mpi"})
+    opts["scripts"] = scripts
+    return options.mpi_or_workers(opts)
 
 
 def is_loopback(host: str) -> bool:
