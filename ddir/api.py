@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 
 import collections
-import signal
 import threading
 import warnings
 import weakref
@@ -37,6 +36,7 @@ from .engine.batch import columnar_min
 from .server import commands as C
 from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.functions import load_functions
+from .server.interrupts import defer_interrupts
 from .server.registry import Server as _Core
 from .values import value_problem
 
@@ -628,17 +628,7 @@ def _is_update(item) -> bool:
 def _deferring_interrupts(run):
     """Ctrl-C during a command waits until it has finished (never half a
     tick, never half a load), then raises ``KeyboardInterrupt``."""
-    if threading.current_thread() is not threading.main_thread():
-        return run()
-    caught = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    except ValueError:
-        return run()
-    try:
-        result = run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
+    result, held = defer_interrupts(run)
+    if held:
         raise KeyboardInterrupt
     return result

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
-import threading
 
 from . import commands as C
 from .output import (PROMPT_PAGE, error_record, prompt_page, render_json, render_text,
                      text_order)
+from .interrupts import InterruptGuard, defer_interrupts
 from .registry import Server
 from ..errors import DdirError, ServerStopped
 
@@ -89,9 +88,7 @@ class Session:
 
     def run_script(self, path: str, lines) -> bool:
         """Run lines of a script; False if it stopped early (exit or strict).
-        The Ctrl-C handler is installed once for the whole script rather than
-        swapped in and out per command (two ``signal.signal`` calls a line
-        were a quarter of a feed line's cost); it behaves the same.
+        One Ctrl-C guard covers the whole script (``server/interrupts.py``).
 
         Consecutive plain ``feed P N a,b`` lines (a bulk script) are staged
         together, one ``feed_many`` per program input, when the next other
@@ -100,7 +97,7 @@ class Session:
         set, so nothing can tell, except the cost: ~12 µs a line alone."""
         stream = not isinstance(lines, (list, tuple))
         feeds: list = []  # [(lineno, line, Feed)] not staged yet
-        with _Interrupts():
+        with InterruptGuard(INTERRUPT_NOTICE):
             try:
                 for lineno, line in enumerate(lines, start=1):
                     line = line.rstrip("\n")
@@ -158,53 +155,10 @@ def _paused(stream) -> bool:
 
 
 def _uninterruptible(run):
-    """Run a command with Ctrl-C deferred: a tick is finished, never left
-    half-applied (SPEC B); the interrupt is dropped once it completes. The
-    first Ctrl-C says so on stderr, so a long tick does not look hung."""
-    if _Interrupts.active is not None:
-        return _Interrupts.active.running(run)
-    with _Interrupts() as interrupts:
-        return interrupts.running(run)
+    """Run a command with Ctrl-C held: a tick is finished, never left
+    half-applied (SPEC B); the interrupt is dropped once it completes."""
+    return defer_interrupts(run, INTERRUPT_NOTICE)[0]
 
 
-class _Interrupts:
-    """SIGINT while a command runs is refused (said once on stderr); between
-    commands it interrupts as usual. Main thread only; nests."""
-
-    active = None  # the installed one
-
-    def __enter__(self) -> "_Interrupts":
-        self.busy = False
-        self.told = False
-        self.installed = False
-        if _Interrupts.active is not None or threading.current_thread() is not threading.main_thread():
-            return self
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._signal)
-        except ValueError:  # no signal support here
-            return self
-        self.installed = True
-        _Interrupts.active = self
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.installed:  # None: a handler not set from Python; the default then
-            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
-            _Interrupts.active = None
-
-    def running(self, run):
-        self.told = False  # said once per command
-        self.busy = True
-        try:
-            return run()
-        finally:
-            self.busy = False
-
-    def _signal(self, signum, frame):
-        if not self.busy:
-            raise KeyboardInterrupt
-        if not self.told:
-            self.told = True
-            sys.stderr.write("ddir: a command is running and finishes first (Ctrl-C cannot stop "
-                             "it half-way; --max-rounds bounds a loop that never converges)\n")
-            sys.stderr.flush()
+INTERRUPT_NOTICE = ("ddir: a command is running and finishes first (Ctrl-C cannot stop it "
+                    "half-way; --max-rounds bounds a loop that never converges)\n")

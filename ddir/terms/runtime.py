@@ -258,7 +258,7 @@ def call_function(name: str, fn, *args):
         result = fn(*args)
     # SystemExit and KeyboardInterrupt too: a worker outlives sys.exit(), and a
     # real Ctrl-C never lands here (a command defers it until it has finished,
-    # ddir.api._deferring_interrupts), so this one is the function's own
+    # ddir.server.interrupts), so this one is the function's own
     except (Exception, SystemExit, KeyboardInterrupt) as e:
         text = str(e)
         if len(text) > _SHOWN:

@@ -1,0 +1,52 @@
+"""Ctrl-C while a command runs is held until it finishes (server/interrupts.py):
+the API raises it afterwards, the CLI drops it, a nested command leaves it
+to the outer guard, and between commands it interrupts at once."""
+
+import os
+import signal
+
+import pytest
+
+from ddir.server.interrupts import InterruptGuard, defer_interrupts
+
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread before kill returns
+
+
+def test_held_until_the_command_returns():
+    done = []
+
+    def command():
+        ctrl_c()
+        done.append("after the Ctrl-C")  # not cut short
+        return 42
+
+    assert defer_interrupts(command) == (42, True)
+    assert done == ["after the Ctrl-C"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_the_api_raises_it_afterwards(tmp_path):
+    import ddir
+    with ddir.Server() as server:
+        server.install("e", source='export "e" = input 0;\n', path="e.ddp")
+        real = server.core.tick
+        server.core.tick = lambda *a, **k: (ctrl_c(), real(*a, **k))[1]
+        with pytest.raises(KeyboardInterrupt):
+            server.tick()
+        assert server.epoch == 1  # the tick happened, whole
+
+
+def test_a_nested_command_leaves_it_to_the_outer_guard(capsys):
+    with InterruptGuard("held\n") as guard:
+        def outer():
+            inner = defer_interrupts(ctrl_c)  # e.g. the API's feed_many under a script
+            assert inner == (None, False)
+            ctrl_c()  # still inside the outer command: held too, said once
+            return "finished"
+        assert guard.running(outer) == "finished"
+        assert guard.held
+        with pytest.raises(KeyboardInterrupt):  # between commands: at once
+            ctrl_c()
+    assert capsys.readouterr().err == "held\n"
