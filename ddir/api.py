@@ -32,7 +32,7 @@ import weakref
 from dataclasses import dataclass
 
 from . import errors as E
-from .engine.batch import columnar_min
+from .engine.batch import intake_columnar_min
 from .server import commands as C
 from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.functions import load_functions
@@ -400,10 +400,9 @@ class Server:
         else:
             batch = [tuple(row) if _is_update(row) else (row, (), 1) for row in rows]
         # As int64 columns (no Python object per row crosses to the workers)
-        # when numpy pays: the engine's own threshold, which also keeps a
-        # small feed from loading numpy at all.
+        # when numpy pays; a small feed does not load numpy at all.
         columns = None
-        if len(batch) >= columnar_min():
+        if len(batch) >= intake_columnar_min():
             from .server.staged import from_rows
             columns = from_rows(batch)
         if columns is None:

@@ -35,11 +35,26 @@ COLUMNAR_MIN = int(os.environ.get("DDIR_COLUMNAR_MIN", "256"))
 COLUMNAR_FIRST = int(os.environ.get("DDIR_COLUMNAR_MIN", "32768"))
 
 
+# Rows fed from outside (`feed_many`, a script's feed lines) flow on through
+# joins whose output no step can foresee (the first join of an 11,000-edge
+# closure makes 200k rows, on rows if numpy is not loaded yet): a fed batch
+# of this many rows loads numpy and enters as columns. Below it a small
+# session never imports numpy. DDIR_COLUMNAR_MIN sets this too.
+INTAKE_FIRST = int(os.environ.get("DDIR_COLUMNAR_MIN", "4096"))
+
+
 def columnar_min() -> int:
     """The size from which a step takes the columnar path."""
     if "numpy" in sys.modules:
         return COLUMNAR_MIN
     return max(COLUMNAR_MIN, COLUMNAR_FIRST)
+
+
+def intake_columnar_min() -> int:
+    """The size from which fed rows are staged as int64 columns."""
+    if "numpy" in sys.modules:
+        return COLUMNAR_MIN
+    return max(COLUMNAR_MIN, INTAKE_FIRST)
 
 
 class Cols:

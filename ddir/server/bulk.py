@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataFileError
-from .staged import IntColumns, from_rows, no_gc
+from .staged import IntColumns, from_rows, merged, no_gc
 from ..lang.value_token import ValueTokenError, parse_value_token
 from ..values import INT_MAX, INT_MIN, format_value, order_key
 
@@ -282,20 +282,11 @@ def rows_to_table(rows: list) -> pa.Table:
                      "diff": pa.array([d for _, _, d in rows], type=pa.int64())})
 
 
-def columns_to_table(parts: list, merge: bool) -> pa.Table:
+def columns_to_table(parts: list) -> pa.Table:
     """Workers' ``peek_columns`` payloads (int64 column bytes, each
-    consolidated and in (key, val) order) -> save's columns. ``merge``: more
-    than one worker sent rows, so they are consolidated and sorted again."""
-    from ..engine.columns import consolidate_columns
-    n, m = len(parts[0][0]), len(parts[0][1])
-
-    def column(i: int, field: int) -> np.ndarray:
-        return np.concatenate([np.frombuffer(p[field][i], dtype="<i8") for p in parts])
-    cols = tuple(column(i, 0) for i in range(n)) + tuple(column(i, 1) for i in range(m))
-    d = np.concatenate([np.frombuffer(p[2], dtype="<i8") for p in parts])
-    if merge:  # a key lives on one worker, so this only restores the order
-        cols, d = consolidate_columns(cols, d, len(d))
-    return _int_table(cols[:n], cols[n:], d)
+    consolidated and in (key, val) order) -> save's columns."""
+    cols = merged(parts)
+    return _int_table(cols.keys, cols.vals, cols.diffs)
 
 
 def _int_table(keys, vals, diffs) -> pa.Table:

@@ -101,45 +101,21 @@ def consolidate(batches: list):
 
 def rows_of(batch):
     """(key, val, diff) rows of a batch (a list of rows or IntColumns)."""
-    if isinstance(batch, list):
-        return batch
-    n = batch.count
-    keys = list(zip(*(c.tolist() for c in batch.keys))) if batch.keys else [()] * n
-    vals = list(zip(*(c.tolist() for c in batch.vals))) if batch.vals else [()] * n
-    diffs = batch.diffs.tolist() if batch.diffs is not None else [1] * n
-    return zip(keys, vals, diffs)
+    return batch if isinstance(batch, list) else batch.rows()
 
 
 def _consolidate_columns(batches: list):
-    """Sort the rows by all their fields and sum the diffs of equal rows
-    (numpy: lexsort + reduceat); None when the sums could leave int64."""
+    """Sum the diffs of equal rows of IntColumns of one shape (the engine's
+    column consolidation); None when a sum could leave int64."""
     import numpy as np
+    from ..engine.columns import consolidate_columns, sums_fit
     from .staged import IntColumns
     width_k, width_v = len(batches[0].keys), len(batches[0].vals)
-    cols = [np.concatenate([b.keys[i] for b in batches]) for i in range(width_k)]
-    cols += [np.concatenate([b.vals[i] for b in batches]) for i in range(width_v)]
+    cols = tuple(np.concatenate([b.keys[i] for b in batches]) for i in range(width_k))
+    cols += tuple(np.concatenate([b.vals[i] for b in batches]) for i in range(width_v))
     diffs = np.concatenate([np.ones(b.count, dtype=np.int64) if b.diffs is None else b.diffs
                             for b in batches])
-    count = len(diffs)
-    if count == 0:
-        return IntColumns([np.empty(0, np.int64)] * width_k, [np.empty(0, np.int64)] * width_v,
-                          np.empty(0, np.int64), 0)
-    largest = int(np.abs(diffs.astype(np.float64)).max())
-    if largest * count >= 2 ** 62:  # a sum could overflow int64: Python ints instead
+    if not sums_fit(diffs):  # Python ints instead
         return None
-    if cols:
-        order = np.lexsort(cols[::-1])
-        cols = [c[order] for c in cols]
-        diffs = diffs[order]
-        change = np.zeros(count, dtype=bool)
-        change[0] = True
-        for c in cols:
-            change[1:] |= c[1:] != c[:-1]
-        starts = np.flatnonzero(change)
-    else:
-        starts = np.zeros(1, dtype=np.int64)
-    sums = np.add.reduceat(diffs, starts)
-    live = sums != 0
-    firsts = starts[live]
-    cols = [c[firsts] for c in cols]
-    return IntColumns(cols[:width_k], cols[width_k:], sums[live], int(live.sum()))
+    cols, sums = consolidate_columns(cols, diffs, len(diffs))
+    return IntColumns(list(cols[:width_k]), list(cols[width_k:]), sums, len(sums))

@@ -619,13 +619,22 @@ class Server:
 
     # ------------------------------------------------------------ reading
 
-    def contents(self, trace: str, key=None, has_key: bool = False) -> tuple:
+    def contents(self, trace: str, key=None, has_key: bool = False, columns: bool = False) -> tuple:
         """(canonical name, consolidated rows unsorted, error records) of a
-        trace as of the closed past, merged over workers."""
+        trace as of the closed past, merged over workers. With ``columns``,
+        a trace every worker holds as int64 runs comes as one
+        :class:`staged.IntColumns` in (key, val) order instead of rows."""
         name = self.canonical(trace)
         if name not in self.traces:
             raise UnknownName(f'unknown trace "{trace}"')
-        replies = self.cluster.broadcast(("peek", name, key, has_key))
+        replies = self.cluster.broadcast(("peek", name, key, has_key, columns))
+        if any("columns" in r for r in replies):
+            from . import staged
+            parts = [r["columns"] for r in replies if "columns" in r]
+            if len(parts) == len(replies) and len({(len(p[0]), len(p[1])) for p in parts}) == 1:
+                return name, staged.merged(parts), []  # int64 sums: no overflow to report
+            replies = [{"rows": list(staged.from_message(*r["columns"]).rows())}
+                       if "columns" in r else r for r in replies]
         if len(replies) == 1:  # one worker: already consolidated
             rows = [r for r in replies[0]["rows"] if r[2]]
         else:
@@ -661,22 +670,28 @@ class Server:
                 len({(len(p[0]), len(p[1])) for p in parts}) > 1:
             name, rows, records = self.contents(trace)
             return name, bulk.rows_to_table(rows), records
-        return name, bulk.columns_to_table(parts, merge=len(parts) > 1), []
+        return name, bulk.columns_to_table(parts), []
 
     def peek(self, cmd: C.Peek) -> list:
-        name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key)
-        sort_rows(rows)  # Value order; fast for Tuples of Ints (ddir.engine.order)
+        name, rows, records = self.contents(cmd.trace, cmd.key, cmd.has_key,
+                                            columns=not cmd.has_key)
         end = None if cmd.limit is None else cmd.offset + cmd.limit
+        if isinstance(rows, list):
+            sort_rows(rows)  # Value order; fast for Tuples of Ints (ddir.engine.order)
+            total, shown_rows = len(rows), rows[cmd.offset:end]
+        else:  # int64 columns in (key, val) order, which is Value order: rows for the page only
+            total = rows.count
+            shown_rows = list(rows.slice(cmd.offset, total if end is None else end).rows())
         record = {"kind": "peek", "trace": name, "key": cmd.key if cmd.has_key else None,
-                  "has_key": cmd.has_key, "rows": rows[cmd.offset:end], "total": len(rows),
+                  "has_key": cmd.has_key, "rows": shown_rows, "total": total,
                   "offset": cmd.offset}
-        shown = cmd.offset + len(record["rows"])
+        shown = cmd.offset + len(shown_rows)
         # a cursor to the rest (SPEC C4); limit=0 asks for the total alone, and
         # a cursor that pages nothing would never advance
-        if cmd.limit and shown < len(rows):
-            after = rows[shown - 1][:2] if shown else None
+        if cmd.limit and shown < total:
+            after = shown_rows[-1][:2] if shown_rows else None
             record["cursor"] = self._cursor(name, self.epoch, cmd.has_key, cmd.key, after, shown,
-                                            len(rows), cmd.limit, index=True)
+                                            total, cmd.limit, index=True)
         return records + [record]
 
     def _cursor(self, name, epoch, has_key, key, after, offset, total, limit, index=False):

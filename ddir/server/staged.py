@@ -38,6 +38,14 @@ class IntColumns:
                           None if self.diffs is None else self.diffs[start:stop],
                           max(0, min(stop, self.count) - start))
 
+    def rows(self):
+        """``(key, val, diff)`` rows (an iterator)."""
+        n = self.count
+        keys = zip(*(c.tolist() for c in self.keys)) if self.keys else itertools.repeat((), n)
+        vals = zip(*(c.tolist() for c in self.vals)) if self.vals else itertools.repeat((), n)
+        diffs = self.diffs.tolist() if self.diffs is not None else itertools.repeat(1, n)
+        return zip(keys, vals, diffs)
+
     def message(self) -> tuple:
         """The payload of a ``stage_columns`` worker message."""
         return ([c.astype("<i8", copy=False).tobytes() for c in self.keys],
@@ -67,15 +75,35 @@ def from_rows(rows: list) -> IntColumns | None:
     return IntColumns(list(key_cols), list(val_cols), None if (d == 1).all() else d, count)
 
 
+def from_message(keys: list, vals: list, diffs, count: int) -> IntColumns:
+    """A ``stage_columns`` or ``peek_columns`` payload as :class:`IntColumns`
+    (views of the bytes, no copy)."""
+    def arrays(columns):
+        return [np.frombuffer(c, dtype="<i8") for c in columns]
+    return IntColumns(arrays(keys), arrays(vals),
+                      None if diffs is None else np.frombuffer(diffs, dtype="<i8"), count)
+
+
+def merged(parts: list) -> IntColumns:
+    """Workers' ``peek_columns`` payloads of one trace, each consolidated and
+    in (key, val) order, as one batch in (key, val) order: a key lives on
+    one worker, so merging only restores the order."""
+    batches = [from_message(*p) for p in parts]
+    if len(batches) == 1:
+        return batches[0]
+    from ..engine.columns import consolidate_columns
+    n = len(batches[0].keys)
+    cols = tuple(np.concatenate([b.keys[i] for b in batches]) for i in range(n))
+    cols += tuple(np.concatenate([b.vals[i] for b in batches]) for i in range(len(batches[0].vals)))
+    d = np.concatenate([b.diffs for b in batches])
+    cols, d = consolidate_columns(cols, d, len(d))
+    return IntColumns(list(cols[:n]), list(cols[n:]), d, len(d))
+
+
 def rows_from_message(keys: list, vals: list, diffs, count: int) -> list:
     """A worker's ``stage_columns`` payload -> ``[(key, val, diff)]``."""
-    def tuples(columns):
-        if not columns:
-            return itertools.repeat((), count)
-        return zip(*(np.frombuffer(c, dtype="<i8").tolist() for c in columns))
-    ds = itertools.repeat(1, count) if diffs is None else np.frombuffer(diffs, dtype="<i8").tolist()
     with no_gc():
-        return list(zip(tuples(keys), tuples(vals), ds))
+        return list(from_message(keys, vals, diffs, count).rows())
 
 
 def split_columns(batch: IntColumns, shards: int) -> list:

@@ -19,7 +19,8 @@ Messages:
 * ``("tick", epoch, watched, leases)`` - ``watched``: the subscribed traces, whose
   rows at ``(epoch,)`` the reply carries as ``changes``; ``leases``: ``[trace,
   e]`` pairs of held cursor leases: such a trace is compacted only up to ``e - 1``
-* ``("drop", name)``, ``("peek", trace, key, has_key)``
+* ``("drop", name)``, ``("peek", trace, key, has_key[, columns])`` - with
+  ``columns``, a trace held as int64 runs answers like ``peek_columns``
 * ``("peek_columns", trace)`` - the whole trace as int64 column bytes when it
   is all Tuples of Ints (``save``, checkpoints), else its rows
 * ``("cursor_index", trace, epoch, key, has_key, after)`` - at a cursor's first page:
@@ -280,11 +281,19 @@ class Worker:
 
     # ------------------------------------------------------------ reading
 
-    def do_peek(self, trace, key, has_key) -> dict:
+    def do_peek(self, trace, key, has_key, columns=False) -> dict:
+        """The trace's rows (one key's with ``has_key``). With ``columns``, a
+        trace held in runs (so numpy is loaded) of Tuples of Ints answers as
+        ``peek_columns`` does: what a limited peek of a large trace sorts and
+        slices without a Python row per row."""
         export = self.exports[trace]
         before = export.dataflow.frozen_at
         contents = export.trace
         if not has_key:
+            if columns and contents.runs and not contents.data:
+                got = self._int_columns(export)
+                if got is not None:
+                    return got
             return {"rows": contents.rows(before)}
         rows = contents.key_contents(key, before)
         return {"rows": [(k, v, d) for (k, v), d in rows.items()]}
@@ -295,12 +304,17 @@ class Worker:
         ``empty`` when it holds nothing; ``rows`` when it is not all Tuples
         of Ints (see Trace.int_columns)."""
         export = self.exports[trace]
-        before = export.dataflow.frozen_at
         if not export.trace.size():
             return {"empty": True}
-        got = export.trace.int_columns(before)
+        return self._int_columns(export) or {"rows": export.trace.rows(export.dataflow.frozen_at)}
+
+    @staticmethod
+    def _int_columns(export):
+        """``{"columns": (key bytes, val bytes, diff bytes, count)}`` of a
+        trace of Tuples of Ints, consolidated, in (key, val) order; or None."""
+        got = export.trace.int_columns(export.dataflow.frozen_at)
         if got is None:
-            return {"rows": export.trace.rows(before)}
+            return None
         keys, vals, d = got
         wire = [c.astype("<i8", copy=False).tobytes() for c in keys]
         return {"columns": (wire, [c.astype("<i8", copy=False).tobytes() for c in vals],
