@@ -391,8 +391,10 @@ class Server:
         keys and vals are Tuples of Ints go to their workers as int64
         columns, like a load."""
         _name(program, "a program name")
-        if (rows is None) == (keys is None):
-            raise E.CommandError("feed_many needs rows= (key, val, diff) or keys=, not both")
+        if rows is not None and keys is not None:
+            raise E.CommandError("feed_many takes rows or keys=, not both")
+        if rows is None and keys is None:
+            raise E.CommandError("feed_many needs rows (keys, or (key, val, diff) updates) or keys=")
         n = _integer(input, "the input number", 0)
         when = None if time is None else _integer(time, "time=", 0)
         if keys is not None:

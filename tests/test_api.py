@@ -273,6 +273,9 @@ def test_feed_many_takes_keys_or_updates_and_execute_takes_a_line():
     (lambda s: s.install("x", 5), "the program's path must be a str"),
     (lambda s: s.checkpoint(None), "checkpoint needs a directory path"),
     (lambda s: s.checkpoint(5), "checkpoint needs a directory path"),
+    (lambda s: s.execute("list\ntick"), r"one command line at a time \(this one has a line break"),
+    (lambda s: s.feed_many("p", 0, None), r"feed_many needs rows \(keys, or \(key, val, diff\)"),
+    (lambda s: s.feed_many("p", 0, [(1,)], keys=[(1,)]), "feed_many takes rows or keys=, not both"),
 ])
 def test_wrong_argument_types_are_command_errors(call, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

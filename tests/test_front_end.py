@@ -93,6 +93,10 @@ ERRORS = [
     ("let i = input 0;\ns: { let l = i | lift_iter; let m = l; }", 2, 37, "lift_iter"),
     ("let x = input 0 | map(^0);", 1, 23, "no enclosing"),
     ("let x = input 0 | map(proj($0, $1));", 1, 23, "integer literal"),
+    # a trace name is one word of a command line (peek, save, subscribe)
+    ('export "a b" = input 0;', 1, 8, 'one word without blanks or control characters'),
+    ('let x = input 0;\nexport "" = x;', 2, 8, 'commands name it), got ""'),
+    ('export "a\tb" = input 0;', 1, 8, r'got "a\tb"'),
 ]
 
 
@@ -228,6 +232,22 @@ def test_check_reports_errors_with_caret(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddir", "check", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1
     assert f"{bad}:1:18:" in r.stdout and "^" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["iota:5", "iota:+5", "clock", "random:nodes=2,edges=3",
+                                  "random:colour=2"])
+def test_check_refuses_an_export_spelled_like_a_generated_source(tmp_path, name):
+    """Every install refuses such an export, whatever the server holds, so
+    `check` does, at the string; and install says it there too."""
+    path = tmp_path / "p.ddp"
+    path.write_text(f'let x = input 0;\nexport "{name}" = x;\n')
+    message = f'{path}:2:8: export "{name}" would shadow a generated source'
+    r = subprocess.run([sys.executable, "-m", "ddir", "check", str(path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout.startswith(message), r.stdout
+    r = subprocess.run([sys.executable, "-m", "ddir"], input=f"install p {path}\nlist\n",
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith(f"error: <stdin>:1: {message}") and "programs (0)" in r.stdout
 
 
 @pytest.mark.parametrize("syntax", ["ddp", "ddir"])

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from ddir.lang.value_token import ValueTokenError, parse_value_token
@@ -119,3 +120,11 @@ def test_bad_value_tokens():
             assert str(e).startswith(f"bad value `{bad}`")
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+@pytest.mark.parametrize("text, col", [("--1", 1), ("(1,2)--x", 6), ("tuple(1,2)--", 11)])
+def test_a_value_with_a_comment_in_it_is_refused(text, col):
+    """In a term `--` starts a comment: `(1,2)--x` would silently be (1,2)."""
+    with pytest.raises(ValueTokenError, match=rf"`--` starts a comment .*\(at column {col}\)"):
+        parse_value_token(text)
+    assert parse_value_token("-(-1)") == 1  # a term: the Int, where `1` is the row (1)

@@ -89,6 +89,12 @@ def _unwrap_parens(node):
     return node
 
 
+def _shown_name(name: str) -> str:
+    """``name`` in double quotes, control characters escaped."""
+    return '"' + "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                         for c in name) + '"'
+
+
 def _loc(node) -> tuple:
     if isinstance(node, Token):
         return (node.line, node.column)
@@ -150,7 +156,12 @@ class _Builder:
         if kind == "var":
             return A.Var(str(first), self.expr(node.children[1]), _loc(first))
         if kind == "export":
-            return A.Export(str(first)[1:-1], self.expr(node.children[1]), _loc(first))
+            name = str(first)[1:-1]
+            if not name or not name.isprintable() or any(c.isspace() for c in name):
+                # peek, save, subscribe take a trace name as one word of a command line
+                raise self.error(f"an export name must be one word without blanks or control "
+                                 f"characters (commands name it), got {_shown_name(name)}", first)
+            return A.Export(name, self.expr(node.children[1]), _loc(first))
         if kind == "scope":
             if self.scope_depth >= MAX_NESTING:
                 raise self.error(f"scope `{first}` nested more than {MAX_NESTING} levels deep; "

@@ -65,6 +65,9 @@ def parse_value_token(text: str):
             raise _bad(text, str(printed_error), printed_error.pos + 1)
     if "," in text and re.fullmatch(r"[-0-9,]+", text):
         raise _bad(text, *_row_problem(text))
+    if "--" in text:  # in a term the rest would be a comment: `(1,2)--x` read as (1,2)
+        raise _bad(text, "`--` starts a comment in a term, so what follows would be lost "
+                         "(minus a negative number is `-(-1)`)", text.index("--") + 1)
     try:
         term = parse_term(text, value=True)
     except ProgramError as e:

@@ -246,8 +246,10 @@ def program_from_source(source: str, path: str, syntax: str | None = None):
     its extension chooses `.ddp` or `.ddir` unless ``syntax`` says
     (``ProgramError`` on failure), generated-source imports included."""
     from .generated import check_recipes
-    program = lower(parse_program(source, path, syntax))
-    check_recipes(program, source)
+    from ..lang.ast import Export
+    tree = parse_program(source, path, syntax)
+    program = lower(tree)
+    check_recipes(program, source, [(s.name, s.loc) for s in tree.body if isinstance(s, Export)])
     return program
 
 
@@ -290,6 +292,8 @@ def parse_command(line: str, script_dir: str | None = None):
         return plain
     if is_skipped(line):
         return None
+    if any(c in line.strip() for c in "\n\r\v\f"):  # (a CRLF script's lines end in \r: fine)
+        raise CommandError("one command line at a time (this one has a line break inside)")
     words = line.split()
     cmd, args = words[0], words[1:]
     if cmd not in COMMANDS:

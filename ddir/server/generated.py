@@ -110,9 +110,11 @@ def import_at(program, trace: str) -> str:
     return program.file
 
 
-def check_recipes(program, source: str | None = None) -> None:
+def check_recipes(program, source: str | None = None, exports=()) -> None:
     """A located :class:`ProgramError` at the first import of a malformed
-    generated-source spelling (`iota:-1`, `random:nodes=0,edges=5`): what
+    generated-source spelling (`iota:-1`, `random:nodes=0,edges=5`), or the
+    first export spelled like a generated source (every install would
+    refuse it; ``exports``: ``(name, loc)`` of the export statements): what
     ``ddir check`` can tell without a server (whether another name is a
     trace depends on the server)."""
     from ..ir.nodes import ImportNode
@@ -124,6 +126,23 @@ def check_recipes(program, source: str | None = None) -> None:
             except RecipeError as e:
                 line, col = node.loc
                 raise ProgramError(str(e), program.file, line, col, source) from None
+    for name, (line, col) in exports:
+        if shadows_a_source(name):
+            raise ProgramError(shadow_message(name), program.file, line, col, source)
+
+
+def shadows_a_source(name: str) -> bool:
+    """Whether an export or program ``name`` is spelled as generated sources
+    are (`clock`, `iota:...`, `random:...`, well formed or not)."""
+    try:
+        return parse_recipe(name) is not None
+    except RecipeError:
+        return True
+
+
+def shadow_message(name: str) -> str:
+    return (f'export "{name}" would shadow a generated source (`clock` and names starting '
+            "`iota:` or `random:` are theirs)")
 
 
 def random_rows(nodes: int, edges: int, arity: int, seed: int, shard: int = 0,
