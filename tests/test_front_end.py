@@ -113,6 +113,15 @@ def test_located_errors(src, line, col, words):
     assert "Traceback" not in rendered and "Token(" not in rendered
 
 
+def test_con_in_a_ddir_program_says_it_is_ddp_only():
+    with pytest.raises(ProgramError) as info:
+        parse_program('export "e" = INPUT 0;\n  con A(1) = 0;\n', "bad.ddir")
+    e = info.value
+    assert (e.line, e.col, e.message) == (2, 7, "constructor declarations (`con`) exist only in "
+                                                "`.ddp` programs")
+    parse_program('con: { let x = INPUT 0; }\nexport "e" = con::x;\n', "ok.ddir")  # a scope
+
+
 def test_lowering_reach_like_program():
     src = """
     let edges = import "edges";

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedInput
@@ -76,6 +77,10 @@ def _parse(source: str, file: str, syntax: str, start: str, hide=()):
         return _parser(syntax).parse(source, start=start)
     except UnexpectedInput as e:
         message, line, col = describe_unexpected(e, _parser(syntax), source, hide)
+        before = (source.splitlines() or [""])[line - 1][:col - 1]
+        if syntax == "ddir" and re.fullmatch(r"\s*con\s+", before):
+            # `con A(1) = 0;` reads as the start of a scope named `con` there
+            message = "constructor declarations (`con`) exist only in `.ddp` programs"
         raise ProgramError(message, file, line, col, source) from None
 
 
