@@ -549,6 +549,15 @@ class ReduceOp(Operator):
             self.scope.schedule(s)
         keys.add(key)
 
+    def schedule_keys(self, keys, s: tuple) -> None:
+        """:meth:`_schedule` for many keys at one time."""
+        scheduled = self.scheduled.get(s)
+        if scheduled is None:
+            self.scheduled[s] = set(keys)
+            self.scope.schedule(s)
+        else:
+            scheduled.update(keys)
+
     def incomparable(self, t: tuple) -> list:
         """The scheduled times neither <= nor >= ``t`` (another epoch's
         later iterations, or in nested loops another outer iteration's):
