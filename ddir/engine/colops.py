@@ -132,23 +132,34 @@ def unique_keys(c: Cols) -> tuple:
 
 
 def gather_runs(runs: list, keys: tuple, m: int):
-    """Every update of ``runs`` whose key is one of the ``m`` query ``keys``:
-    (query index, val columns, time index into the table, diffs, table)."""
+    """Every update of ``runs`` whose key is one of the ``m`` query ``keys``
+    (distinct, in key order): (query index, val columns, time index into the
+    table, diffs, table), in (query, run) order."""
     qis, vals, tids, ds, table = [], [], [], [], []
     for run in runs:
-        lo, hi = run.ranges(keys, m)
-        cnt = hi - lo
-        hit = np.flatnonzero(cnt)
-        if not len(hit):
-            continue
-        total = int(cnt.sum())
-        if total == len(hit):
-            # one update per key found, the common case: no expansion
-            qis.append(hit)
-            ri = lo[hit]
+        found = run.find_in(keys, m) if run.n <= m else None
+        if found is not None:
+            # a run smaller than the query: its updates are searched for
+            # among the queries instead (n searches, no expansion)
+            qi, ri = found
+            total = len(ri)
+            if not total:
+                continue
+            qis.append(qi)
         else:
-            qis.append(np.repeat(np.arange(m, dtype=I64), cnt))
-            ri = expand(lo, cnt, total)
+            lo, hi = run.ranges(keys, m)
+            cnt = hi - lo
+            hit = np.flatnonzero(cnt)
+            if not len(hit):
+                continue
+            total = int(cnt.sum())
+            if total == len(hit):
+                # one update per key found, the common case: no expansion
+                qis.append(hit)
+                ri = lo[hit]
+            else:
+                qis.append(np.repeat(np.arange(m, dtype=I64), cnt))
+                ri = expand(lo, cnt, total)
         vals.append(tuple(v[ri] for v in run.vals))
         ds.append(run.d[ri])
         base = len(table)
