@@ -132,17 +132,34 @@ def unique_keys(c: Cols) -> tuple:
 
 
 def gather_runs(runs: list, keys: tuple, m: int):
-    """Every update of ``runs`` whose key is one of the ``m`` query ``keys``:
-    (query index, val columns, time index into the table, diffs, table)."""
+    """Every update of ``runs`` whose key is one of the ``m`` query ``keys``
+    (distinct, in key order): (query index, val columns, time index into the
+    table, diffs, table), in (query, run) order."""
     qis, vals, tids, ds, table = [], [], [], [], []
     for run in runs:
-        lo, hi = run.ranges(keys, m)
-        cnt = hi - lo
-        total = int(cnt.sum())
-        if not total:
-            continue
-        qis.append(np.repeat(np.arange(m, dtype=I64), cnt))
-        ri = expand(lo, cnt, total)
+        found = run.find_in(keys, m) if run.n <= m else None
+        if found is not None:
+            # a run smaller than the query: its updates are searched for
+            # among the queries instead (n searches, no expansion)
+            qi, ri = found
+            total = len(ri)
+            if not total:
+                continue
+            qis.append(qi)
+        else:
+            lo, hi = run.ranges(keys, m)
+            cnt = hi - lo
+            hit = np.flatnonzero(cnt)
+            if not len(hit):
+                continue
+            total = int(cnt.sum())
+            if total == len(hit):
+                # one update per key found, the common case: no expansion
+                qis.append(hit)
+                ri = lo[hit]
+            else:
+                qis.append(np.repeat(np.arange(m, dtype=I64), cnt))
+                ri = expand(lo, cnt, total)
         vals.append(tuple(v[ri] for v in run.vals))
         ds.append(run.d[ri])
         base = len(table)
@@ -151,6 +168,8 @@ def gather_runs(runs: list, keys: tuple, m: int):
                     else run.tid[ri].astype(I64) + base)
     if not ds:
         return None
+    if len(ds) == 1:
+        return qis[0], vals[0], tids[0], ds[0], table
     va = len(vals[0])
     return (np.concatenate(qis), tuple(np.concatenate([v[i] for v in vals]) for i in range(va)),
             np.concatenate(tids), np.concatenate(ds), table)
@@ -172,6 +191,31 @@ def _accumulate(g, t: tuple, root: bool):
             qi, vals, d = qi[sel], tuple(v[sel] for v in vals), d[sel]
     cols, sums = consolidate_columns((qi,) + vals, d, len(d))
     return cols[0], cols[1:], sums, later
+
+
+def _schedule_later(op, K: tuple, t: tuple, parts) -> None:
+    """Schedule ``join(s, t)`` for each key of ``K`` with a history entry at a
+    time ``s`` not <= ``t``: ``parts`` are (gathered history, its entries not
+    <= t) of the input and the output. The distinct (joined time, key) pairs
+    are found on columns, then each joined time's keys are added to its set
+    at once (a Python call per pair cost ~1 us, thousands of pairs a step)."""
+    qs, js, joined = [], [], {}
+    for g, later in parts:
+        if later is None or not len(later[0]):
+            continue
+        # join(s, t) per distinct time of the table, numbered in ``joined``
+        jmap = [joined.setdefault(time_join(s, t), len(joined)) for s in g[4]]
+        qs.append(later[0])
+        js.append(np.array(jmap, dtype=I64)[later[1]])
+    if not qs:
+        return
+    jid, q = (js[0], qs[0]) if len(qs) == 1 else (np.concatenate(js), np.concatenate(qs))
+    (uj, uq), _ = consolidate_columns((jid, q), np.ones(len(q), dtype=I64), len(q))
+    keys = key_tuples(tuple(c[uq] for c in K), len(uq)) if K else [()] * len(uq)
+    bounds = (np.flatnonzero(uj[1:] != uj[:-1]) + 1).tolist()
+    jtimes = list(joined)
+    for start, end in zip([0] + bounds, bounds + [len(uq)]):
+        op.schedule_keys(keys[start:end], jtimes[int(uj[start])])
 
 
 def reduce_keys(batch, due, ka: int):
@@ -264,26 +308,7 @@ def reduce_columns(op, batch, t: tuple, due):
         eq, ev, ed = wq, wv, wd
     # interesting times: join(s, t) for every history time s not <= t
     if not root:
-        for g, later in ((g_in, later_in), (g_out, later_out)):
-            if later is None or not len(later[0]):
-                continue
-            table = g[4]
-            # join(s, t) per distinct time of the table, then the distinct
-            # (key, joined time) pairs, scheduled once each
-            joined, jmap = {}, []
-            for s_ in table:
-                j = time_join(s_, t)
-                jmap.append(joined.setdefault(j, len(joined)))
-            jtimes = list(joined)
-            jid = np.array(jmap, dtype=I64)[later[1]]
-            (uq, uj), _ = consolidate_columns((later[0], jid), np.ones(len(jid), dtype=I64),
-                                              len(jid))
-            keys = key_tuples(tuple(c[uq] for c in K), len(uq)) if K else [()] * len(uq)
-            scheduled, schedule = op.scheduled, op._schedule
-            for key, j in zip(keys, uj.tolist()):
-                j = jtimes[j]
-                if key not in scheduled.get(j, ()):
-                    schedule(key, j)
+        _schedule_later(op, K, t, ((g_in, later_in), (g_out, later_out)))
         times = op.incomparable(t) if op.scheduled else None
         if times:
             op.join_scheduled(set(key_tuples(K, m)) if K else {()}, t, times)
