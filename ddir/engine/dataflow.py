@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..ir import nodes as N
 from . import operators as O
+from .memory import running
 from .scope import NonConvergence, ScopeRunner
 
 DEFAULT_MAX_ROUNDS = 1_000_000
@@ -102,7 +103,8 @@ class Dataflow:
         that hits the iteration bound gives up its times and the run goes on
         to its end; then :class:`NonConvergence` says which scope it was."""
         self.failures.clear()
-        self.root.run_prefix((), limit=epoch)
+        with running():
+            self.root.run_prefix((), limit=epoch)
         for trace in self.traces():
             trace.settle()
         if self.failures:  # the least: one worker may see only some of them

@@ -13,6 +13,25 @@ list heads, so it costs O(1).
 from __future__ import annotations
 
 import gc
+from contextlib import contextmanager
+
+# The young generation's threshold while the engine runs: a tick allocates
+# tuples by the hundred thousand, and at Python's default (700) it paid a
+# young collection every 700 of them and an old one as the heap grew
+# (~10 ms of a 70 ms first tick of a 1,000-edge closure). Cycles are still
+# collected, only less often.
+RUNNING_THRESHOLD = 50_000
+
+
+@contextmanager
+def running():
+    """Around a run of the engine: fewer collections while it allocates."""
+    saved = gc.get_threshold()
+    gc.set_threshold(max(saved[0], RUNNING_THRESHOLD), *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 def settle() -> None:
