@@ -41,6 +41,8 @@ def add_workload_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--roots", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--memory", action="store_true",
+                    help="also load once under tracemalloc: bytes per stored update")
     ap.add_argument("--check", choices=("after", "interleaved"), default="after",
                     help="check each round against BFS after all rounds (default) or between them")
 
@@ -85,6 +87,23 @@ def bfs(adjacency: dict, roots) -> set:
     return seen
 
 
+def bytes_per_update(edges, roots) -> float:
+    """Python memory held after the load (tracemalloc, the inputs' own lists
+    freed) over the updates the traces store."""
+    import tracemalloc
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    df = Dataflow(lower(parse_program(REACH, "reach.ddp")))
+    df.stage(0, (0,), [(e, (), 1) for e in edges])
+    df.stage(1, (0,), [((r,), (), 1) for r in roots])
+    df.run(0)
+    df.compact(0)
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    stored = sum(trace.size() for trace in df.traces())
+    return held / stored
+
+
 def check_round(live: set, removed, added, roots, bfs_times: list, got: set) -> None:
     """Apply the round's edge changes to ``live`` and compare ``got`` (the
     engine's keys) with a BFS over it, timing the BFS."""
@@ -102,6 +121,8 @@ def main() -> None:
     args = ap.parse_args()
     edges, roots, changes = workload(args)
 
+    if args.memory:
+        print(f"memory: {bytes_per_update(edges, roots):.1f} bytes per stored update (tracemalloc)")
     df = Dataflow(lower(parse_program(REACH, "reach.ddp")))
     t0 = time.perf_counter()
     df.stage(0, (0,), [(e, (), 1) for e in edges])
