@@ -41,10 +41,6 @@ def add_workload_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--roots", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--memory", action="store_true",
-                    help="also load once under tracemalloc: bytes per stored update")
-    ap.add_argument("--check", choices=("after", "interleaved"), default="after",
-                    help="check each round against BFS after all rounds (default) or between them")
 
 
 def workload(args):
@@ -118,6 +114,10 @@ def check_round(live: set, removed, added, roots, bfs_times: list, got: set) -> 
 def main() -> None:
     ap = argparse.ArgumentParser()
     add_workload_args(ap)
+    ap.add_argument("--memory", action="store_true",
+                    help="also load once under tracemalloc: bytes per stored update")
+    ap.add_argument("--check", choices=("after", "interleaved"), default="after",
+                    help="check each round against BFS after all rounds (default) or between them")
     args = ap.parse_args()
     edges, roots, changes = workload(args)
 

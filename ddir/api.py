@@ -397,10 +397,16 @@ class Server:
             raise E.CommandError("feed_many needs rows (keys, or (key, val, diff) updates) or keys=")
         n = _integer(input, "the input number", 0)
         when = None if time is None else _integer(time, "time=", 0)
+        items = keys if keys is not None else rows
+        try:
+            items = iter(items)
+        except TypeError:
+            raise E.CommandError(f"feed_many: {'keys=' if keys is not None else 'rows'} must be "
+                                 f"an iterable, not {_show(items)}") from None
         if keys is not None:
-            batch = [(k, (), 1) for k in keys]
+            batch = [(k, (), 1) for k in items]
         else:
-            batch = [tuple(row) if _is_update(row) else (row, (), 1) for row in rows]
+            batch = [tuple(row) if _is_update(row) else (row, (), 1) for row in items]
         # As int64 columns (no Python object per row crosses to the workers)
         # when numpy pays; a small feed does not load numpy at all.
         columns = None

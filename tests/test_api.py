@@ -274,8 +274,11 @@ def test_feed_many_takes_keys_or_updates_and_execute_takes_a_line():
     (lambda s: s.checkpoint(None), "checkpoint needs a directory path"),
     (lambda s: s.checkpoint(5), "checkpoint needs a directory path"),
     (lambda s: s.execute("list\ntick"), r"one command line at a time \(this one has a line break"),
+    (lambda s: s.execute("# a comment\ntick"), r"one command line at a time"),
     (lambda s: s.feed_many("p", 0, None), r"feed_many needs rows \(keys, or \(key, val, diff\)"),
     (lambda s: s.feed_many("p", 0, [(1,)], keys=[(1,)]), "feed_many takes rows or keys=, not both"),
+    (lambda s: s.feed_many("p", 0, 5), "feed_many: rows must be an iterable, not 5"),
+    (lambda s: s.feed_many("p", 0, keys=5), "feed_many: keys= must be an iterable, not 5"),
 ])
 def test_wrong_argument_types_are_command_errors(call, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

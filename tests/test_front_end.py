@@ -94,9 +94,10 @@ ERRORS = [
     ("let x = input 0 | map(^0);", 1, 23, "no enclosing"),
     ("let x = input 0 | map(proj($0, $1));", 1, 23, "integer literal"),
     # a trace name is one word of a command line (peek, save, subscribe)
-    ('export "a b" = input 0;', 1, 8, 'one word without blanks or control characters'),
-    ('let x = input 0;\nexport "" = x;', 2, 8, 'commands name it), got ""'),
-    ('export "a\tb" = input 0;', 1, 8, r'got "a\tb"'),
+    ('export "a b" = input 0;', 1, 8, 'export "a b" cannot be named in a command: it holds a blank'),
+    ('let x = input 0;\nexport "" = x;', 2, 8, 'export "" cannot be named in a command: it is empty'),
+    ('export "a\tb" = input 0;', 1, 8, r'export "a\tb" cannot be named in a command'),
+    ('export "x=1" = input 0;', 1, 8, 'a command would read it as the option `x=`'),
 ]
 
 

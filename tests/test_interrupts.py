@@ -50,3 +50,18 @@ def test_a_nested_command_leaves_it_to_the_outer_guard(capsys):
         with pytest.raises(KeyboardInterrupt):  # between commands: at once
             ctrl_c()
     assert capsys.readouterr().err == "held\n"
+
+
+def test_a_call_from_another_thread_leaves_the_main_guard_alone():
+    """Only the main thread gets signals: another thread's command must not
+    mark the main thread's command finished (a Ctrl-C would then cut it)."""
+    import threading
+    with InterruptGuard() as guard:
+        def main_command():
+            other = threading.Thread(target=lambda: defer_interrupts(lambda: None))
+            other.start()
+            other.join(10)
+            assert guard.busy  # still inside the main thread's command
+            ctrl_c()           # so this is held, not raised
+            return "finished"
+        assert guard.running(main_command) == "finished" and guard.held

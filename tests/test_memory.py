@@ -35,3 +35,25 @@ def test_a_run_that_does_not_converge_restores_the_collector():
         df.run(0)
     assert seen and seen[0][0] >= RUNNING_THRESHOLD
     assert gc.get_threshold() == before
+
+
+def test_overlapping_runs_restore_the_collector_once_the_last_ends():
+    """Two in-process servers in two threads: the runs overlap."""
+    import threading
+    before = gc.get_threshold()
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def first():
+        with running():
+            first_in.set()
+            second_done.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(10)
+    with running():  # starts after the first, ends before it
+        pass
+    assert gc.get_threshold()[0] >= RUNNING_THRESHOLD  # the first is still running
+    second_done.set()
+    thread.join(10)
+    assert gc.get_threshold() == before

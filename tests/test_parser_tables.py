@@ -8,6 +8,13 @@ from ddir.lang import _lalr_tables, tables
 from ddir.lang.parser import _parser
 
 
+def test_the_tables_were_made_with_the_installed_lark():
+    import lark
+    assert _lalr_tables.LARK_VERSION == lark.__version__, (
+        f"the tables were made with lark {_lalr_tables.LARK_VERSION}, this is {lark.__version__}: "
+        "pyproject.toml pins the first; regenerate with `python -m ddir.lang.tables` if it moved")
+
+
 @pytest.mark.parametrize("syntax", tables.SYNTAXES)
 def test_committed_tables_match_the_grammar(syntax):
     stored = _lalr_tables.TABLES[syntax][0]
@@ -32,6 +39,20 @@ def test_the_loaded_parser_is_the_built_one():
             continue
         assert _parser(syntax).parse(text, start="start") == expected, path
     assert seen == set(tables.SYNTAXES)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_damaged_tables_module_falls_back_to_the_grammar(monkeypatch, damage):
+    import sys
+    monkeypatch.delitem(sys.modules, "ddir.lang._lalr_tables")
+    if damage == "missing":
+        monkeypatch.setitem(sys.modules, "ddir.lang._lalr_tables", None)  # ImportError
+    else:
+        monkeypatch.setattr(_lalr_tables, "TABLES", {"ddp": ("x",)})
+        monkeypatch.setitem(sys.modules, "ddir.lang._lalr_tables", _lalr_tables)
+        monkeypatch.setattr(tables, "fingerprint", lambda text: "x")  # matches, then cannot load
+    parser = tables.load("ddp")
+    assert parser.parse('export "x" = input 0;\n', start="start")
 
 
 def test_a_stale_table_falls_back_to_the_grammar(monkeypatch):

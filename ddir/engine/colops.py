@@ -134,7 +134,7 @@ def unique_keys(c: Cols) -> tuple:
 def gather_runs(runs: list, keys: tuple, m: int):
     """Every update of ``runs`` whose key is one of the ``m`` query ``keys``
     (distinct, in key order): (query index, val columns, time index into the
-    table, diffs, table), in (query, run) order."""
+    table, diffs, table), grouped by run (callers consolidate)."""
     qis, vals, tids, ds, table = [], [], [], [], []
     for run in runs:
         found = run.find_in(keys, m) if run.n <= m else None

@@ -13,6 +13,7 @@ list heads, so it costs O(1).
 from __future__ import annotations
 
 import gc
+import threading
 from contextlib import contextmanager
 
 # The young generation's threshold while the engine runs: a tick allocates
@@ -23,15 +24,29 @@ from contextlib import contextmanager
 RUNNING_THRESHOLD = 50_000
 
 
+_running = 0              # engine runs in progress (several threads may run servers)
+_saved = None             # the collector's thresholds before the first of them
+_lock = threading.Lock()
+
+
 @contextmanager
 def running():
-    """Around a run of the engine: fewer collections while it allocates."""
-    saved = gc.get_threshold()
-    gc.set_threshold(max(saved[0], RUNNING_THRESHOLD), *saved[1:])
+    """Around a run of the engine: fewer collections while it allocates.
+    Runs may overlap (two in-process servers in two threads): the first
+    raises the threshold, the last restores what was there before."""
+    global _running, _saved
+    with _lock:
+        if not _running:
+            _saved = gc.get_threshold()
+            gc.set_threshold(max(_saved[0], RUNNING_THRESHOLD), *_saved[1:])
+        _running += 1
     try:
         yield
     finally:
-        gc.set_threshold(*saved)
+        with _lock:
+            _running -= 1
+            if not _running:
+                gc.set_threshold(*_saved)
 
 
 def settle() -> None:

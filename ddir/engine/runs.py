@@ -130,11 +130,12 @@ class Run:
     def find_in(self, keys: tuple, n: int):
         """(query index, position) of each update whose key is one of the
         ``n`` distinct query keys ``keys``, given in key order; None when some
-        query cannot be packed as this run's keys. One search per update
-        among the queries: cheaper than :meth:`ranges` when the run is the
-        smaller side, and it needs no expansion of slices."""
+        query lies outside the span of this run's packed keys (packing it
+        would not keep the queries in order). One search per update among
+        the queries: cheaper than :meth:`ranges` when the run is the smaller
+        side, and it needs no expansion of slices."""
         q, valid = self.pack_many(keys, n)
-        if valid is not None:
+        if valid is not None and not valid.all():
             return None
         pos = np.searchsorted(q, self.pk)
         np.minimum(pos, n - 1, out=pos)

@@ -20,6 +20,7 @@ from . import ast as A
 from . import tables
 from .errors import ProgramError
 from .syntax_errors import describe_unexpected
+from .words import name_word_problem
 from ..terms import ast as T
 from ..values import INT_MAX
 
@@ -77,7 +78,7 @@ def _parse(source: str, file: str, syntax: str, start: str, hide=()):
         return _parser(syntax).parse(source, start=start)
     except UnexpectedInput as e:
         message, line, col = describe_unexpected(e, _parser(syntax), source, hide)
-        before = (source.splitlines() or [""])[line - 1][:col - 1]
+        before = source.split("\n")[line - 1][:col - 1]  # Lark counts lines at \n only
         if syntax == "ddir" and re.fullmatch(r"\s*con\s+", before):
             # `con A(1) = 0;` reads as the start of a scope named `con` there
             message = "constructor declarations (`con`) exist only in `.ddp` programs"
@@ -162,10 +163,10 @@ class _Builder:
             return A.Var(str(first), self.expr(node.children[1]), _loc(first))
         if kind == "export":
             name = str(first)[1:-1]
-            if not name or not name.isprintable() or any(c.isspace() for c in name):
-                # peek, save, subscribe take a trace name as one word of a command line
-                raise self.error(f"an export name must be one word without blanks or control "
-                                 f"characters (commands name it), got {_shown_name(name)}", first)
+            problem = name_word_problem(name)
+            if problem:  # peek, save, subscribe take it as one word of a command line
+                raise self.error(f"export {_shown_name(name)} cannot be named in a command: "
+                                 f"{problem}", first)
             return A.Export(name, self.expr(node.children[1]), _loc(first))
         if kind == "scope":
             if self.scope_depth >= MAX_NESTING:

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .staged import IntColumns, from_rows, merged
+from ..engine.columns import no_gc
 from ..errors import DataFileError
-from .staged import IntColumns, from_rows, merged, no_gc
 from ..lang.value_token import ValueTokenError, parse_value_token
 from ..values import INT_MAX, INT_MIN, format_value, order_key
 
@@ -295,14 +296,6 @@ def _int_table(keys, vals, diffs) -> pa.Table:
     data.update({f"val_{i}": c for i, c in enumerate(vals)})
     data["diff"] = diffs
     return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
-
-
-
-
-
-
-
-
 
 
 def write_table(table: pa.Table, path: str) -> None:

@@ -18,6 +18,7 @@ from ..ir.lower import lower
 from ..lang.errors import ProgramError
 from ..lang.parser import parse_program
 from ..lang.value_token import ValueTokenError, parse_value_token
+from ..lang.words import is_option
 from ..values import INT_MAX, INT_MIN
 
 
@@ -164,8 +165,8 @@ def _split_options(cmd: str, args: list) -> tuple:
     positional, options = [], {}
     allowed = OPTION_KEYS.get(cmd, ())
     for a in args:
-        key, eq, value = a.partition("=")
-        if eq and key.isidentifier():
+        if is_option(a):
+            key, _, value = a.partition("=")
             if key not in allowed:
                 raise CommandError(f"`{cmd}` has no option `{key}=`"
                                    + (f" (options: {', '.join(k + '=' for k in allowed)})"
@@ -287,13 +288,13 @@ def pages_at_prompt(cmd) -> bool:
 
 def parse_command(line: str, script_dir: str | None = None):
     """One command line -> a command (``None`` for blank/comment lines)."""
+    if any(c in line.strip() for c in "\n\r\v\f"):  # (a CRLF script's lines end in \r: fine)
+        raise CommandError("one command line at a time (this one has a line break inside)")
     plain = plain_feed(line)
     if plain is not None:
         return plain
     if is_skipped(line):
         return None
-    if any(c in line.strip() for c in "\n\r\v\f"):  # (a CRLF script's lines end in \r: fine)
-        raise CommandError("one command line at a time (this one has a line break inside)")
     words = line.split()
     cmd, args = words[0], words[1:]
     if cmd not in COMMANDS:

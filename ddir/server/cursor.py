@@ -22,6 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import hashlib
+import hmac
 import os
 import time
 from collections import OrderedDict
@@ -76,10 +78,6 @@ class Cursors:
         return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode("ascii")
 
     def _mac(self, payload: bytes) -> bytes:
-        # imported here: a session that never pages with a cursor does not
-        # pay for hashlib's OpenSSL start
-        import hashlib
-        import hmac
         return hmac.new(self.secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
 
     def decode(self, token: str) -> tuple:
@@ -91,7 +89,6 @@ class Cursors:
         except (binascii.Error, ValueError):
             raise bad from None
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        import hmac
         if len(raw) <= MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise bad
         try:

@@ -132,8 +132,8 @@ def check_recipes(program, source: str | None = None, exports=()) -> None:
 
 
 def shadows_a_source(name: str) -> bool:
-    """Whether an export or program ``name`` is spelled as generated sources
-    are (`clock`, `iota:...`, `random:...`, well formed or not)."""
+    """Whether an export ``name`` is spelled as generated sources are
+    (`clock`, `iota:...`, `random:...`, well formed or not)."""
     try:
         return parse_recipe(name) is not None
     except RecipeError:

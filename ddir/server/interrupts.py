@@ -72,6 +72,8 @@ def defer_interrupts(run, notice: str | None = None) -> tuple:
     """``(run(), held)``: ``run()`` with Ctrl-C held until it returns;
     ``held`` is True when one came and no outer guard owns it, for the
     caller to act on."""
+    if threading.current_thread() is not threading.main_thread():
+        return run(), False  # signals reach the main thread only; its guard is not ours
     outer = InterruptGuard.active
     if outer is not None:
         return outer.running(run), False
