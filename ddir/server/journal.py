@@ -89,7 +89,8 @@ def consolidate(batches: list):
     if not any(isinstance(b, list) for b in batches):  # all IntColumns
         shapes = {(len(b.keys), len(b.vals)) for b in batches}
         if len(shapes) == 1:
-            merged = _consolidate_columns(batches)
+            from .staged import consolidated
+            merged = consolidated(batches)
             if merged is not None:
                 return merged
     acc: dict = {}
@@ -102,20 +103,3 @@ def consolidate(batches: list):
 def rows_of(batch):
     """(key, val, diff) rows of a batch (a list of rows or IntColumns)."""
     return batch if isinstance(batch, list) else batch.rows()
-
-
-def _consolidate_columns(batches: list):
-    """Sum the diffs of equal rows of IntColumns of one shape (the engine's
-    column consolidation); None when a sum could leave int64."""
-    import numpy as np
-    from ..engine.columns import consolidate_columns, sums_fit
-    from .staged import IntColumns
-    width_k, width_v = len(batches[0].keys), len(batches[0].vals)
-    cols = tuple(np.concatenate([b.keys[i] for b in batches]) for i in range(width_k))
-    cols += tuple(np.concatenate([b.vals[i] for b in batches]) for i in range(width_v))
-    diffs = np.concatenate([np.ones(b.count, dtype=np.int64) if b.diffs is None else b.diffs
-                            for b in batches])
-    if not sums_fit(diffs):  # Python ints instead
-        return None
-    cols, sums = consolidate_columns(cols, diffs, len(diffs))
-    return IntColumns(list(cols[:width_k]), list(cols[width_k:]), sums, len(sums))

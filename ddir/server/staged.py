@@ -87,15 +87,23 @@ def from_message(keys: list, vals: list, diffs, count: int) -> IntColumns:
 def merged(parts: list) -> IntColumns:
     """Workers' ``peek_columns`` payloads of one trace, each consolidated and
     in (key, val) order, as one batch in (key, val) order: a key lives on
-    one worker, so merging only restores the order."""
+    one worker, so merging sums nothing and only restores the order."""
     batches = [from_message(*p) for p in parts]
-    if len(batches) == 1:
-        return batches[0]
-    from ..engine.columns import consolidate_columns
-    n = len(batches[0].keys)
+    return batches[0] if len(batches) == 1 else consolidated(batches, check=False)
+
+
+def consolidated(batches: list, check: bool = True) -> IntColumns | None:
+    """IntColumns of one shape as one, equal rows summed, in (key, val)
+    order (the engine's column consolidation); None when ``check`` finds
+    that a sum could leave int64 (the caller sums Python ints instead)."""
+    from ..engine.columns import consolidate_columns, sums_fit
+    n, m = len(batches[0].keys), len(batches[0].vals)
     cols = tuple(np.concatenate([b.keys[i] for b in batches]) for i in range(n))
-    cols += tuple(np.concatenate([b.vals[i] for b in batches]) for i in range(len(batches[0].vals)))
-    d = np.concatenate([b.diffs for b in batches])
+    cols += tuple(np.concatenate([b.vals[i] for b in batches]) for i in range(m))
+    d = np.concatenate([np.ones(b.count, dtype=np.int64) if b.diffs is None else b.diffs
+                        for b in batches])
+    if check and not sums_fit(d):
+        return None
     cols, d = consolidate_columns(cols, d, len(d))
     return IntColumns(list(cols[:n]), list(cols[n:]), d, len(d))
 
