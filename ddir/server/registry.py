@@ -632,8 +632,8 @@ class Server:
         replies = self.cluster.broadcast(("peek", name, key, has_key, columns))
         if any("columns" in r for r in replies):
             from . import staged
-            parts = [r["columns"] for r in replies if "columns" in r]
-            if len(parts) == len(replies) and len({(len(p[0]), len(p[1])) for p in parts}) == 1:
+            parts = _column_parts(replies)
+            if parts is not None:
                 return name, staged.merged(parts), []  # int64 sums: no overflow to report
             replies = [{"rows": list(staged.from_message(*r["columns"]).rows())}
                        if "columns" in r else r for r in replies]
@@ -666,12 +666,8 @@ class Server:
         name = self.canonical(trace)
         if name not in self.traces:
             raise UnknownName(f'unknown trace "{trace}"')
-        replies = self.cluster.broadcast(("peek_columns", name))
-        parts = [r["columns"] for r in replies if "columns" in r]
-        # each worker's trace has one shape, but workers may differ (keys of
-        # two fields here, three there): then only printed columns can hold it
-        if not parts or any("rows" in r for r in replies) or \
-                len({(len(p[0]), len(p[1])) for p in parts}) > 1:
+        parts = _column_parts(self.cluster.broadcast(("peek_columns", name)))
+        if parts is None:
             name, rows, records = self.contents(trace)
             return name, bulk.rows_to_table(rows), records
         return name, bulk.columns_to_table(parts), []
@@ -765,3 +761,16 @@ class Server:
                   else list(C.HELP))
         return [{"kind": "help", "commands": [
             {"name": t, "usage": C.HELP[t][0], "summary": C.HELP[t][1]} for t in topics]}]
+
+
+def _column_parts(replies: list):
+    """The workers' int64 column payloads of one trace when together they are
+    all of it (each reply columns, or an empty trace's ``empty``) and share
+    one shape; else None. Each worker's trace has one shape, but workers may
+    differ (keys of two fields here, three there): then only rows hold it."""
+    if any("rows" in r for r in replies):
+        return None
+    parts = [r["columns"] for r in replies if "columns" in r]
+    if not parts or len({(len(p[0]), len(p[1])) for p in parts}) > 1:
+        return None
+    return parts
