@@ -518,15 +518,6 @@ def _reduce(reducer, acc: dict):
 
 _COLUMNAR_REDUCERS = ("min", "distinct", "count")
 
-
-def reduce_columnar_min() -> int:
-    """The step size (input rows plus scheduled keys) from which a reduce
-    takes the columnar path: half what other operators need, since its row
-    path costs ~20 us a key (a lookup in both traces over every run, and
-    interesting times), twice a join's per row. Measured on the reach
-    rounds: a deep change's max round 45 -> 29 ms."""
-    return max(1, B.columnar_min() // 2)
-
 REDUCERS = {"min": _reduce_min, "distinct": _reduce_distinct, "count": _reduce_count,
             "collect": _reduce_collect}
 
@@ -595,7 +586,7 @@ class ReduceOp(Operator):
         parts = []
         keys = ()
         if self.node.reducer in _COLUMNAR_REDUCERS and \
-                len(batch) + (len(due) if due else 0) >= reduce_columnar_min():
+                len(batch) + (len(due) if due else 0) >= B.reduce_columnar_min():
             from .colops import reduce_columns
             emitted = reduce_columns(self, batch, t, due)
             if emitted is not None:

@@ -369,12 +369,12 @@ class Server:
         shards = self.cluster.shards
         # in one process nothing is gained by cutting a batch up (and the
         # engine would concatenate the pieces again)
-        rows = isinstance(batch, list)
-        chunk = STAGE_CHUNK if shards > 1 else max(1, len(batch) if rows else batch.count)
+        as_rows = isinstance(batch, list)
+        chunk = STAGE_CHUNK if shards > 1 else max(1, len(batch) if as_rows else batch.count)
         done = 0
         if journal:
             self.journal.setdefault(program, Journal()).add(n, time, batch)
-        if not rows:  # IntColumns (numpy is loaded: they are numpy arrays)
+        if not as_rows:  # IntColumns (numpy is loaded: they are numpy arrays)
             from .staged import split_columns
             for owner, part in enumerate(split_columns(batch, shards)):
                 for start in range(0, part.count, chunk):
