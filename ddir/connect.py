@@ -42,7 +42,6 @@ exit status: 0 done, 2 bad usage or no connection, 3 the connection was lost
 """
 
 
-
 class ConnectionLost(Exception):
     pass
 

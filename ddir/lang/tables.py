@@ -37,15 +37,6 @@ def grammar_text(syntax: str) -> str:
     return (grammars / "terms.lark").read_text() + (grammars / f"{syntax}.lark").read_text()
 
 
-def generated_with() -> str | None:
-    """The Lark version the committed tables were made with."""
-    try:
-        from . import _lalr_tables as generated
-        return generated.LARK_VERSION
-    except Exception:
-        return None
-
-
 def fingerprint(text: str) -> str:
     """What the tables depend on: the grammar, Lark's version, the options."""
     return hashlib.sha256(f"{lark.__version__}\n{sorted(OPTIONS.items())}\n{text}".encode()).hexdigest()

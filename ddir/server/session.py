@@ -142,6 +142,10 @@ class Session:
 
 FEED_BATCH = 1 << 16
 
+# said once per command when Ctrl-C comes while it runs (server/interrupts.py)
+INTERRUPT_NOTICE = ("ddir: a command is running and finishes first (Ctrl-C cannot stop it "
+                    "half-way; --max-rounds bounds a loop that never converges)\n")
+
 
 def _paused(stream) -> bool:
     """Nothing more to read from ``stream`` right now (a pipe someone types
@@ -158,7 +162,3 @@ def _uninterruptible(run):
     """Run a command with Ctrl-C held: a tick is finished, never left
     half-applied (SPEC B); the interrupt is dropped once it completes."""
     return defer_interrupts(run, INTERRUPT_NOTICE)[0]
-
-
-INTERRUPT_NOTICE = ("ddir: a command is running and finishes first (Ctrl-C cannot stop it "
-                    "half-way; --max-rounds bounds a loop that never converges)\n")
