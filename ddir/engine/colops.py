@@ -13,14 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from .batch import Cols
-from .columns import (I64, Fallback, consolidate_columns, key_tuples, max_abs, sums_fit)
+from .columns import (I64, Fallback, consolidate_columns, key_tuples, max_abs, positions,
+                      sums_fit)
 from .time import join as time_join, less_equal
 from ..values import INT_MAX
 
 
 def expand(lo, cnt, total: int):
     """The positions ``lo[i] .. lo[i] + cnt[i] - 1`` for every i, concatenated."""
-    starts = np.cumsum(cnt) - cnt
+    starts = cnt.cumsum() - cnt
     return np.arange(total, dtype=I64) - np.repeat(starts - lo, cnt)
 
 
@@ -67,7 +68,7 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
         total = int(cnt.sum())
         if not total:
             continue
-        di = np.repeat(np.arange(m, dtype=I64), cnt)
+        di = np.arange(m, dtype=I64).repeat(cnt)
         ri = expand(lo, cnt, total)
         times = run.times
         # per distinct trace time: skipped, or the output time join(s, t)
@@ -89,7 +90,7 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
             if len(kept) < len(targets):
                 mask = np.zeros(len(targets), dtype=bool)
                 mask[kept] = True
-                sel = np.flatnonzero(mask[tid])
+                sel = positions(mask[tid])
                 if not len(sel):
                     continue
                 di, ri, tid = di[sel], ri[sel], tid[sel]
@@ -99,7 +100,7 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
             else:
                 gid = np.array([distinct.index(x) if x is not None else -1 for x in targets])
                 g = gid[tid]
-                groups = [(x, np.flatnonzero(g == i)) for i, x in enumerate(distinct)]
+                groups = [(x, positions(g == i)) for i, x in enumerate(distinct)]
         d = delta.d[di] * run.d[ri]
         mine = _Picked(delta.vals, di)
         theirs = _Picked(run.vals, ri)
@@ -125,7 +126,7 @@ def unique_keys(c: Cols) -> tuple:
         change[0] = True
         for k in c.keys:
             change[1:] |= k[1:] != k[:-1]
-        idx = np.flatnonzero(change)
+        idx = positions(change)
         return tuple(k[idx] for k in c.keys)
     cols, _ = consolidate_columns(c.keys, np.ones(c.n, dtype=I64), c.n)
     return cols
@@ -134,8 +135,9 @@ def unique_keys(c: Cols) -> tuple:
 def gather_runs(runs: list, keys: tuple, m: int):
     """Every update of ``runs`` whose key is one of the ``m`` query ``keys``
     (distinct, in key order): (query index, val columns, time index into the
-    table, diffs, table), grouped by run (callers consolidate)."""
-    qis, vals, tids, ds, table = [], [], [], [], []
+    table, diffs, table, the table as an array of one row per time), grouped
+    by run (callers consolidate)."""
+    qis, vals, tids, ds, table, arrays = [], [], [], [], [], []
     for run in runs:
         found = run.find_in(keys, m) if run.n <= m else None
         if found is not None:
@@ -149,7 +151,7 @@ def gather_runs(runs: list, keys: tuple, m: int):
         else:
             lo, hi = run.ranges(keys, m)
             cnt = hi - lo
-            hit = np.flatnonzero(cnt)
+            hit = positions(cnt)
             if not len(hit):
                 continue
             total = int(cnt.sum())
@@ -158,36 +160,38 @@ def gather_runs(runs: list, keys: tuple, m: int):
                 qis.append(hit)
                 ri = lo[hit]
             else:
-                qis.append(np.repeat(np.arange(m, dtype=I64), cnt))
+                qis.append(np.arange(m, dtype=I64).repeat(cnt))
                 ri = expand(lo, cnt, total)
         vals.append(tuple(v[ri] for v in run.vals))
         ds.append(run.d[ri])
         base = len(table)
         table.extend(run.times)
+        arrays.append(run.time_array())
         tids.append(np.full(total, base, dtype=I64) if run.tid is None
                     else run.tid[ri].astype(I64) + base)
     if not ds:
         return None
     if len(ds) == 1:
-        return qis[0], vals[0], tids[0], ds[0], table
+        return qis[0], vals[0], tids[0], ds[0], table, arrays[0]
     va = len(vals[0])
     return (np.concatenate(qis), tuple(np.concatenate([v[i] for v in vals]) for i in range(va)),
-            np.concatenate(tids), np.concatenate(ds), table)
+            np.concatenate(tids), np.concatenate(ds), table, np.concatenate(arrays))
 
 
 def _accumulate(g, t: tuple, root: bool):
     """(query index, val columns, sums) of a gathered history at times
     <= ``t``, consolidated and in (query, val) order; also the entries not
-    <= t as (query index, time index) for interesting times."""
-    qi, vals, tid, d, table = g
+    <= t as (query index, time index, the table's times not <= t as indexes)
+    for interesting times."""
+    qi, vals, tid, d, table, times = g
     later = None
     if not root:
-        le = np.array([less_equal(s, t) for s in table], dtype=bool)
+        le = (times <= np.array(t, dtype=I64)).all(axis=1)
         if not le.all():
             ok = le[tid]
-            bad = np.flatnonzero(~ok)
-            later = (qi[bad], tid[bad])
-            sel = np.flatnonzero(ok)
+            bad = positions(~ok)
+            later = (qi[bad], tid[bad], positions(~le))
+            sel = positions(ok)
             qi, vals, d = qi[sel], tuple(v[sel] for v in vals), d[sel]
     cols, sums = consolidate_columns((qi,) + vals, d, len(d))
     return cols[0], cols[1:], sums, later
@@ -203,19 +207,28 @@ def _schedule_later(op, K: tuple, t: tuple, parts) -> None:
     for g, later in parts:
         if later is None or not len(later[0]):
             continue
-        # join(s, t) per distinct time of the table, numbered in ``joined``
-        jmap = [joined.setdefault(time_join(s, t), len(joined)) for s in g[4]]
+        # join(s, t) per time of the table not <= t (the others are never
+        # indexed), numbered in ``joined``
+        table, times = g[4], g[5]
+        jmap = np.zeros(len(table), dtype=I64)
+        idx = later[2]
+        rows = np.maximum(times[idx], np.array(t, dtype=I64)).tolist()
+        jmap[idx] = [joined.setdefault(tuple(r), len(joined)) for r in rows]
         qs.append(later[0])
-        js.append(np.array(jmap, dtype=I64)[later[1]])
+        js.append(jmap[later[1]])
     if not qs:
         return
     jid, q = (js[0], qs[0]) if len(qs) == 1 else (np.concatenate(js), np.concatenate(qs))
     (uj, uq), _ = consolidate_columns((jid, q), np.ones(len(q), dtype=I64), len(q))
-    keys = key_tuples(tuple(c[uq] for c in K), len(uq)) if K else [()] * len(uq)
-    bounds = (np.flatnonzero(uj[1:] != uj[:-1]) + 1).tolist()
+    bounds = (positions(uj[1:] != uj[:-1]) + 1).tolist()
     jtimes = list(joined)
+    keys = tuple(c[uq] for c in K)
     for start, end in zip([0] + bounds, bounds + [len(uq)]):
-        op.schedule_keys(keys[start:end], jtimes[int(uj[start])])
+        s = jtimes[int(uj[start])]
+        if K:
+            op.schedule_columns(tuple(c[start:end] for c in keys), end - start, s)
+        else:
+            op._schedule((), s)
 
 
 def reduce_keys(batch, due, ka: int):
@@ -237,11 +250,13 @@ def reduce_keys(batch, due, ka: int):
             return None
         parts.append(cols)
     if due:
-        keys = list(due)
-        cols = int_columns(keys, len(keys))
-        if cols is None or len(cols) != ka:
-            return None
-        parts.append(cols)
+        if due.tuples:
+            keys = list(due.tuples)
+            cols = int_columns(keys, len(keys))
+            if cols is None or len(cols) != ka:
+                return None
+            parts.append(cols)
+        parts.extend(cols for cols, _ in due.columns)  # columns of this reduce's keys
     if not ka:
         return ()
     if len(parts) == 1 and type(batch) is Cols and not due:
@@ -281,14 +296,14 @@ def reduce_columns(op, batch, t: tuple, due):
     # want: what the reducer gives per key
     if len(qa):
         first = np.concatenate(([True], qa[1:] != qa[:-1]))
-        starts = np.flatnonzero(first)
+        starts = positions(first)
     else:
         starts = np.zeros(0, dtype=I64)
     if reducer == "distinct":
         wq, wv, wd = qa[starts], (), np.ones(len(starts), dtype=I64)
     elif reducer == "count":
         n = np.add.reduceat(sa, starts) if len(starts) else sa
-        pos = np.flatnonzero(n > 0)
+        pos = positions(n > 0)
         wq, wv, wd = qa[starts][pos], (n[pos],), np.ones(len(pos), dtype=I64)
     elif reducer == "min":
         wq, wv, wd = qa[starts], tuple(v[starts] for v in va_cols), np.ones(len(starts), dtype=I64)

@@ -30,6 +30,16 @@ I64 = np.int64
 _KEY, _VAL, _DIFF = itemgetter(0), itemgetter(1), itemgetter(2)
 _EMPTY = np.zeros(0, dtype=I64)
 
+# The ufuncs' reductions called directly: ``a.max()`` and ``np.flatnonzero``
+# go through Python wrappers (~1 us a call), and a deep tick of the columnar
+# engine makes a few thousand such calls on small arrays.
+_MAX, _MIN = np.maximum.reduce, np.minimum.reduce
+
+
+def positions(mask):
+    """The positions of the true (non-zero) entries of a 1-d array."""
+    return mask.nonzero()[0]
+
 
 @contextmanager
 def no_gc():
@@ -181,7 +191,7 @@ def take(c: Cols, index) -> Cols:
 def max_abs(d) -> int:
     if not len(d):
         return 0
-    return max(int(d.max()), -int(d.min()))
+    return max(int(_MAX(d)), -int(_MIN(d)))
 
 
 def sums_fit(d, n: int | None = None) -> bool:
@@ -197,7 +207,7 @@ def pack_spec(cols) -> tuple | None:
     spec = []
     total = 0
     for c in reversed(cols):
-        lo, hi = int(c.min()), int(c.max())
+        lo, hi = int(_MIN(c)), int(_MAX(c))
         width = (hi - lo).bit_length()
         spec.append((lo, total, (1 << width) - 1))
         total += width
@@ -257,19 +267,19 @@ def consolidate_columns(cols: tuple, d, n: int):
             # dense: one counting pass, the result comes out sorted
             if max_abs(d) * n < (1 << 53):  # float64 sums are exact
                 sums = np.bincount(pk, weights=d, minlength=size)
-                nz = np.flatnonzero(sums)
+                nz = positions(sums)
                 return unpack(nz, spec), sums[nz].astype(I64)
         if d[0] == 1 and not (d != 1).any():
             # every diff +1 (a load without a diff column): sorting the
             # values is ~40% cheaper than argsort and gathering; sums are counts
             spk = np.sort(pk)
-            starts = np.flatnonzero(np.concatenate(([True], spk[1:] != spk[:-1])))
+            starts = positions(np.concatenate(([True], spk[1:] != spk[:-1])))
             return unpack(spk[starts], spec), np.diff(np.append(starts, n)).astype(I64)
-        order = np.argsort(pk, kind="stable")
+        order = pk.argsort(kind="stable")
         spk = pk[order]
-        starts = np.flatnonzero(np.concatenate(([True], spk[1:] != spk[:-1])))
+        starts = positions(np.concatenate(([True], spk[1:] != spk[:-1])))
         sums = np.add.reduceat(d[order], starts)
-        keep = np.flatnonzero(sums)
+        keep = positions(sums)
         return unpack(spk[starts[keep]], spec), sums[keep]
     order = np.lexsort(cols[::-1])
     scols = [c[order] for c in cols]
@@ -277,9 +287,9 @@ def consolidate_columns(cols: tuple, d, n: int):
     change[0] = True
     for c in scols:
         change[1:] |= c[1:] != c[:-1]
-    starts = np.flatnonzero(change)
+    starts = positions(change)
     sums = np.add.reduceat(d[order], starts)
-    keep = starts[np.flatnonzero(sums)]
+    keep = starts[positions(sums)]
     return tuple(c[keep] for c in scols), sums[sums != 0]
 
 
@@ -493,8 +503,8 @@ def owners_of(keys, count: int, shards: int) -> np.ndarray:
 def split_by_owner(c: Cols, shards: int) -> list:
     """One Cols per worker: the rows whose key it owns."""
     owners = owners_of(c.keys, c.n, shards)
-    order = np.argsort(owners, kind="stable")
-    bounds = np.searchsorted(owners[order], np.arange(shards + 1)).tolist()
+    order = owners.argsort(kind="stable")
+    bounds = owners[order].searchsorted(np.arange(shards + 1)).tolist()
     return [take(c, order[bounds[w]:bounds[w + 1]]) for w in range(shards)]
 
 
@@ -742,7 +752,7 @@ def column_chain(steps: tuple, ka: int, va: int):
                     mask = np.zeros(n, dtype=bool)
                 else:
                     mask = x != 0
-                idx = np.flatnonzero(mask)
+                idx = positions(mask)
                 if len(idx) == n:
                     continue
                 keys = tuple(a[idx] for a in keys)

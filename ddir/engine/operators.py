@@ -13,6 +13,7 @@ from operator import itemgetter
 
 from . import batch as B
 from .batch import Cols
+from .due import DueKeys
 from .exchange import CHECK_OWNERS, check_owners, split_by_owner
 from .linear import OVERFLOW, compile_chain, compile_join
 from .time import join as time_join, less_equal
@@ -534,7 +535,7 @@ class ReduceOp(Operator):
         self.source = source
         self.output = Trace()
         self.reducer = REDUCERS[node.reducer]
-        self.scheduled: dict = {}   # time -> set of keys
+        self.scheduled: dict = {}   # time -> DueKeys
 
     def has_work(self, t):
         return t in self.ports[0] or t in self.scheduled
@@ -542,21 +543,19 @@ class ReduceOp(Operator):
     def pending_size(self) -> int:
         return super().pending_size() + sum(len(k) for k in self.scheduled.values())
 
-    def _schedule(self, key, s: tuple) -> None:
+    def _due(self, s: tuple) -> DueKeys:
         keys = self.scheduled.get(s)
         if keys is None:
-            self.scheduled[s] = keys = set()
+            self.scheduled[s] = keys = DueKeys()
             self.scope.schedule(s)
-        keys.add(key)
+        return keys
 
-    def schedule_keys(self, keys, s: tuple) -> None:
-        """:meth:`_schedule` for many keys at one time."""
-        scheduled = self.scheduled.get(s)
-        if scheduled is None:
-            self.scheduled[s] = set(keys)
-            self.scope.schedule(s)
-        else:
-            scheduled.update(keys)
+    def _schedule(self, key, s: tuple) -> None:
+        self._due(s).add(key)
+
+    def schedule_columns(self, cols: tuple, n: int, s: tuple) -> None:
+        """:meth:`_schedule` for ``n`` keys given as int64 key columns."""
+        self._due(s).add_columns(cols, n)
 
     def incomparable(self, t: tuple) -> list:
         """The scheduled times neither <= nor >= ``t`` (another epoch's
@@ -574,6 +573,7 @@ class ReduceOp(Operator):
             scheduled = self.scheduled.get(s)
             if not scheduled:
                 continue
+            scheduled = scheduled.as_set()
             common = keys & scheduled if len(keys) < len(scheduled) else scheduled & keys
             if common:
                 j = time_join(s, t)
@@ -599,13 +599,13 @@ class ReduceOp(Operator):
             else:
                 keys = {k for k, _, _ in batch}
             if due:
-                keys |= due
+                keys |= due.as_set()
         if keys:
             emitted = self._reduce_rows(keys, t)
             if emitted:
                 parts.append(emitted)
         for emitted in parts:
-            self.output.insert(emitted, t)
+            self.output.insert(emitted, t, True)
         for emitted in parts:
             self.emit(t, emitted, True)
 

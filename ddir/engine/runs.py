@@ -29,7 +29,7 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 
 from .batch import Cols
-from .columns import I64, consolidate_columns, pack, pack_spec, sums_fit, unpack
+from .columns import I64, consolidate_columns, pack, pack_spec, positions, sums_fit, unpack
 from .time import advance
 
 
@@ -40,7 +40,7 @@ RANGES_BY_INDEX = 64
 
 class Run:
     __slots__ = ("pk", "spec", "ka", "vals", "d", "times", "tid", "n", "first_epoch",
-                 "_views", "_index", "_offsets")
+                 "_views", "_index", "_offsets", "_time_array")
 
     def __init__(self, pk, spec, ka: int, vals: tuple, d, times: tuple, tid):
         self.pk = pk
@@ -55,12 +55,23 @@ class Run:
         self._views = None
         self._index = None
         self._offsets = None  # the index's offsets as an array, when one per key value
+        self._time_array = None
 
     def relabel(self, times: tuple) -> None:
         """New times for the run's time table, one for one (compaction
         folding epochs where no two times become one)."""
         self.times = times
         self.first_epoch = min(s[0] for s in times) if times else 0
+        self._time_array = None
+
+    def time_array(self):
+        """The time table as an int64 array, one row per time (built on first
+        use): the columnar reduce compares a whole table with a time in one
+        numpy call instead of a Python comparison per entry."""
+        a = self._time_array
+        if a is None:
+            a = self._time_array = np.array(self.times, dtype=I64).reshape(len(self.times), -1)
+        return a
 
     # ------------------------------------------------------------ keys
 
@@ -122,8 +133,8 @@ class Run:
             if valid is not None:
                 inside &= valid
             return lo, np.where(inside, hi, lo)
-        lo = np.searchsorted(self.pk, q, "left")
-        hi = np.searchsorted(self.pk, q, "right")
+        lo = self.pk.searchsorted(q, "left")
+        hi = self.pk.searchsorted(q, "right")
         if valid is not None:
             hi = np.where(valid, hi, lo)
         return lo, hi
@@ -138,9 +149,9 @@ class Run:
         q, valid = self.pack_many(keys, n)
         if valid is not None and not valid.all():
             return None
-        pos = np.searchsorted(q, self.pk)
+        pos = q.searchsorted(self.pk)
         np.minimum(pos, n - 1, out=pos)
-        ri = np.flatnonzero(q[pos] == self.pk)
+        ri = positions(q[pos] == self.pk)
         return pos[ri], ri
 
     # ------------------------------------------------------------ the row path
@@ -241,15 +252,15 @@ class Run:
         if not qs:
             return
         q = np.array(qs, dtype=I64)
-        lo = np.searchsorted(self.pk, q, "left")
-        cnt = np.searchsorted(self.pk, q, "right") - lo
-        hit = np.flatnonzero(cnt)
+        lo = self.pk.searchsorted(q, "left")
+        cnt = self.pk.searchsorted(q, "right") - lo
+        hit = positions(cnt)
         if not len(hit):
             return
         lo, cnt = lo[hit], cnt[hit]
         counts = cnt.tolist()
         total = sum(counts)
-        ri = np.arange(total, dtype=I64) - np.repeat(np.cumsum(cnt) - cnt - lo, cnt)
+        ri = np.arange(total, dtype=I64) - np.repeat(cnt.cumsum() - cnt - lo, cnt)
         vals = self.vals
         if not vals:
             vs = [()] * total
@@ -297,7 +308,7 @@ def make_run(c: Cols, t: tuple) -> Run | None:
         pk = pack(c.keys, spec)
     vals, d = c.vals, c.d
     if not c.sorted and ka:
-        order = np.argsort(pk, kind="stable")
+        order = pk.argsort(kind="stable")
         pk = pk[order]
         vals = tuple(v[order] for v in vals)
         d = d[order]
@@ -333,6 +344,7 @@ def merge(parts: list, epoch: int | None) -> Run | None:
     changes no accumulation). None if the keys cannot be packed; a run of
     no updates if they all cancel."""
     keys, vals, ds, tids, table, index = [], [], [], [], [], {}
+    runs = all(type(p) is Run for p in parts)
     for p in parts:
         if type(p) is Run:
             p = (p.keys(), p.vals, p.d, p.times, p.tid)
@@ -358,6 +370,13 @@ def merge(parts: list, epoch: int | None) -> Run | None:
     d = cat(ds)
     tid = cat(tids)
     many = len(table) > 1
+    if runs and len(table) == sum(len(p.times) for p in parts):
+        # No time of one run is a time of another: no two updates of
+        # different runs can be summed, and each run is already summed, so
+        # the merge only interleaves them by key (a tick's runs hold its own
+        # iterations' times; a merge with a sum is the exception: compaction
+        # folding epochs, or a settle after it).
+        return _interleave(kcols, vcols, d, tid if many else None, tuple(table))
     if sums_fit(d):
         cols, d = consolidate_columns(kcols + vcols + ((tid,) if many else ()), d, len(d))
         kcols, vcols = cols[:ka], cols[ka:ka + va]
@@ -379,13 +398,13 @@ def merge(parts: list, epoch: int | None) -> Run | None:
         spec = packed[0]
         pk = pack(kcols, spec)
     if not ordered and ka:
-        order = np.argsort(pk, kind="stable")
+        order = pk.argsort(kind="stable")
         pk = pk[order]
         vcols = tuple(v[order] for v in vcols)
         d = d[order]
         tid = None if tid is None else tid[order]
     if tid is not None:
-        used = np.flatnonzero(np.bincount(tid, minlength=len(table)))
+        used = positions(np.bincount(tid, minlength=len(table)))
         if len(used) < len(table):  # some times lost every update: drop them
             table = [table[i] for i in used.tolist()]
             remap = np.zeros(len(used) and int(used[-1]) + 1, dtype=np.int64)
@@ -396,6 +415,30 @@ def merge(parts: list, epoch: int | None) -> Run | None:
         else:
             tid = tid.astype(_tid_dtype(len(table)))
     return Run(pk, spec, ka, vcols, d, tuple(table), tid)
+
+
+def _interleave(kcols: tuple, vcols: tuple, d, tid, table: tuple) -> Run | None:
+    """A run of the updates of several runs, concatenated: sorted by key
+    only (a stable sort of runs each sorted by key), nothing summed."""
+    ka = len(kcols)
+    if ka <= 1:
+        spec = None
+        pk = kcols[0] if ka else np.zeros(len(d), dtype=I64)
+    else:
+        packed = pack_spec(kcols)
+        if packed is None:
+            return None
+        spec = packed[0]
+        pk = pack(kcols, spec)
+    if ka:
+        order = pk.argsort(kind="stable")
+        pk = pk[order]
+        vcols = tuple(v[order] for v in vcols)
+        d = d[order]
+        tid = None if tid is None else tid[order]
+    if tid is not None:
+        tid = tid.astype(_tid_dtype(len(table)))
+    return Run(pk, spec, ka, vcols, d, table, tid)
 
 
 # ------------------------------------------------------------ whole-trace readers
@@ -462,7 +505,7 @@ def gather_columns(runs: list, before: int | None = None):
             ok = np.array([s[0] < before for s in r.times])
             if not ok.any():
                 continue
-            sel = np.flatnonzero(ok[r.tid]) if r.tid is not None else None
+            sel = positions(ok[r.tid]) if r.tid is not None else None
         kc = r.keys()
         if sel is None:
             keys.append(kc)

@@ -69,9 +69,9 @@ class Trace:
 
     # ------------------------------------------------------------ writing
 
-    def insert(self, rows, t: tuple) -> None:
+    def insert(self, rows, t: tuple, as_run: bool = False) -> None:
         if type(rows) is Cols:
-            if self._insert_run(rows, t):
+            if self._insert_run(rows, t, as_run):
                 return
             rows = rows.rows()
         data = self.data
@@ -94,9 +94,9 @@ class Trace:
                         dirty = self.dirty.setdefault(t[0], set())
                     dirty.add(k)
 
-    def _insert_run(self, c: Cols, t: tuple) -> bool:
+    def _insert_run(self, c: Cols, t: tuple, as_run: bool = False) -> bool:
         from . import batch
-        if c.n < batch.COLUMNAR_MIN:
+        if c.n < batch.COLUMNAR_MIN and not (as_run and not self.data):
             return False
         shape = (len(c.keys), len(c.vals))
         if self.shape is not None and shape != self.shape:
@@ -133,7 +133,8 @@ class Trace:
     def _merge_last(self, count: int) -> bool:
         from .runs import merge
         runs = self.runs
-        merged = merge(runs[-count:], self.frontier)
+        old = runs[-count:]
+        merged = merge(old, self.frontier)
         if merged is None:  # keys too wide to pack together: leave them apart
             return False
         first = len(runs) - count
@@ -143,12 +144,18 @@ class Trace:
         self._hot = {}
         present = self._presence
         if present is not None and present[0] is not None:
-            # runs first.. became one run at first (or none): fold their bits
-            bits = present[2]
-            low = bits & bits.dtype.type((1 << first) - 1)
+            # runs first.. became one run at first (or none): clear their
+            # bits where their keys are, set bit ``first`` where the merged
+            # run's keys are. Only the merged runs' positions are touched: a
+            # tick merges runs of a few hundred updates into a key span of
+            # 100k values, where rewriting the whole bit array cost ~100 us.
+            least, bits = present[0], present[2]
+            low = bits.dtype.type((1 << first) - 1)
+            for run in old:
+                idx = run.pk - least
+                bits[idx] &= low
             if merged.n:
-                low |= ((bits >> bits.dtype.type(first)) != 0).astype(bits.dtype) << first
-            bits[:] = low
+                bits[merged.pk - least] |= bits.dtype.type(1 << first)
         elif present is not None:
             self._presence = None
         return True
