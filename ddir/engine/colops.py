@@ -15,7 +15,6 @@ import numpy as np
 from .batch import Cols
 from .columns import (I64, Fallback, consolidate_columns, key_tuples, max_abs, positions,
                       sums_fit)
-from .time import join as time_join, less_equal
 from ..values import INT_MAX
 
 
@@ -70,49 +69,63 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
             continue
         di = np.arange(m, dtype=I64).repeat(cnt)
         ri = expand(lo, cnt, total)
-        times = run.times
-        # per distinct trace time: skipped, or the output time join(s, t)
-        targets = []
-        for s in times:
-            if skip_now and s == t:
-                targets.append(None)
-            elif root or less_equal(s, t):
-                targets.append(t)
-            else:
-                targets.append(time_join(s, t))
+        # per time of the run's table: the output time join(s, t), or -1
+        # when it is skipped; ``targets`` numbers the distinct output times
+        gid, targets = _targets(run, t, root, skip_now)
         if run.tid is None:
-            if targets[0] is None:
+            if gid[0] < 0:
                 continue
-            groups = [(targets[0], None)]
+            bounds = None
         else:
-            tid = run.tid[ri]
-            kept = [i for i, x in enumerate(targets) if x is not None]
-            if len(kept) < len(targets):
-                mask = np.zeros(len(targets), dtype=bool)
-                mask[kept] = True
-                sel = positions(mask[tid])
-                if not len(sel):
+            g = np.array(gid, dtype=I64)[run.tid[ri]]
+            if len(targets) > 1 or gid.count(-1):
+                # rows ordered by output time, each time's rows one slice
+                # (rows skipped, at -1, come first and are dropped)
+                order = g.argsort(kind="stable")
+                g = g[order]
+                bounds = g.searchsorted(np.arange(-1, len(targets)), "right").tolist()
+                skipped = bounds[0]
+                if skipped == len(g):
                     continue
-                di, ri, tid = di[sel], ri[sel], tid[sel]
-            distinct = sorted(set(x for x in targets if x is not None))
-            if len(distinct) == 1:
-                groups = [(distinct[0], None)]
+                order = order[skipped:]
+                di, ri = di[order], ri[order]
+                bounds = [b - skipped for b in bounds[1:]]
+                bounds.insert(0, 0)
             else:
-                gid = np.array([distinct.index(x) if x is not None else -1 for x in targets])
-                g = gid[tid]
-                groups = [(x, positions(g == i)) for i, x in enumerate(distinct)]
+                bounds = None
         d = delta.d[di] * run.d[ri]
         mine = _Picked(delta.vals, di)
         theirs = _Picked(run.vals, ri)
         key = _Picked(delta.keys, di)
         rows = (key, mine, theirs) if delta_left else (key, theirs, mine)
         kcols, vcols = project(rows, len(d))
-        for s, sel in groups:
-            if sel is None:
-                c = Cols(kcols, vcols, d)
-            else:
-                c = Cols(tuple(x[sel] for x in kcols), tuple(x[sel] for x in vcols), d[sel])
-            out.setdefault(s, []).append(c)
+        if bounds is None:
+            out.setdefault(targets[0], []).append(Cols(kcols, vcols, d))
+            continue
+        for i, s in enumerate(targets):
+            lo, hi = bounds[i], bounds[i + 1]
+            if hi > lo:
+                c = Cols(tuple(x[lo:hi] for x in kcols), tuple(x[lo:hi] for x in vcols), d[lo:hi])
+                out.setdefault(s, []).append(c)
+
+
+def _targets(run, t: tuple, root: bool, skip_now: bool):
+    """(per time of ``run``'s table the index of its output time in the
+    list of distinct output times, or -1 where it is skipped; that list).
+    The output time of a trace time ``s`` is join(s, t): ``t`` itself for
+    every ``s <= t``; at the root every ``s`` is."""
+    gid, index = [], {}
+    if root:
+        for s in run.times:
+            gid.append(-1 if skip_now and s == t else 0)
+        return gid, [t]
+    joined = np.maximum(run.time_array(), np.array(t, dtype=I64)).tolist()
+    for s, j in zip(run.times, joined):
+        if skip_now and s == t:
+            gid.append(-1)
+        else:
+            gid.append(index.setdefault(tuple(j), len(index)))
+    return gid, list(index) or [t]
 
 
 # ------------------------------------------------------------ reduce

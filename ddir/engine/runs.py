@@ -332,7 +332,7 @@ def run_from_entries(ka: int, keys: list, vals: list, times: list, diffs: list):
         return None
     table = sorted(set(times))
     index = {s: i for i, s in enumerate(table)}
-    tid = np.array([index[s] for s in times], dtype=_tid_dtype(len(table)))
+    tid = np.array(list(map(index.__getitem__, times)), dtype=_tid_dtype(len(table)))
     return merge([(kcols, vcols, d, tuple(table), tid)], None)
 
 
@@ -347,21 +347,34 @@ def merge(parts: list, epoch: int | None) -> Run | None:
     runs = all(type(p) is Run for p in parts)
     for p in parts:
         if type(p) is Run:
+            folds = epoch is not None and p.first_epoch < epoch
             p = (p.keys(), p.vals, p.d, p.times, p.tid)
+        else:
+            folds = epoch is not None
         kc, vc, d, times, tid = p
         keys.append(kc)
         vals.append(vc)
         ds.append(d)
-        remap = []
-        for s in times:
-            if epoch is not None:
-                s = advance(s, epoch)
-            i = index.get(s)
-            if i is None:
-                i = index[s] = len(table)
-                table.append(s)
-            remap.append(i)
-        remap = np.array(remap, dtype=np.int64)
+        if folds:
+            times = [advance(s, epoch) for s in times]
+        remap = None
+        if not table:
+            # the first part's times, distinct as in every run: numbered as they are
+            index.update(zip(times, range(len(times))))
+            if len(index) == len(times):
+                table.extend(times)
+                remap = np.arange(len(times), dtype=np.int64)
+            else:
+                index.clear()
+        if remap is None:
+            remap = []
+            for s in times:
+                i = index.get(s)
+                if i is None:
+                    i = index[s] = len(table)
+                    table.append(s)
+                remap.append(i)
+            remap = np.array(remap, dtype=np.int64)
         tids.append(np.full(len(d), remap[0], dtype=np.int64) if tid is None else remap[tid])
     ka, va = len(keys[0]), len(vals[0])
     cat = (lambda xs: xs[0]) if len(parts) == 1 else np.concatenate

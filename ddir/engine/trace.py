@@ -150,12 +150,16 @@ class Trace:
             # tick merges runs of a few hundred updates into a key span of
             # 100k values, where rewriting the whole bit array cost ~100 us.
             least, bits = present[0], present[2]
-            low = bits.dtype.type((1 << first) - 1)
-            for run in old:
-                idx = run.pk - least
-                bits[idx] &= low
-            if merged.n:
-                bits[merged.pk - least] |= bits.dtype.type(1 << first)
+            low, bit = bits.dtype.type((1 << first) - 1), bits.dtype.type(1 << first)
+            if merged.n == sum(run.n for run in old):
+                # nothing summed away: the merged run has exactly their keys
+                idx = merged.pk - least
+                bits[idx] = (bits[idx] & low) | bit
+            else:
+                for run in old:
+                    bits[run.pk - least] &= low
+                if merged.n:
+                    bits[merged.pk - least] |= bit
         elif present is not None:
             self._presence = None
         return True
@@ -191,13 +195,13 @@ class Trace:
             return True
         if self.mixed:
             return False
-        keys, vals, times, diffs = [], [], [], []
-        for k, hist in data.items():
-            for v, s, d in hist:
-                keys.append(k)
-                vals.append(v)
-                times.append(s)
-                diffs.append(d)
+        # one comprehension and one transpose (~0.2 us an entry, where
+        # four appends per entry cost ~1 us)
+        entries = [(k, v, s, d) for k, hist in data.items() for v, s, d in hist]
+        if not entries:
+            self.data, self.dirty = {}, {}
+            return True
+        keys, vals, times, diffs = zip(*entries)
         from .runs import run_from_entries
         shape = self.shape
         run = run_from_entries(shape[0] if shape else _arity(keys[0]), keys, vals, times, diffs)
