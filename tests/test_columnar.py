@@ -197,6 +197,49 @@ def test_trace_with_runs_reads_like_rows(threshold, seed, ka, va):
         assert {k for k, _ in rows.contents()} <= set(listed)
 
 
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32))
+def test_presence_bits_name_every_run_that_holds_a_key(threshold, seed):
+    """A small lookup searches only the runs whose presence bit is set for
+    the key: after inserts at loop times (merges that only interleave),
+    compactions that fold epochs (merges that sum, some to nothing) and
+    settles, a run holding a key always has its bit."""
+    rng = random.Random(seed)
+    threshold(1)
+    tr = Trace()
+    domain = rng.choice([50, 400])
+    for epoch in range(8):
+        for it in range(rng.randint(1, 5)):
+            batch = consolidate([((rng.randrange(domain),), (rng.randrange(3),), rng.choice([1, -1]))
+                                 for _ in range(rng.choice([1, 5, 40, 200]))])
+            if batch:
+                tr.insert(C.consolidate(C.from_rows(batch)), (epoch, it))
+            tr.lookup([(0,)])  # builds the bits when missing
+        if epoch:
+            tr.compact(epoch - 1)
+        if rng.random() < 0.3:
+            tr.settle()
+        present = tr._presence
+        if present is None or present[0] is None:
+            continue
+        least, _, bits, _ = present
+        for i, run in enumerate(tr.runs):
+            held = np.unique(run.pk)
+            assert ((bits[held - least] >> i) & 1).all(), (epoch, i)
+
+
+def test_due_keys_keep_columns_until_tuples_are_needed():
+    from ddir.engine.due import DueKeys
+    due = DueKeys()
+    due.add((7,))
+    due.add_columns((np.array([1, 2, 7]),), 3)
+    due.add_columns((np.array([2]),), 1)
+    assert len(due) == 5  # at most: repeats across chunks count until taken
+    assert (7,) in due and (1,) not in due  # only the tuples are looked up
+    assert due.as_set() == {(1,), (2,), (7,)}
+    assert len(due) == 3 and (1,) in due and not due.columns
+
 def _acc(hist, q) -> dict:
     """val -> net diff of a history at times <= q."""
     acc: dict = {}

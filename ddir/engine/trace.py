@@ -70,6 +70,10 @@ class Trace:
     # ------------------------------------------------------------ writing
 
     def insert(self, rows, t: tuple, as_run: bool = False) -> None:
+        """Add a batch at ``t``. A large :class:`Cols` becomes a run; with
+        ``as_run`` one of any size does while the row part is empty (the
+        columnar reduce's output: its next columnar step reads the trace as
+        runs, and rows would only be converted back)."""
         if type(rows) is Cols:
             if self._insert_run(rows, t, as_run):
                 return
