@@ -191,11 +191,11 @@ def gather_runs(runs: list, keys: tuple, m: int):
             np.concatenate(tids), np.concatenate(ds), table, np.concatenate(arrays))
 
 
-def _accumulate(g, t: tuple, root: bool):
+def _accumulate(g, t: tuple, root: bool, m: int):
     """(query index, val columns, sums) of a gathered history at times
     <= ``t``, consolidated and in (query, val) order; also the entries not
     <= t as (query index, time index, the table's times not <= t as indexes)
-    for interesting times."""
+    for interesting times. ``m``: the number of queries."""
     qi, vals, tid, d, table, times = g
     later = None
     if not root:
@@ -206,16 +206,35 @@ def _accumulate(g, t: tuple, root: bool):
             later = (qi[bad], tid[bad], positions(~le))
             sel = positions(ok)
             qi, vals, d = qi[sel], tuple(v[sel] for v in vals), d[sel]
+    if not vals:
+        q, sums = sum_per_query(qi, d, m)
+        return q, (), sums, later
     cols, sums = consolidate_columns((qi,) + vals, d, len(d))
     return cols[0], cols[1:], sums, later
 
 
-def _schedule_later(op, K: tuple, t: tuple, parts) -> None:
+def sum_per_query(qi, d, m: int):
+    """(the query indexes in order, the sum of their diffs), zero sums left
+    out: for histories without val fields (``distinct`` and ``count``
+    inputs, ``distinct`` outputs) one ``bincount`` over the ``m`` queries,
+    where the general consolidation packs and sorts. The caller has checked
+    :func:`sums_fit`; sums too large for float64 take the general way."""
+    n = len(d)
+    if n and max_abs(d) * n < (1 << 53) and m <= 4 * n + 4096:
+        sums = np.bincount(qi, weights=d, minlength=m)
+        q = positions(sums)
+        return q, sums[q].astype(I64)
+    cols, sums = consolidate_columns((qi,), d, n)
+    return cols[0], sums
+
+
+def _schedule_later(op, K: tuple, t: tuple, parts, m: int) -> None:
     """Schedule ``join(s, t)`` for each key of ``K`` with a history entry at a
     time ``s`` not <= ``t``: ``parts`` are (gathered history, its entries not
     <= t) of the input and the output. The distinct (joined time, key) pairs
     are found on columns, then each joined time's keys are added to its set
-    at once (a Python call per pair cost ~1 us, thousands of pairs a step)."""
+    at once (a Python call per pair cost ~1 us, thousands of pairs a step).
+    ``m``: the number of queries (keys of ``K``)."""
     qs, js, joined = [], [], {}
     for g, later in parts:
         if later is None or not len(later[0]):
@@ -232,16 +251,28 @@ def _schedule_later(op, K: tuple, t: tuple, parts) -> None:
     if not qs:
         return
     jid, q = (js[0], qs[0]) if len(qs) == 1 else (np.concatenate(js), np.concatenate(qs))
-    (uj, uq), _ = consolidate_columns((jid, q), np.ones(len(q), dtype=I64), len(q))
-    bounds = (positions(uj[1:] != uj[:-1]) + 1).tolist()
+    # the distinct (joined time, query) pairs, numbered jid * m + q: in
+    # order of joined time, then of query (key order)
+    pair = jid * m + q
+    size = len(joined) * m
+    if size <= 4 * len(pair) + 4096:
+        pair = positions(np.bincount(pair, minlength=size))
+    else:
+        pair.sort()
+        pair = pair[positions(np.concatenate(([True], pair[1:] != pair[:-1])))]
+    uj, uq = np.divmod(pair, m)
+    bounds = positions(uj[1:] != uj[:-1]) + 1
+    starts = [0] + bounds.tolist()
+    ends = starts[1:] + [len(uq)]
     jtimes = list(joined)
-    keys = tuple(c[uq] for c in K)
-    for start, end in zip([0] + bounds, bounds + [len(uq)]):
-        s = jtimes[int(uj[start])]
-        if K:
-            op.schedule_columns(tuple(c[start:end] for c in keys), end - start, s)
-        else:
+    times = [jtimes[j] for j in uj[starts].tolist()]
+    if not K:
+        for s in times:
             op._schedule((), s)
+        return
+    keys = tuple(c[uq] for c in K)
+    op.schedule_chunks([(s, tuple(c[a:b] for c in keys), b - a)
+                        for s, a, b in zip(times, starts, ends)])
 
 
 def reduce_keys(batch, due, ka: int):
@@ -275,6 +306,10 @@ def reduce_keys(batch, due, ka: int):
     if len(parts) == 1 and type(batch) is Cols and not due:
         return parts[0]
     cols = tuple(np.concatenate([p[i] for p in parts]) for i in range(ka))
+    if ka == 1:  # one field: sort, drop repeats
+        k = cols[0]
+        k.sort()
+        return (k[positions(np.concatenate(([True], k[1:] != k[:-1])))],)
     cols, _ = consolidate_columns(cols, np.ones(len(cols[0]), dtype=I64), len(cols[0]))
     return cols
 
@@ -305,7 +340,7 @@ def reduce_columns(op, batch, t: tuple, due):
         sa = qa
         later_in = None
     else:
-        qa, va_cols, sa, later_in = _accumulate(g_in, t, root)
+        qa, va_cols, sa, later_in = _accumulate(g_in, t, root, m)
     # want: what the reducer gives per key
     if len(qa):
         first = np.concatenate(([True], qa[1:] != qa[:-1]))
@@ -325,18 +360,22 @@ def reduce_columns(op, batch, t: tuple, due):
     # have: the output accumulated at t
     later_out = None
     if g_out is not None:
-        hq, hv, hs, later_out = _accumulate(g_out, t, root)
+        hq, hv, hs, later_out = _accumulate(g_out, t, root, m)
         if len(hv) != len(wv) or not sums_fit(hs, len(hs) + 1):
             return None
-        cols, sums = consolidate_columns(
-            (np.concatenate((wq, hq)),) + tuple(np.concatenate((a, b)) for a, b in zip(wv, hv)),
-            np.concatenate((wd, -hs)), len(wq) + len(hq))
-        eq, ev, ed = cols[0], cols[1:], sums
+        if wv:
+            cols, sums = consolidate_columns(
+                (np.concatenate((wq, hq)),) + tuple(np.concatenate((a, b)) for a, b in zip(wv, hv)),
+                np.concatenate((wd, -hs)), len(wq) + len(hq))
+            eq, ev, ed = cols[0], cols[1:], sums
+        else:
+            eq, ed = sum_per_query(np.concatenate((wq, hq)), np.concatenate((wd, -hs)), m)
+            ev = ()
     else:
         eq, ev, ed = wq, wv, wd
     # interesting times: join(s, t) for every history time s not <= t
     if not root:
-        _schedule_later(op, K, t, ((g_in, later_in), (g_out, later_out)))
+        _schedule_later(op, K, t, ((g_in, later_in), (g_out, later_out)), m)
         times = op.incomparable(t) if op.scheduled else None
         if times:
             op.join_scheduled(set(key_tuples(K, m)) if K else {()}, t, times)

@@ -553,9 +553,12 @@ class ReduceOp(Operator):
     def _schedule(self, key, s: tuple) -> None:
         self._due(s).add(key)
 
-    def schedule_columns(self, cols: tuple, n: int, s: tuple) -> None:
-        """:meth:`_schedule` for ``n`` keys given as int64 key columns."""
-        self._due(s).add_columns(cols, n)
+    def schedule_chunks(self, chunks: list) -> None:
+        """:meth:`_schedule` for keys given as int64 key columns: ``chunks``
+        are (time, key columns, n)."""
+        due = self._due
+        for s, cols, n in chunks:
+            due(s).add_columns(cols, n)
 
     def incomparable(self, t: tuple) -> list:
         """The scheduled times neither <= nor >= ``t`` (another epoch's
