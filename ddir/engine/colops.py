@@ -57,7 +57,7 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
     :class:`Fallback` where a product could leave i64 (the row path reports
     it) or the projection overflows."""
     dmax = max_abs(delta.d)
-    if any(dmax * max_abs(r.d) > INT_MAX for r in runs):
+    if any(dmax * r.max_abs() > INT_MAX for r in runs):
         raise Fallback()
     m = delta.n
     root = len(t) == 1

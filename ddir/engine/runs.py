@@ -29,7 +29,8 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 
 from .batch import Cols
-from .columns import I64, consolidate_columns, pack, pack_spec, positions, sums_fit, unpack
+from .columns import (I64, consolidate_columns, max_abs, pack, pack_spec, positions, sums_fit,
+                      unpack)
 from .time import advance
 
 
@@ -40,7 +41,7 @@ RANGES_BY_INDEX = 64
 
 class Run:
     __slots__ = ("pk", "spec", "ka", "vals", "d", "times", "tid", "n", "first_epoch",
-                 "_views", "_index", "_offsets", "_time_array")
+                 "_views", "_index", "_offsets", "_time_array", "_max_abs")
 
     def __init__(self, pk, spec, ka: int, vals: tuple, d, times: tuple, tid):
         self.pk = pk
@@ -56,6 +57,7 @@ class Run:
         self._index = None
         self._offsets = None  # the index's offsets as an array, when one per key value
         self._time_array = None
+        self._max_abs = None
 
     def relabel(self, times: tuple) -> None:
         """New times for the run's time table, one for one (compaction
@@ -63,6 +65,14 @@ class Run:
         self.times = times
         self.first_epoch = min(s[0] for s in times) if times else 0
         self._time_array = None
+
+    def max_abs(self) -> int:
+        """The largest absolute diff (kept: a join checks it against every
+        new batch, and a loaded run has 200k diffs)."""
+        m = self._max_abs
+        if m is None:
+            m = self._max_abs = max_abs(self.d)
+        return m
 
     def time_array(self):
         """The time table as an int64 array, one row per time (built on first
