@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .batch import Cols
-from .columns import (I64, Fallback, consolidate_columns, key_tuples, max_abs, positions,
-                      sums_fit)
+from .columns import (I64, Fallback, consolidate_columns, float_sums_exact, key_tuples, max_abs,
+                      positions, run_starts, sums_fit)
 from ..values import INT_MAX
 
 
@@ -89,8 +89,7 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
                     continue
                 order = order[skipped:]
                 di, ri = di[order], ri[order]
-                bounds = [b - skipped for b in bounds[1:]]
-                bounds.insert(0, 0)
+                bounds = [b - skipped for b in bounds]  # bounds[0] becomes 0
             else:
                 bounds = None
         d = delta.d[di] * run.d[ri]
@@ -220,7 +219,7 @@ def sum_per_query(qi, d, m: int):
     where the general consolidation packs and sorts. The caller has checked
     :func:`sums_fit`; sums too large for float64 take the general way."""
     n = len(d)
-    if n and max_abs(d) * n < (1 << 53) and m <= 4 * n + 4096:
+    if n and float_sums_exact(d, n) and m <= 4 * n + 4096:
         sums = np.bincount(qi, weights=d, minlength=m)
         q = positions(sums)
         return q, sums[q].astype(I64)
@@ -259,7 +258,7 @@ def _schedule_later(op, K: tuple, t: tuple, parts, m: int) -> None:
         pair = positions(np.bincount(pair, minlength=size))
     else:
         pair.sort()
-        pair = pair[positions(np.concatenate(([True], pair[1:] != pair[:-1])))]
+        pair = pair[run_starts(pair)]
     uj, uq = np.divmod(pair, m)
     bounds = positions(uj[1:] != uj[:-1]) + 1
     starts = [0] + bounds.tolist()
@@ -309,7 +308,7 @@ def reduce_keys(batch, due, ka: int):
     if ka == 1:  # one field: sort, drop repeats
         k = cols[0]
         k.sort()
-        return (k[positions(np.concatenate(([True], k[1:] != k[:-1])))],)
+        return (k[run_starts(k)],)
     cols, _ = consolidate_columns(cols, np.ones(len(cols[0]), dtype=I64), len(cols[0]))
     return cols
 
@@ -343,8 +342,7 @@ def reduce_columns(op, batch, t: tuple, due):
         qa, va_cols, sa, later_in = _accumulate(g_in, t, root, m)
     # want: what the reducer gives per key
     if len(qa):
-        first = np.concatenate(([True], qa[1:] != qa[:-1]))
-        starts = positions(first)
+        starts = run_starts(qa)
     else:
         starts = np.zeros(0, dtype=I64)
     if reducer == "distinct":

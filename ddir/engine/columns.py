@@ -41,6 +41,18 @@ def positions(mask):
     return mask.nonzero()[0]
 
 
+def run_starts(a):
+    """The positions where each run of equal values of a sorted, non-empty
+    1-d array starts (the first is 0)."""
+    return positions(np.concatenate(([True], a[1:] != a[:-1])))
+
+
+def float_sums_exact(d, n: int) -> bool:
+    """Whether sums of up to ``n`` of the diffs ``d`` are exact in float64
+    (what ``np.bincount`` with weights adds in)."""
+    return max_abs(d) * n < (1 << 53)
+
+
 @contextmanager
 def no_gc():
     """Build many tuples without the cyclic GC rescanning the heap after
@@ -265,7 +277,7 @@ def consolidate_columns(cols: tuple, d, n: int):
         size = 1 << bits
         if size <= 4 * n + 4096:
             # dense: one counting pass, the result comes out sorted
-            if max_abs(d) * n < (1 << 53):  # float64 sums are exact
+            if float_sums_exact(d, n):
                 sums = np.bincount(pk, weights=d, minlength=size)
                 nz = positions(sums)
                 return unpack(nz, spec), sums[nz].astype(I64)
@@ -273,11 +285,11 @@ def consolidate_columns(cols: tuple, d, n: int):
             # every diff +1 (a load without a diff column): sorting the
             # values is ~40% cheaper than argsort and gathering; sums are counts
             spk = np.sort(pk)
-            starts = positions(np.concatenate(([True], spk[1:] != spk[:-1])))
+            starts = run_starts(spk)
             return unpack(spk[starts], spec), np.diff(np.append(starts, n)).astype(I64)
         order = pk.argsort(kind="stable")
         spk = pk[order]
-        starts = positions(np.concatenate(([True], spk[1:] != spk[:-1])))
+        starts = run_starts(spk)
         sums = np.add.reduceat(d[order], starts)
         keep = positions(sums)
         return unpack(spk[starts[keep]], spec), sums[keep]

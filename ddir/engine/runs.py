@@ -29,8 +29,8 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 
 from .batch import Cols
-from .columns import (I64, consolidate_columns, max_abs, pack, pack_spec, positions, sums_fit,
-                      unpack)
+from .columns import (I64, consolidate_columns, max_abs, pack, pack_spec, positions, run_starts,
+                      sums_fit, unpack)
 from .time import advance
 
 
@@ -351,8 +351,9 @@ def merge(parts: list, epoch: int | None) -> Run | None:
     val columns, diffs, times, tid)`` of one arity), times advanced to
     ``epoch`` (None: as they are), updates at the same key, val and time
     summed (unless a sum could leave i64: then they stay apart, which
-    changes no accumulation). None if the keys cannot be packed; a run of
-    no updates if they all cancel."""
+    changes no accumulation; runs whose times are all different need no
+    sum and are only sorted together by key). None if the keys cannot be
+    packed; a run of no updates if they all cancel."""
     keys, vals, ds, tids, table, index = [], [], [], [], [], {}
     runs = all(type(p) is Run for p in parts)
     for p in parts:
@@ -393,14 +394,13 @@ def merge(parts: list, epoch: int | None) -> Run | None:
     d = cat(ds)
     tid = cat(tids)
     many = len(table) > 1
-    if runs and len(table) == sum(len(p.times) for p in parts):
-        # No time of one run is a time of another: no two updates of
-        # different runs can be summed, and each run is already summed, so
-        # the merge only interleaves them by key (a tick's runs hold its own
-        # iterations' times; a merge with a sum is the exception: compaction
-        # folding epochs, or a settle after it).
-        return _interleave(kcols, vcols, d, tid if many else None, tuple(table))
-    if sums_fit(d):
+    # No time of one run a time of another: no two updates of different runs
+    # can be summed, and each run is already summed, so the merge only
+    # interleaves them by key (a tick's runs hold its own iterations' times;
+    # a merge with a sum is the exception: compaction folding epochs, or a
+    # settle after it).
+    disjoint = runs and len(table) == sum(len(p.times) for p in parts)
+    if not disjoint and sums_fit(d):
         cols, d = consolidate_columns(kcols + vcols + ((tid,) if many else ()), d, len(d))
         kcols, vcols = cols[:ka], cols[ka:ka + va]
         tid = cols[ka + va] if many else None
@@ -440,30 +440,6 @@ def merge(parts: list, epoch: int | None) -> Run | None:
     return Run(pk, spec, ka, vcols, d, tuple(table), tid)
 
 
-def _interleave(kcols: tuple, vcols: tuple, d, tid, table: tuple) -> Run | None:
-    """A run of the updates of several runs, concatenated: sorted by key
-    only (a stable sort of runs each sorted by key), nothing summed."""
-    ka = len(kcols)
-    if ka <= 1:
-        spec = None
-        pk = kcols[0] if ka else np.zeros(len(d), dtype=I64)
-    else:
-        packed = pack_spec(kcols)
-        if packed is None:
-            return None
-        spec = packed[0]
-        pk = pack(kcols, spec)
-    if ka:
-        order = pk.argsort(kind="stable")
-        pk = pk[order]
-        vcols = tuple(v[order] for v in vcols)
-        d = d[order]
-        tid = None if tid is None else tid[order]
-    if tid is not None:
-        tid = tid.astype(_tid_dtype(len(table)))
-    return Run(pk, spec, ka, vcols, d, table, tid)
-
-
 # ------------------------------------------------------------ whole-trace readers
 
 def distinct_keys(runs: list) -> list:
@@ -473,8 +449,7 @@ def distinct_keys(runs: list) -> list:
     for r in runs:
         if not r.n:
             continue
-        first = np.concatenate(([True], r.pk[1:] != r.pk[:-1]))
-        uniq = r.pk[first]
+        uniq = r.pk[run_starts(r.pk)]
         cols = (uniq,) if r.spec is None and r.ka == 1 else \
             () if r.ka == 0 else unpack(uniq, r.spec)
         out.extend(key_tuples(cols, len(uniq)))
