@@ -17,6 +17,29 @@ class UsageError(Exception):
 
 WORKERS = {"-w": ("workers", 1, 64), "--workers": ("workers", 1, 64)}
 MAX_ROUNDS = {"--max-rounds": ("max_rounds", 1, 10 ** 9)}
+MAX_MEMORY = {"--max-memory": ("max_memory", "a size in bytes (e.g. 512M, 4G)")}
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(option: str, text: str) -> int:
+    """``4G``, ``512M``, ``65536``, ``1.5G`` (binary units; a trailing ``B``
+    or ``iB`` is allowed) -> bytes, at least 1 MiB."""
+    t = text.strip().upper()
+    for tail in ("IB", "B"):
+        if t.endswith(tail) and t[:-len(tail)][-1:] in _UNITS and t[:-len(tail)][-1:] != "":
+            t = t[:-len(tail)]
+            break
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] != "" else ""
+    digits = t[:-1] if unit else t
+    try:
+        n = int(float(digits) * _UNITS[unit])
+    except ValueError:
+        n = -1
+    if not digits or n < (1 << 20):
+        raise UsageError(f"{option} needs a size of at least 1M (bytes, or with K, M, G, T), "
+                         f"got `{text}`")
+    return n
 
 
 def parse(argv: list, defaults: dict, numbers: dict | None = None, texts: dict | None = None,

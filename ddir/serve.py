@@ -91,6 +91,9 @@ SUBSCRIBER_QUEUE = 10_000    # records queued per subscription
 SUBSCRIBER_BYTES = 64 << 20  # ... and bytes: 10,000 records of 1 MB each are not "bounded"
 PING_INTERVAL = 20.0         # websockets keepalive pings (no pong timeout: see listen())
 TCP_KEEPALIVE = (60, 10, 6)  # idle s, interval s, probes: a vanished host is found in ~2 min
+MAX_CONNECTIONS = 256        # open connections (SPEC E3); past it a handshake gets HTTP 503
+MAX_SUBSCRIPTIONS = 64       # subscriptions per connection (SPEC E3: well under 1,000)
+IDLE_TIMEOUT = 300           # s: a connection with no request, subscription or reply in flight
 
 
 # ============================================================ arguments
@@ -100,14 +103,32 @@ def parse_args(argv: list) -> dict:
     opts, scripts = options.parse(
         argv, {"host": "127.0.0.1", "port": DEFAULT_PORT, "workers": None, "token_file": None,
                "max_rounds": None, "json": False, "subscriber_queue": SUBSCRIBER_QUEUE,
-               "mpi": False, "functions": None},
+               "mpi": False, "functions": None, "no_token": False, "allow_origin": None,
+               "certfile": None, "keyfile": None, "cursor_secret_file": None,
+               "data_dir": None, "max_memory": None, "max_connections": MAX_CONNECTIONS,
+               "max_subscriptions": MAX_SUBSCRIPTIONS, "idle_timeout": IDLE_TIMEOUT},
         numbers={**options.WORKERS, **options.MAX_ROUNDS, "--port": ("port", 0, 65535),
-                 "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9)},
+                 "--subscriber-queue": ("subscriber_queue", 1, 10 ** 9),
+                 "--max-connections": ("max_connections", 1, 100_000),
+                 "--max-subscriptions": ("max_subscriptions", 1, 100_000),
+                 "--idle-timeout": ("idle_timeout", 1, 86_400)},
         texts={"--host": ("host", "a host name or address"),
                "--token-file": ("token_file", "a file"),
-               "--functions": ("functions", "a module name or a .py file")},
-        flags={"--json": "json", "--mpi": "mpi"})
+               "--functions": ("functions", "a module name or a .py file"),
+               "--allow-origin": ("allow_origin", "origins (scheme://host[:port], comma-separated)"),
+               "--certfile": ("certfile", "a PEM certificate file"),
+               "--keyfile": ("keyfile", "a PEM private key file"),
+               "--cursor-secret-file": ("cursor_secret_file", "a file"),
+               "--data-dir": ("data_dir", "a directory"),
+               **options.MAX_MEMORY},
+        flags={"--json": "json", "--mpi": "mpi", "--no-token": "no_token"})
     opts["scripts"] = scripts
+    if opts["max_memory"] is not None:
+        opts["max_memory"] = options.size("--max-memory", opts["max_memory"])
+    if opts["no_token"] and opts["token_file"]:
+        raise UsageError("--no-token and --token-file exclude each other")
+    if (opts["certfile"] is None) != (opts["keyfile"] is None):
+        raise UsageError("--certfile and --keyfile go together (wss:// needs both)")
     return options.mpi_or_workers(opts)
 
 
