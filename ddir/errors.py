@@ -17,6 +17,8 @@ kind, so a Python caller can catch what it expects::
     |   +-- UpdateRefused    feed/load: time in the past, diff=0, a failed or generated program
     |   +-- InstallFailed    install: the catch-up hit the iteration bound
     |   +-- CursorError      peek cursor=: a forged, expired or dropped cursor
+    |   +-- AccessRefused    serve: a network client named a path outside the data
+    |                        directory, or a Python module (SPEC E2)
     +-- DataFileError        load / save: a missing, unreadable or malformed file, a bad column
     +-- ServerStopped        a worker died or the server was closed: nothing more can run
 """
@@ -76,6 +78,13 @@ class InstallFailed(ServerError):
 class CursorError(ServerError):
     """``peek cursor=``: a token this server did not issue, or one whose lease
     expired or whose trace was dropped."""
+
+
+class AccessRefused(ServerError):
+    """``ddir serve``: a path a network client named is not a file (or a
+    directory name) inside the server's data directory, or it named a Python
+    module the operator did not give (SPEC E2). The message never says
+    whether a file exists outside."""
 
 
 class DataFileError(DdirError):

@@ -40,6 +40,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import os
 import queue
 import signal
 import socket
@@ -55,6 +56,7 @@ from .errors import DdirError, InvalidProgram, ServerStopped
 from .lang.errors import ProgramError
 from .options import UsageError
 from .server import commands as C
+from .server.confine import DataDir
 from .server.functions import check_calls
 from .server.output import changes_at, render_json
 
@@ -316,9 +318,12 @@ class Hub:
 
     def __init__(self, client, loop, subscriber_queue: int = SUBSCRIBER_QUEUE,
                  hook: SubscriptionHook | None = None, subscriber_bytes: int = SUBSCRIBER_BYTES,
-                 local_output=None):
+                 local_output=None, paths=None):
         """``local_output(records)``: where the startup scripts' subscriptions
-        report (their session's output, the server's stdout)."""
+        report (their session's output, the server's stdout). ``paths``: what
+        a network client may touch (:class:`ddir.server.confine.DataDir`,
+        SPEC E2; default the current directory, no functions= module)."""
+        self.paths = paths if paths is not None else DataDir(os.getcwd())
         self.client = client
         self.loop = loop
         self.limit = subscriber_queue
@@ -462,12 +467,20 @@ class Hub:
         words = line.split()
         if source is not None or words[0] == "check":
             return self._with_source(conn, words, source), None, [], False
-        cmd = C.parse_command(line)
+        cmd = C.parse_command(line, paths=self.paths)  # SPEC E2: paths in the data directory
         if isinstance(cmd, C.Exit):
             return [], None, [], True
         if self.hook.handles(cmd):
             records, sub, ended = self.hook.run(self.client, conn, req_id, cmd)
             return records, sub, ended, False
+        if isinstance(cmd, (C.Install, C.Reinstall)) and cmd.program is not None:
+            try:  # a server file: an error located in it is given without its text
+                return self._own(self.client.execute(cmd, conn)), None, [], False
+            except DdirError as e:
+                hidden = self.paths.hide_program_error(str(e), cmd.program.file)
+                if hidden == str(e):
+                    raise
+                raise type(e)(hidden) from None
         return self._own(self.client.execute(cmd, conn)), None, [], False
 
     def _own(self, records: list) -> list:
@@ -484,7 +497,8 @@ class Hub:
     def _with_source(self, conn, words: list, source) -> list:
         """``install <name> <file>`` / ``check <file>`` with the program text
         sent along (the file name still picks the syntax and labels errors);
-        ``check <file>`` without it reads the server's file."""
+        ``check <file>`` without it reads the server's file (in the data
+        directory, its errors located but not quoted: SPEC E2)."""
         cmd = words[0]
         if cmd not in ("install", "check"):
             raise C.CommandError(f'"source" goes with `install` or `check`, not `{cmd}`')
@@ -495,13 +509,15 @@ class Hub:
             path = positional[0]
             try:
                 if source is None:
-                    program = C.load_program(path)
+                    program = C.load_program(path, paths=self.paths)
                 else:
                     program = C.program_from_source(source, path)
                 # what install would refuse: an @name this server was not given
                 check_calls(program, self.client.core.functions, path, source)
             except ProgramError as e:
-                raise InvalidProgram(str(e)) from None
+                message = str(e) if source is not None else self.paths.hide_program_error(
+                    str(e), path)
+                raise InvalidProgram(message) from None
             return [{"kind": "checked", "file": path}]
         C._arity(cmd, positional, 2, 2)
         name, path = positional
@@ -682,9 +698,10 @@ def _farewell(hub: "Hub", message: str) -> None:
     done.wait(2)
 
 
-async def _serve(client, opts: dict, token: str | None, local_output=None) -> int:
+async def _serve(client, opts: dict, token: str | None, local_output=None,
+                 paths: DataDir | None = None) -> int:
     loop = asyncio.get_running_loop()
-    hub = Hub(client, loop, opts["subscriber_queue"], local_output=local_output)
+    hub = Hub(client, loop, opts["subscriber_queue"], local_output=local_output, paths=paths)
     LAST_WORDS.append(lambda message: _farewell(hub, message))
     try:
         server = await listen(hub, opts["host"], opts["port"], token)
@@ -699,6 +716,8 @@ async def _serve(client, opts: dict, token: str | None, local_output=None) -> in
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"ddir: serving on ws://{shown}:{port}", file=sys.stderr, flush=True)
+    if paths is not None:  # SPEC E2: where network clients' load/save/... paths must lie
+        print(f"ddir: data directory {paths.real}", file=sys.stderr, flush=True)
     await hub.stopped.wait()
     server.close()
     try:
@@ -748,6 +767,10 @@ def _main(opts: dict, ranks) -> int:
         if token is None and not is_loopback(opts["host"]):
             raise UsageError(f"--host {opts['host']} is not a loopback address: serving it needs "
                              "--token-file (anyone who reaches the port could run commands)")
+        data_dir = opts["data_dir"] or os.getcwd()  # SPEC E2: default, where serve started
+        if not os.path.isdir(data_dir):
+            raise UsageError(f'--data-dir "{data_dir}": not a directory')
+        paths = DataDir(data_dir, opts["functions"])
     except UsageError as e:
         _usage_error(e)
         return 2
@@ -779,7 +802,7 @@ def _main(opts: dict, ranks) -> int:
             def local_output(records):  # the startup scripts' subscriptions
                 session.emit(records)
                 sys.stdout.flush()
-            return asyncio.run(_serve(client, opts, token, local_output))
+            return asyncio.run(_serve(client, opts, token, local_output, paths))
         except KeyboardInterrupt:
             return 130
     except ServerStopped:

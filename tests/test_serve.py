@@ -172,7 +172,7 @@ def test_malformed_frames_keep_the_connection(served):
 
 
 def test_remote_install_with_source(served, tmp_path):
-    s = served()
+    s = served("--data-dir", str(tmp_path))  # a network client's checkpoint lies in it (SPEC E2)
     with s.client() as ws:
         # the name does not exist on the server: the text is what counts
         assert ask(ws, 1, "install a nowhere/app.ddir",

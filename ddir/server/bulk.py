@@ -48,7 +48,9 @@ def file_format(path: str, verb: str) -> str:
 # ============================================================ reading
 
 
-def read_table(path: str, shown: str) -> pa.Table:
+def read_table(path: str, shown: str, quote: bool = True) -> pa.Table:
+    """``quote``: False for a network client's load (SPEC E2): a reader's
+    message may quote the file, so it is left out."""
     fmt = file_format(shown, "load")
     if not os.path.isfile(path):
         reason = "is a directory" if os.path.isdir(path) else "no such file"
@@ -63,7 +65,8 @@ def read_table(path: str, shown: str) -> pa.Table:
         import pyarrow.csv as csv
         return csv.read_csv(path)
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataFileError(f'load "{shown}": cannot read it as {fmt}: {_first_line(e)}') from None
+        detail = f": {_first_line(e)}" if quote else ""
+        raise DataFileError(f'load "{shown}": cannot read it as {fmt}{detail}') from None
 
 
 def _first_line(e: Exception) -> str:
@@ -72,8 +75,12 @@ def _first_line(e: Exception) -> str:
 
 
 class _Bad(Exception):
-    def __init__(self, row: int, problem: str):
+    """A bad cell: its row, the problem, and the problem without the cell's
+    text (``hidden``, for a network client, SPEC E2; None: it has none)."""
+
+    def __init__(self, row: int, problem: str, hidden: str | None = None):
         self.row, self.problem = row, problem
+        self.hidden = problem if hidden is None else hidden
 
 
 def _is_int_type(t) -> bool:
@@ -95,7 +102,8 @@ def _int_column(col: pa.Array) -> np.ndarray:
         over = pc.greater(col, pa.scalar(INT_MAX, pa.uint64()))
         if pc.any(over).as_py():
             i = _first(over)
-            raise _Bad(i, f"{col[i].as_py()} does not fit in a signed 64-bit integer")
+            raise _Bad(i, f"{col[i].as_py()} does not fit in a signed 64-bit integer",
+                       "an Int that does not fit in a signed 64-bit integer")
     return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
@@ -128,7 +136,7 @@ def _str_column(col: pa.Array) -> list:
     if bad:
         rows = np.nonzero(np.isin(indices, np.fromiter(bad, dtype=indices.dtype)))[0]
         row = int(rows[0])
-        raise _Bad(row, bad[int(indices[row])])
+        raise _Bad(row, bad[int(indices[row])], "a cell that is not a value")
     values = np.empty(len(parsed), dtype=object)
     values[:] = parsed
     return values[indices].tolist()
@@ -140,7 +148,7 @@ def _problem_of_type(col: pa.Array, name: str) -> _Bad:
         return _Bad(0, "a null, not a value")
     i = _first(pc.is_valid(col)) if len(col) else 0
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return _Bad(i, f"{col[i].as_py()} is a float ({t}), not an Int")
+        return _Bad(i, f"{col[i].as_py()} is a float ({t}), not an Int", f"a float ({t}), not an Int")
     return _Bad(i, f"a {t} column; only integer and string columns can be loaded")
 
 
@@ -157,27 +165,41 @@ def _csv_number_problem(path: str, name: str, fallback: _Bad) -> _Bad:
         if cell is None:
             return _Bad(i, "a null, not an Int")
         if not _INT_TEXT.fullmatch(cell.strip()):
-            return _Bad(i, f"{cell.strip()} is a float, not an Int")
+            return _Bad(i, f"{cell.strip()} is a float, not an Int", "a float, not an Int")
         if not INT_MIN <= int(cell) <= INT_MAX:
-            return _Bad(i, f"{cell.strip()} does not fit in a signed 64-bit integer")
+            return _Bad(i, f"{cell.strip()} does not fit in a signed 64-bit integer",
+                        "an Int that does not fit in a signed 64-bit integer")
     return fallback
 
 
-def table_to_batch(table: pa.Table, shown: str, path: str, key=None, val=None, diff=None):
+def table_to_batch(table: pa.Table, shown: str, path: str, key=None, val=None, diff=None,
+                   quote: bool = True):
     """Validate and convert a whole table: an :class:`IntColumns` or a list of
     rows. One :class:`DataFileError` for the first problem; nothing else
-    happens (the caller stages only what this returns)."""
+    happens (the caller stages only what this returns). ``quote``: False
+    for a network client (SPEC E2): messages name columns it did not name by
+    position (a CSV header is the file's text) and never quote a cell."""
     names = table.column_names
+    named = set(key or ()) | set(val or ()) | ({diff} if diff is not None else set())
+
+    def label(name):
+        return f'column "{name}"' if quote or name in named else f"column {names.index(name) + 1}"
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
-        raise DataFileError(f'load "{shown}": column "{twice[0]}" appears more than once; '
-                            "give every column its own name")
+        if quote:
+            raise DataFileError(f'load "{shown}": column "{twice[0]}" appears more than once; '
+                                "give every column its own name")
+        first = min(i for i, c in enumerate(names) if c in twice)
+        second = names.index(names[first], first + 1)
+        raise DataFileError(f'load "{shown}": columns {first + 1} and {second + 1} have the '
+                            "same name; give every column its own name")
 
     def check(cols, what):
         for c in cols:
             if c not in names:
-                raise DataFileError(f'load "{shown}": {what} names no column "{c}" '
-                                    f"(columns: {', '.join(names) or 'none'})")
+                known = (f"columns: {', '.join(names) or 'none'}" if quote
+                         else f"the file has {len(names)} columns")
+                raise DataFileError(f'load "{shown}": {what} names no column "{c}" ({known})')
     if diff is not None:
         check([diff], "diff=")
     if val is not None:
@@ -212,18 +234,18 @@ def table_to_batch(table: pa.Table, shown: str, path: str, key=None, val=None, d
                         bad = _csv_number_problem(path, name, bad)
                     raise bad
             except _Bad as bad:
-                raise DataFileError(f'load "{shown}": column "{name}", row {bad.row + 1}: '
-                                    f"{bad.problem}") from None
+                raise DataFileError(f'load "{shown}": {label(name)}, row {bad.row + 1}: '
+                                    f"{bad.problem if quote else bad.hidden}") from None
         return columns[name]
 
     diffs = None
     if diff is not None:
         kind, d = column(diff)
         if kind != "int":
-            raise DataFileError(f'load "{shown}": diff column "{diff}" must hold integers')
+            raise DataFileError(f'load "{shown}": diff {label(diff)} must hold integers')
         zero = np.nonzero(d == 0)[0]
         if len(zero):
-            raise DataFileError(f'load "{shown}": column "{diff}", row {int(zero[0]) + 1}: '
+            raise DataFileError(f'load "{shown}": {label(diff)}, row {int(zero[0]) + 1}: '
                                 "diff 0 changes nothing")
         diffs = d
     key_cols = [column(c) for c in key]
@@ -298,17 +320,24 @@ def _int_table(keys, vals, diffs) -> pa.Table:
     return pa.table({name: pa.array(col, type=pa.int64()) for name, col in data.items()})
 
 
-def write_table(table: pa.Table, path: str) -> None:
+def write_table(table: pa.Table, path: str, shown: str | None = None) -> None:
     """Write ``table`` to ``path`` in the format its extension names,
-    atomically: into a temporary sibling file, then renamed into place."""
-    fmt = file_format(path, "save")
+    atomically and durably: into a temporary sibling file (created 0600),
+    given the mode of the file it replaces (never wider; a new file gets
+    ``0o666 & ~umask``, the umask read without changing it), fsynced,
+    renamed into place, and the directory fsynced. ``shown``: the path as
+    the client wrote it, for messages (default ``path``)."""
+    from .confine import adopt_owner, file_mode, fsync_dir, fsync_file
+    shown = path if shown is None else shown
+    fmt = file_format(shown, "save")
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     except OSError as e:
-        raise DataFileError(f'save "{path}": cannot write there: {e.strerror or e}') from None
+        raise DataFileError(f'save "{shown}": cannot write there: {e.strerror or e}') from None
     os.close(fd)
+    replacing = path if os.path.exists(path) else None
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -319,24 +348,20 @@ def write_table(table: pa.Table, path: str) -> None:
         else:
             import pyarrow.csv as csv
             csv.write_csv(table, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, adopt_owner(tmp, replacing, file_mode(replacing)))
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(directory)
     except (pa.ArrowException, OSError) as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
-        raise DataFileError(f'save "{path}": cannot write it: {reason}') from None
+        raise DataFileError(f'save "{shown}": cannot write it: {reason}') from None
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -45,9 +45,12 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 
 from . import commands as C
+from .confine import process_umask
 from .generated import parse_recipe
 from .journal import rows_of
 from ..errors import CheckpointError, CommandError, DdirError, ServerStopped
@@ -207,28 +210,76 @@ def _program_record(core, entry, i: int, tmp: str) -> tuple:
     return record, rows, future
 
 
-def write_checkpoint(core, path: str) -> dict:
-    """Write ``core`` (a registry Server) to directory ``path``; the
-    ``checkpoint`` record."""
-    target = os.path.abspath(path)
+_DATA_FILE = re.compile(r"p[0-9]+_(?:input|export)[0-9]+\.arrow")
+
+
+def _checkpoint_files_only(directory: str) -> bool:
+    """``directory`` holds nothing but regular files with the names a
+    checkpoint writes (``manifest.json``, ``p<i>_input<n>.arrow``,
+    ``p<i>_export<j>.arrow``): no other file, no subdirectory, no link."""
+    try:
+        if os.path.islink(directory) or not os.path.isdir(directory):
+            return False
+        for name in os.listdir(directory):
+            if name != MANIFEST and not _DATA_FILE.fullmatch(name):
+                return False
+            if not stat.S_ISREG(os.lstat(os.path.join(directory, name)).st_mode):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def is_checkpoint(directory: str) -> bool:
+    """A directory ``checkpoint`` may replace (SPEC E2): empty, or a ddir
+    checkpoint: its ``manifest.json`` says so (``"format":
+    "ddir-checkpoint"``) and it holds only the files a checkpoint writes.
+    Anything else (a web app's ``public/`` with a ``manifest.json`` of its
+    own) is never deleted."""
+    if not _checkpoint_files_only(directory):
+        return False
+    if not os.listdir(directory):
+        return True
+    try:
+        with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def write_checkpoint(core, path: str, resolved: str | None = None) -> dict:
+    """Write ``core`` (a registry Server) to directory ``path`` (``resolved``:
+    where, when a network client named it, SPEC E2; symlinks are followed,
+    so the directory a link names is the one replaced); the ``checkpoint``
+    record. An existing directory is replaced only when it is a checkpoint
+    (:func:`is_checkpoint`); the sibling ``.<name>.tmp`` / ``.<name>.old``
+    a checkpoint uses are removed only when they hold a checkpoint's files
+    alone; the new directory keeps the mode of the one it replaces."""
+    target = os.path.realpath(resolved or path)
     parent, base = os.path.split(target)
-    if not base:
+    if not base or not os.path.basename(os.path.abspath(path)):
         raise CommandError(f'checkpoint "{path}": needs a directory name')
     if not os.path.isdir(parent):
         raise CommandError(f'checkpoint "{path}": no such directory "{parent}"')
     if os.path.exists(target) and not os.path.isdir(target):
         raise CommandError(f'checkpoint "{path}": exists and is not a directory')
-    if os.path.isdir(target) and os.listdir(target) and not os.path.exists(
-            os.path.join(target, MANIFEST)):
-        raise CommandError(f'checkpoint "{path}": is a directory that holds no checkpoint '
-                           "(refusing to replace it)")
+    refused = f'checkpoint "{path}": is a directory that holds no checkpoint (refusing to replace it)'
+    if os.path.isdir(target) and not is_checkpoint(target):
+        raise CommandError(refused)
     tmp = os.path.join(parent, f".{base}.tmp")
     old = os.path.join(parent, f".{base}.old")
-    if not os.path.exists(target) and os.path.isdir(old):  # an interrupted swap: put it back
-        os.rename(old, target)
+    for sibling in (tmp, old):
+        if os.path.lexists(sibling) and not _checkpoint_files_only(sibling):
+            raise CommandError(f'checkpoint "{path}": "{os.path.basename(sibling)}" beside it '
+                               "is not a checkpoint's (refusing to remove it)")
+    if not os.path.exists(target) and os.path.isdir(old) and is_checkpoint(old):
+        os.rename(old, target)  # an interrupted swap: put it back
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.mkdir(tmp)
+    try:  # its mode is set once it is written: never wider than the one it replaces
+        mode = (os.stat(target).st_mode & 0o777 if os.path.isdir(target)
+                else 0o777 & ~process_umask())
+        os.mkdir(tmp, 0o700)
     except OSError as e:
         raise CommandError(f'checkpoint "{path}": cannot write beside it: {e.strerror}') from None
     try:
@@ -247,9 +298,12 @@ def write_checkpoint(core, path: str) -> dict:
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         _fsync_dir(tmp)
         _point("manifest")
         if os.path.exists(target):
+            if not is_checkpoint(target):  # changed while this one was written
+                raise CommandError(refused)
             if _exchange(tmp, target):
                 _fsync_dir(parent)
                 _point("swap")
@@ -264,6 +318,9 @@ def write_checkpoint(core, path: str) -> dict:
         else:
             os.rename(tmp, target)
             _fsync_dir(parent)
+    except CommandError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CommandError(f'checkpoint "{path}": {e.strerror or e}') from None

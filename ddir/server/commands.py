@@ -64,12 +64,14 @@ class Load:
     val: Optional[tuple]  # column names, None: unit
     diff: Optional[str]   # a column name, None: +1 each
     time: Optional[int]
+    confined: bool = False  # named by a network client: errors do not quote the file (SPEC E2)
 
 
 @dataclass(frozen=True)
 class Save:
     trace: str
-    path: str
+    path: str                       # as written (messages, the record)
+    resolved: Optional[str] = None  # where to write it (a network client's, SPEC E2)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class Tick:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    path: str
+    path: str                       # as written (messages, the record)
+    resolved: Optional[str] = None  # where to write it (a network client's, SPEC E2)
 
 
 @dataclass(frozen=True)
@@ -220,17 +223,33 @@ def resolve_path(path: str, script_dir: str | None) -> str:
     return candidate if os.path.exists(candidate) else path
 
 
-def load_program(path: str, script_dir: str | None = None):
+def load_program(path: str, script_dir: str | None = None, paths=None):
     """Parse, lower and validate a program file (``CommandError`` /
     ``ProgramError`` on failure)."""
-    resolved = resolve_path(path, script_dir)
+    return program_file(path, script_dir, paths)[0]
+
+
+def program_file(path: str, script_dir: str | None = None, paths=None) -> tuple:
+    """(program, its text) of a program file, read once. ``paths``: a
+    network client's :class:`ddir.server.confine.DataDir` (SPEC E2): the file
+    must be inside the data directory, and an error in it is given by its
+    location only (``InvalidProgram``), never quoting the file."""
+    head = f'cannot read program file "{path}"'
+    resolved = resolve_path(path, script_dir) if paths is None else paths.read(path, head)
     try:
         with open(resolved, encoding="utf-8") as f:
             source = f.read()
     except (OSError, UnicodeDecodeError) as e:
+        if paths is not None:  # a decoding error quotes bytes of the file
+            raise InvalidProgram(f"{head}: not UTF-8 text") from None
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise InvalidProgram(f'cannot read program file "{path}": {reason}') from None
-    return program_from_source(source, path)
+        raise InvalidProgram(f"{head}: {reason}") from None
+    if paths is None:
+        return program_from_source(source, path), source
+    try:
+        return program_from_source(source, path), source
+    except ProgramError as e:
+        raise InvalidProgram(paths.hide_program_error(str(e), path)) from None
 
 
 def read_source(path: str):
@@ -286,8 +305,13 @@ def pages_at_prompt(cmd) -> bool:
     return isinstance(cmd, Peek) and cmd.limit is None and cmd.cursor is None
 
 
-def parse_command(line: str, script_dir: str | None = None):
-    """One command line -> a command (``None`` for blank/comment lines)."""
+def parse_command(line: str, script_dir: str | None = None, paths=None):
+    """One command line -> a command (``None`` for blank/comment lines).
+
+    ``paths``: None for local use (scripts, the prompt, the API: paths are
+    the user's, SPEC E2); for a network client of ``serve`` its
+    :class:`ddir.server.confine.DataDir`, which resolves every path the line
+    names, before any file is opened, or raises ``AccessRefused``."""
     if any(c in line.strip() for c in "\n\r\v\f"):  # (a CRLF script's lines end in \r: fine)
         raise CommandError("one command line at a time (this one has a line break inside)")
     plain = plain_feed(line)
@@ -304,23 +328,25 @@ def parse_command(line: str, script_dir: str | None = None):
         _arity(cmd, positional, 2, 2)
         name, path = positional
         try:
-            program = load_program(path, script_dir)
+            program, source = program_file(path, script_dir, paths)
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
-        return Install(name, path, program, read_source(resolve_path(path, script_dir)))
+        return Install(name, path, program, source)
     if cmd == "reinstall":
         _arity(cmd, positional, 1, 2)
         module = options.get("functions")
         if module is not None and not module:
             raise CommandError("functions= needs a module name or a .py file")
+        if paths is not None:
+            module = paths.functions_module(module)
         if len(positional) == 1:
             return Reinstall(positional[0], None, functions=module)
         name, path = positional
         try:
-            program = load_program(path, script_dir)
+            program, source = program_file(path, script_dir, paths)
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
-        return Reinstall(name, path, program, read_source(resolve_path(path, script_dir)), module)
+        return Reinstall(name, path, program, source, module)
     if cmd == "feed":
         _arity(cmd, positional, 3, 3)
         prog, n, key = positional
@@ -334,15 +360,27 @@ def parse_command(line: str, script_dir: str | None = None):
         diff = options.get("diff")
         if diff is not None and not diff:
             raise CommandError("diff= needs a column name")
+        key = _columns(options["key"], "key=") if "key" in options else None
+        val = _columns(options["val"], "val=") if "val" in options else None
+        time = _int(options["time"], "time=", 0) if "time" in options else None
+        if paths is not None:
+            from .bulk import file_format  # the extension first, as locally
+            file_format(path, "load")
+            return Load(prog, _int(n, "the input number", 0), path,
+                        paths.read(path, f'load "{path}"'), key, val, diff, time, confined=True)
         return Load(prog, _int(n, "the input number", 0), path, resolve_path(path, script_dir),
-                    _columns(options["key"], "key=") if "key" in options else None,
-                    _columns(options["val"], "val=") if "val" in options else None, diff,
-                    _int(options["time"], "time=", 0) if "time" in options else None)
+                    key, val, diff, time)
     if cmd == "save":
         _arity(cmd, positional, 2, 2)
+        if paths is not None:
+            return Save(*positional, resolved=paths.write(positional[1],
+                                                          f'save "{positional[1]}"'))
         return Save(*positional)
     if cmd == "checkpoint":
         _arity(cmd, positional, 1, 1)
+        if paths is not None:
+            return Checkpoint(positional[0], paths.directory(positional[0],
+                                                             f'checkpoint "{positional[0]}"'))
         return Checkpoint(positional[0])
     if cmd == "peek" and "cursor" in options:
         if len(positional) > 2:

@@ -397,8 +397,10 @@ class Server:
         from . import bulk
         time = self.check_target(cmd.program, cmd.input, cmd.time)
         with self.progress(f"load {cmd.path}", None) as update:
-            table = bulk.read_table(cmd.resolved, cmd.path)
-            batch = bulk.table_to_batch(table, cmd.path, cmd.resolved, cmd.key, cmd.val, cmd.diff)
+            quote = not cmd.confined  # a network client's file: quote nothing (SPEC E2)
+            table = bulk.read_table(cmd.resolved, cmd.path, quote)
+            batch = bulk.table_to_batch(table, cmd.path, cmd.resolved, cmd.key, cmd.val, cmd.diff,
+                                        quote)
             del table
             count = len(batch) if isinstance(batch, list) else batch.count
             update(0, count)
@@ -412,7 +414,7 @@ class Server:
         bulk.file_format(cmd.path, "save")
         name, table, records = self.table(cmd.trace)
         with self.progress(f"save {cmd.path}", table.num_rows) as update:
-            bulk.write_table(table, cmd.path)
+            bulk.write_table(table, cmd.resolved or cmd.path, cmd.path)
             update(table.num_rows)
         return records + [{"kind": "saved", "trace": name, "file": cmd.path,
                            "rows": table.num_rows}]
@@ -744,7 +746,7 @@ class Server:
 
     def checkpoint(self, cmd: C.Checkpoint) -> list:
         from .checkpoint import write_checkpoint
-        return [write_checkpoint(self, cmd.path)]
+        return [write_checkpoint(self, cmd.path, cmd.resolved)]
 
     def list(self, cmd=None) -> list:
         traces = [{"name": t, "importers": len(self.importers(t))} for t in sorted(self.traces)]
