@@ -228,19 +228,24 @@ class Server:
     worker processes."""
 
     def __init__(self, workers: int = 1, *, max_rounds: int | None = None, on_death=None,
-                 functions=None, mpi=None):
+                 functions=None, mpi=None, max_memory: int | str | None = None):
         """``functions`` (SPEC C5): a module, a module name or a ``.py`` path
         whose public callables terms may call as ``@name(...)``; imported
         here, before the worker processes are forked, so each has them.
         ``mpi`` (SPEC C7): rank 0's :class:`ddir.server.mpi.Ranks` of an MPI
         job whose other ranks run ``Ranks.serve``; they are the workers
-        (``workers`` is then the job's size, and is ignored)."""
+        (``workers`` is then the job's size, and is ignored).
+        ``max_memory`` (SPEC E3, ``--max-memory``): bytes (or ``"512M"``)
+        the workers' memory may grow by, split between them; a tick that
+        would need more fails its program. Default: 80% of the machine's
+        memory (or of its cgroup's limit)."""
         if mpi is not None:
             workers = mpi.size
         elif type(workers) is not int or not 1 <= workers <= 64:
             raise E.CommandError(f"workers needs a number from 1 to 64, got {workers!r}")
         if max_rounds is not None and (type(max_rounds) is not int or max_rounds < 1):
             raise E.CommandError(f"max_rounds needs a positive number, got {max_rounds!r}")
+        budget = _budget(max_memory)
         table = None if functions is None else load_functions(functions)
         callables = table.table if table is not None else None
         if workers == 1:
@@ -250,17 +255,24 @@ class Server:
             cluster = MpiCluster(mpi, on_death=on_death, functions=callables)
         else:
             cluster = ProcessCluster(workers, on_death=on_death, functions=callables)
+        try:
+            if budget is not None:
+                total, label = budget
+                cluster.broadcast(("budget", total // workers, label))
+        except BaseException:
+            cluster.close()
+            raise
         self._init(_Core(max_rounds=max_rounds, cluster=cluster, functions=table), owns=True)
 
     @classmethod
     def restore(cls, path, workers: int = 1, *, max_rounds: int | None = None, on_death=None,
-                functions=None, mpi=None) -> "Server":
+                functions=None, mpi=None, max_memory: int | str | None = None) -> "Server":
         """A server started from the checkpoint directory ``path`` (SPEC C5),
         with any number of workers; ``max_rounds`` defaults to the
         checkpointed server's."""
         from .server.checkpoint import restore_into
         server = cls(workers, max_rounds=max_rounds, on_death=on_death, functions=functions,
-                     mpi=mpi)
+                     mpi=mpi, max_memory=max_memory)
         try:
             _deferring_interrupts(lambda: restore_into(server.core, str(path)))
         except BaseException:
@@ -286,6 +298,10 @@ class Server:
         self.core = core
         self._closed = False
         self._finalizer = weakref.finalize(self, core.cluster.close) if owns else None
+        # Commands running (see cancel); reentrant: a signal handler may
+        # cancel from the thread that holds it.
+        self._busy = 0
+        self._busy_lock = threading.RLock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -309,6 +325,35 @@ class Server:
     def workers(self) -> int:
         return self.core.cluster.shards
 
+    def cancel(self) -> bool:
+        """Stop the command another thread is running (a long tick), from any
+        thread, and return at once: True if one was running. Its programs
+        that were still running (or had yet to run) in the tick fail as a
+        loop that does not converge does (``the tick was cancelled``): their
+        traces keep their contents from before the tick, never half of it;
+        the server and every other program carry on (SPEC E3)."""
+        with self._busy_lock:
+            if not self._busy:
+                return False
+            cancel = getattr(self.core.cluster, "cancel", None)
+            if cancel is not None:
+                cancel()
+            return True
+
+    def _running(self, run):
+        """``run()`` as a command that :meth:`cancel` can stop."""
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return run()
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+                if not self._busy:  # nothing runs: a late cancel must not stop the next one
+                    cancel = getattr(self.core.cluster, "cancel", None)
+                    if cancel is not None:
+                        cancel(False)
+
     # ------------------------------------------------------------ the one code path
 
     def execute(self, cmd, owner=None, deliver=None) -> list:
@@ -326,7 +371,7 @@ class Server:
         if self.core.cluster is not None and getattr(self.core.cluster, "dead", None):
             raise E.ServerStopped(self.core.cluster.dead)
         try:
-            return self.core.run(cmd, owner, deliver)
+            return self._running(lambda: self.core.run(cmd, owner, deliver))
         except WorkerDied as e:
             self.close()
             raise E.ServerStopped(str(e)) from None
@@ -339,7 +384,7 @@ class Server:
         return self._call(cmd)
 
     def _call(self, cmd) -> list:
-        return _deferring_interrupts(lambda: self.execute(cmd))
+        return _deferring_interrupts(lambda: self.execute(cmd), self.cancel)
 
     # ------------------------------------------------------------ commands
 
@@ -632,10 +677,33 @@ def _is_update(item) -> bool:
             and type(item[1]) is tuple and type(item[2]) is int)
 
 
-def _deferring_interrupts(run):
+def _budget(max_memory):
+    """(bytes of all workers together, how failures name it) of
+    ``max_memory``; None: no bound (the machine's memory is unknown)."""
+    from .engine.limits import budget_label, default_budget
+    if max_memory is None:
+        total = default_budget()
+        return None if total is None else (total, budget_label(total, False))
+    if isinstance(max_memory, str):
+        from .options import UsageError, size
+        try:
+            total = size("max_memory", max_memory)
+        except UsageError as e:
+            raise E.CommandError(str(e)) from None
+    elif type(max_memory) is int and max_memory >= 1 << 20:
+        total = max_memory
+    else:
+        raise E.CommandError(f"max_memory needs a number of bytes of at least 1M (or a size "
+                             f'such as "512M"), got {_show(max_memory)}')
+    return total, budget_label(total, True)
+
+
+def _deferring_interrupts(run, cancel=None):
     """Ctrl-C during a command waits until it has finished (never half a
-    tick, never half a load), then raises ``KeyboardInterrupt``."""
-    result, held = defer_interrupts(run)
+    tick, never half a load), then raises ``KeyboardInterrupt``; with
+    ``cancel``, the Ctrl-C also cancels the command (SPEC E3), which then
+    ends as soon as its workers see it."""
+    result, held = defer_interrupts(run, cancel=cancel)
     if held:
         raise KeyboardInterrupt
     return result

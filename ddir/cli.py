@@ -17,7 +17,7 @@ from .server.functions import check_calls, load_functions
 from .server.session import Session
 
 USAGE = """usage: ddir [SCRIPT...] [-w N | --mpi] [--json] [--strict] [--max-rounds N]
-                 [--functions MODULE] [--restore DIR]
+                 [--max-memory SIZE] [--functions MODULE] [--restore DIR]
        ddir check [--functions MODULE] FILE...
        ddir explain FILE
        ddir serve [--host H] [--port P] [-w N | --mpi] [--token-file F] [--functions MODULE]
@@ -32,6 +32,10 @@ USAGE = """usage: ddir [SCRIPT...] [-w N | --mpi] [--json] [--strict] [--max-rou
                   'ddir[mpi]'`
   --max-rounds N  stop a loop that has not converged after N rounds in one tick
                   (default 1000000) and report it as an error
+  --max-memory SIZE
+                  what the workers' memory may grow by (e.g. 512M, 4G; split between
+                  them; default 80% of the machine's): a tick that needs more fails
+                  its program, as a loop that does not converge does
   --functions MODULE
                   a Python module (a name importable from here, or a .py file) whose
                   public functions terms may call as @name(args...); with check,
@@ -50,11 +54,14 @@ exit status: 0 done, 1 an error with --strict, 2 bad usage or a missing script,
 def parse_args(argv: list) -> dict:
     opts, scripts = options.parse(
         argv, {"workers": None, "json": False, "strict": False, "max_rounds": None,
-               "functions": None, "restore": None, "mpi": False},
+               "functions": None, "restore": None, "mpi": False, "max_memory": None},
         numbers={**options.WORKERS, **options.MAX_ROUNDS},
         texts={"--restore": ("restore", "a checkpoint directory"),
-               "--functions": ("functions", "a module name or a .py file")},
+               "--functions": ("functions", "a module name or a .py file"),
+               **options.MAX_MEMORY},
         flags={"--json": "json", "--mpi": "mpi", "--strict": "strict"})
+    if opts["max_memory"] is not None:
+        opts["max_memory"] = options.size("--max-memory", opts["max_memory"])
     opts["scripts"] = scripts
     return options.mpi_or_workers(opts)
 
@@ -224,7 +231,8 @@ def _serve_cli(opts: dict, ranks) -> int:
     sessions: list = []  # the session, once made: where a worker's death is reported
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
-                              opts["restore"], ranks, json_mode=opts["json"])
+                              opts["restore"], ranks, json_mode=opts["json"],
+                              max_memory=opts["max_memory"])
     except CommandError as e:  # --functions MODULE could not be imported, a bad --restore
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -236,7 +244,11 @@ def _serve_cli(opts: dict, ranks) -> int:
     # API executes them, the session renders the records.
     session = Session(json_mode=opts["json"], strict=opts["strict"], client=client)
     sessions.append(session)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    def terminate(signum, frame):
+        client.cancel()  # a tick in progress stops at its workers' next round
+        _terminate(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return run(session, opts)
     except KeyboardInterrupt:
@@ -256,14 +268,16 @@ def _terminate(signum, frame):
 
 
 def start_server(workers: int, max_rounds, sessions: list, functions=None, restore=None,
-                 ranks=None, json_mode: bool = False, last_words: list | None = None):
+                 ranks=None, json_mode: bool = False, last_words: list | None = None,
+                 max_memory: int | None = None):
     """A :class:`ddir.Server`: ``-w 1`` runs the worker in this process; more
     start worker processes (or, with ``ranks``, are the MPI job's ranks). A
     worker's death is printed (through the session in ``sessions``) as one
     error and ends the server at once, whatever the intake was doing (even
     waiting at the prompt). ``functions``: the ``--functions`` module
     (imported before the workers are forked). ``last_words``: callables
-    given the message before the process ends (``serve`` tells its clients)."""
+    given the message before the process ends (``serve`` tells its clients).
+    ``max_memory``: ``--max-memory`` in bytes (None: the default)."""
     from .api import Server
     if restore is not None:
         make = lambda *a, **k: Server.restore(restore, *a, **k)  # noqa: E731
@@ -272,7 +286,7 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
     if ranks is not None:
         workers = ranks.size
     if workers == 1:
-        return make(1, max_rounds=max_rounds, functions=functions)
+        return make(1, max_rounds=max_rounds, functions=functions, max_memory=max_memory)
     terminal = _terminal_state()
     from .server.output import render_json, render_text
 
@@ -303,7 +317,8 @@ def start_server(workers: int, max_rounds, sessions: list, functions=None, resto
             termios.tcsetattr(terminal[0], termios.TCSADRAIN, terminal[1])
         os._exit(EXIT_WORKER_DIED)
 
-    return make(workers, max_rounds=max_rounds, on_death=on_death, functions=functions, mpi=ranks)
+    return make(workers, max_rounds=max_rounds, on_death=on_death, functions=functions, mpi=ranks,
+                max_memory=max_memory)
 
 
 def _terminal_state():

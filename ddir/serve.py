@@ -777,7 +777,8 @@ def _main(opts: dict, ranks) -> int:
     sessions: list = []
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
-                              ranks=ranks, json_mode=opts["json"], last_words=LAST_WORDS)
+                              ranks=ranks, json_mode=opts["json"], last_words=LAST_WORDS,
+                              max_memory=opts["max_memory"])
     except DdirError as e:  # --functions MODULE could not be imported
         print(f"error: {e}", file=sys.stderr)
         return 2

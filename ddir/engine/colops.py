@@ -15,6 +15,7 @@ import numpy as np
 from .batch import Cols
 from .columns import (I64, Fallback, consolidate_columns, float_sums_exact, key_tuples, max_abs,
                       positions, run_starts, sums_fit)
+from .limits import OverBudget, column_pair_bytes
 from ..values import INT_MAX
 
 
@@ -49,13 +50,15 @@ class _Picked:
 # ------------------------------------------------------------ join
 
 def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip_now: bool,
-              out: dict) -> None:
+              out: dict, allow=None) -> None:
     """The pairs of ``delta`` with the updates of ``runs``, projected, added
     to ``out`` (output time -> list of Cols). ``delta_left``: delta holds the
     join's left rows; ``skip_now``: trace updates at ``t`` are left out (the
     right delta meets the left trace before this time's rows). Raises
     :class:`Fallback` where a product could leave i64 (the row path reports
-    it) or the projection overflows."""
+    it) or the projection overflows. ``allow(nbytes)``: whether the memory
+    budget lets the pairs of a run be made (:mod:`ddir.engine.limits`);
+    if not, :class:`~ddir.engine.limits.OverBudget` is raised first."""
     dmax = max_abs(delta.d)
     if any(dmax * r.max_abs() > INT_MAX for r in runs):
         raise Fallback()
@@ -67,6 +70,9 @@ def join_half(delta: Cols, runs: list, t: tuple, project, delta_left: bool, skip
         total = int(cnt.sum())
         if not total:
             continue
+        if allow is not None and not allow(
+                total * column_pair_bytes(len(delta.keys) + len(delta.vals) + len(run.vals))):
+            raise OverBudget()
         di = np.arange(m, dtype=I64).repeat(cnt)
         ri = expand(lo, cnt, total)
         # per time of the run's table: the output time join(s, t), or -1

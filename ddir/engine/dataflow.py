@@ -12,18 +12,24 @@ from ..ir import nodes as N
 from . import operators as O
 from .memory import running
 from .scope import NonConvergence, ScopeRunner
+from .trace import Trace
 
 DEFAULT_MAX_ROUNDS = 1_000_000
 
 
 class Dataflow:
     def __init__(self, program: N.Program, imports: dict | None = None,
-                 max_rounds: int = DEFAULT_MAX_ROUNDS, exchange=None, functions: dict | None = None):
+                 max_rounds: int = DEFAULT_MAX_ROUNDS, exchange=None, functions: dict | None = None,
+                 limits=None):
         """``imports``: trace name -> the exporting :class:`ArrangeOp`;
         ``exchange``: the other workers when this is one shard of N
         (:mod:`ddir.engine.exchange`), None when it is the only one;
-        ``functions``: name -> callable, what ``@name(...)`` calls (SPEC C5)."""
+        ``functions``: name -> callable, what ``@name(...)`` calls (SPEC C5);
+        ``limits``: the worker's :class:`ddir.engine.limits.Limits` (a cancel,
+        the memory budget), shared by its dataflows; None: nothing stops a run
+        but the iteration bound."""
         self.program = program
+        self.limits = limits
         self.functions = functions or {}
         self.exchange = exchange
         self.events: list = []   # (label, key, val, time, diff) of inspect
@@ -34,7 +40,7 @@ class Dataflow:
         self.frozen_at: int | None = None  # failed: its traces hold epochs < this
         for s in program.scopes:
             parent = self.scopes.get(s.parent)
-            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds, exchange, self.failures)
+            self.scopes[s.id] = ScopeRunner(s, parent, max_rounds, exchange, self.failures, limits)
         self.root = self.scopes[0]
         for node in program.nodes:
             self.ops[node.id] = self._make(node)
@@ -98,17 +104,26 @@ class Dataflow:
             op.receive(0, (epoch,), [(k, v, d) for (k, v), d in contents.items()])
         self.run(epoch)
 
-    def run(self, epoch: int) -> None:
+    def run(self, epoch: int, stoppable: bool = True) -> None:
         """Process every pending time up to and including ``epoch``. A scope
         that hits the iteration bound gives up its times and the run goes on
-        to its end; then :class:`NonConvergence` says which scope it was."""
+        to its end; then :class:`NonConvergence` says which scope it was
+        (or that a cancel or the memory budget stopped it). Not
+        ``stoppable``: a run that only stores given rows (a generated
+        source, a stand-in), which a cancel must not leave half done."""
         self.failures.clear()
+        limits = self.limits if stoppable else None
+        if limits is not None:
+            limits.begin()
+        for scope in self.scopes.values():
+            scope.limits = limits
         with running():
             self.root.run_prefix((), limit=epoch)
+        if self.failures:  # the least: one worker may see only some of them
+            # (not settled: it is frozen next, and merging runs takes 2x their memory)
+            raise NonConvergence(min(self.failures))
         for trace in self.traces():
             trace.settle()
-        if self.failures:  # the least: one worker may see only some of them
-            raise NonConvergence(min(self.failures))
 
     def compact(self, epoch: int) -> None:
         """Fold history before ``epoch`` onto it."""
@@ -118,9 +133,35 @@ class Dataflow:
     def freeze(self, epoch: int) -> None:
         """The dataflow failed while closing ``epoch``: it never runs again,
         stops receiving from upstream, and its traces are read as of the
-        epochs before ``epoch`` (what is at ``epoch`` is half a tick)."""
+        epochs before ``epoch`` (what is at ``epoch`` is half a tick).
+        Only its exported traces are read from now on (peek, importers,
+        checkpoints): everything else it holds is let go, so that a
+        program stopped by the memory budget gives its memory back."""
         self.frozen_at = epoch
         self.detach()
+        self.release()
+
+    def release(self) -> None:
+        """Drop pending work and every operator's state but the exports',
+        and what the exports hold of the failed tick (no one reads it):
+        an export that no cursor's lease holds keeps only its contents
+        before ``frozen_at``, consolidated, which is all anyone reads."""
+        exported = {id(op) for op in self.exports.values()}
+        for op in self.ops.values():
+            op.ports = [dict() for _ in op.ports]
+            if id(op) in exported:
+                if isinstance(op, O.ArrangeOp) and op.trace.hold is None:
+                    op.trace = _contents_before(op.trace, self.frozen_at)
+                continue
+            if isinstance(op, O.ExchangeOp):
+                op.outbox = {}
+            elif isinstance(op, O.ReduceOp):
+                op.scheduled = {}
+                op.output = Trace()
+            elif isinstance(op, O.ArrangeOp):
+                op.trace = Trace()
+        for scope in self.scopes.values():
+            scope.pending = set()
 
     def traces(self):
         for op in self.ops.values():
@@ -185,3 +226,24 @@ class Dataflow:
 
     def pending_updates(self) -> int:
         return sum(op.pending_size() for op in self.ops.values())
+
+
+def _contents_before(trace: Trace, epoch: int) -> Trace:
+    """A trace holding ``trace``'s contents before ``epoch``, consolidated,
+    at ``epoch - 1``: what a reader of the epochs before ``epoch`` sees."""
+    fresh = Trace()
+    if epoch <= 0 or not trace.size():
+        return fresh
+    t = (epoch - 1,)
+    got = trace.int_columns(epoch) if trace.runs else None
+    if got is not None:
+        from .batch import Cols
+        keys, vals, d = got
+        if len(d):
+            fresh.insert(Cols(keys, vals, d, True), t, as_run=True)
+    else:
+        rows = trace.rows(epoch)
+        if rows:
+            fresh.insert(rows, t)
+    fresh.settle()
+    return fresh

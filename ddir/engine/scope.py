@@ -26,9 +26,16 @@ least is ``succ(t)`` the guess was right; otherwise no worker had work there,
 processing it did nothing anywhere, and the least says where to go next (or
 that the loop is done). Near the iteration bound the scope agrees first
 again, so it stops at exactly the same point as a single worker.
+
+A cancel or the memory budget (:mod:`ddir.engine.limits`) stops a scope the
+same way, at the top of a round: a scope that agrees on its times stops on
+what every worker knows alike after the last collective step, so every
+worker stops at the same round.
 """
 
 from __future__ import annotations
+
+from time import monotonic
 
 
 class NonConvergence(Exception):
@@ -42,8 +49,10 @@ class NonConvergence(Exception):
 
 
 class ScopeRunner:
-    def __init__(self, ir_scope, parent, max_rounds: int, exchange=None, failures=None):
+    def __init__(self, ir_scope, parent, max_rounds: int, exchange=None, failures=None,
+                 limits=None):
         self.ir = ir_scope
+        self.limits = limits       # the worker's ddir.engine.limits.Limits (None: no stops)
         self.failures = failures if failures is not None else []  # bound-hit messages
         self.parent = parent
         self.depth = ir_scope.depth
@@ -118,6 +127,7 @@ class ScopeRunner:
         """Process every pending time extending ``prefix`` (at the root:
         every pending epoch <= ``limit``), smallest first."""
         guess = self.synced and self.lead is not None and limit is None
+        limits = self.limits
         rounds = 0
         t = self._next(prefix, limit)  # the next time some worker has work at
         done = False                   # whether t was processed already (a right guess)
@@ -128,6 +138,15 @@ class ScopeRunner:
                     f"scope `{self.ir.name}` did not converge within {self.max_rounds} rounds")
                 self.abandon(prefix)
                 return
+            if limits is not None:
+                if monotonic() >= limits.due:
+                    limits.poll()
+                # a synced scope acts only on what every worker knows alike
+                stop = limits.agreed if self.synced else limits.agreed | limits.local
+                if stop:
+                    self.failures.append(limits.reason(stop))
+                    self.abandon(prefix)
+                    return
             if not done:
                 self._process(t)
             self.rounds += 1

@@ -12,6 +12,11 @@ backwards). Workers are forked before any thread starts; they ignore SIGINT
 be torn in half) and die with the intake. A worker that dies is noticed at
 once, by a monitor thread when the intake is idle or by the intake when it
 is waiting for replies, and reported once through ``on_death``.
+
+Every cluster can be asked to ``cancel`` the command it runs, from any
+thread: it sets a byte that its workers read at every round of their scopes
+(:mod:`ddir.engine.limits`): a ``bytearray`` for a worker in this process, a
+shared anonymous ``mmap`` made before the worker processes are forked.
 """
 
 from __future__ import annotations
@@ -50,7 +55,13 @@ class LocalCluster:
     shards = 1
 
     def __init__(self, functions: dict | None = None) -> None:
-        self.worker = Worker(functions=functions)
+        self.flag = bytearray(1)
+        self.worker = Worker(functions=functions, flag=self.flag)
+
+    def cancel(self, on: bool = True) -> None:
+        """Ask the worker to stop the running command (``on=False``: the
+        command is over, nothing is asked)."""
+        self.flag[0] = on
 
     def broadcast(self, message) -> list:
         return [self.worker.execute(message)]
@@ -71,7 +82,9 @@ class ProcessCluster:
         self._seq = 0
         self._closing = False
         self._lock = threading.Lock()
+        import mmap
         import multiprocessing  # here, not at the top: `-w 1` never needs it (~20 ms of start)
+        self.flag = mmap.mmap(-1, mmap.PAGESIZE)  # shared with every worker (see cancel)
         _allow_open_files(2 * shards * shards + 64)  # every socket exists in here at first
         context = multiprocessing.get_context("fork")
         control = [socket.socketpair() for _ in range(shards)]
@@ -84,7 +97,7 @@ class ProcessCluster:
             inherited = every + list(_INTAKE_ENDS)
             process = context.Process(target=_worker_main, name=f"ddir-worker-{w}", daemon=True,
                                       args=(w, shards, control[w][1], peers, inherited, os.getpid(),
-                                            functions))
+                                            functions, self.flag))
             process.start()
             self.processes.append(process)
         self.controls = [pair[0] for pair in control]
@@ -99,6 +112,10 @@ class ProcessCluster:
         threading.Thread(target=self._monitor, name="ddir-worker-monitor", daemon=True).start()
 
     # ------------------------------------------------------------ verbs
+
+    def cancel(self, on: bool = True) -> None:
+        """Ask every worker to stop the running command (any thread)."""
+        self.flag[0] = on
 
     def broadcast(self, message) -> list:
         data = self._stamp(message)
@@ -215,6 +232,7 @@ class ProcessCluster:
         self._stop_all(grace=2.0)
 
     def _stop_all(self, grace: float) -> None:
+        self.flag[0] = 1  # a worker in the middle of a tick stops it at its next round
         for sock in self.controls:
             _INTAKE_ENDS.discard(sock)
             try:
@@ -245,7 +263,7 @@ def _allow_open_files(needed: int) -> None:
 
 
 def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
-                 parent: int, functions: dict | None = None) -> None:
+                 parent: int, functions: dict | None = None, flag=None) -> None:
     """``functions``: the callables of ``--functions`` (SPEC C5), inherited
     through the fork: the module was imported in the intake before it."""
     for s in inherited:  # keep only our own sockets, so a peer's death reads as end of stream
@@ -254,7 +272,7 @@ def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     worker = Worker(index, shards, Mesh(index, shards, peers) if shards > 1 else None,
-                    functions=functions)
+                    functions=functions, flag=flag)
     buffer = FrameBuffer()
     last = 0
     while True:

@@ -17,6 +17,10 @@ A transport implements two byte-level steps:
 
 The socket mesh (:mod:`ddir.server.mesh`) and MPI (:mod:`ddir.server.mpi`)
 are the two transports.
+
+Every payload also carries the sender's stop bits (a cancel, the memory
+budget: :mod:`ddir.engine.limits`); after a step every worker ORs them into
+its ``limits.agreed``, so all workers know the same bits at the same step.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ class ExchangeOutOfStep(RuntimeError):
 
 class ByteExchange(Exchange):
     steps = 0  # collective steps taken (for benchmarks); transports count them
+    limits = None  # the worker's ddir.engine.limits.Limits, whose bits ride along
 
     def swap(self, tag, batches: list, note=None) -> tuple:
-        payloads = [None if p == self.index else packb((tag, (batches[p], note)))
+        limits = self.limits
+        bits = limits.local if limits is not None else 0
+        payloads = [None if p == self.index else packb((tag, (batches[p], note, bits)))
                     for p in range(self.peers)]
         received = self.alltoall(payloads)
         out, notes = [], [note]
@@ -41,15 +48,27 @@ class ByteExchange(Exchange):
             if p == self.index:
                 out.append(batches[p])
             else:
-                batch, other = self.payload(tag, p, received[p])
+                batch, other, theirs = self.payload(tag, p, received[p])
                 out.append(batch)
                 notes.append(other)
+                bits |= theirs
+        if limits is not None:
+            limits.agreed |= bits
         return out, least(notes)
 
     def agree_min(self, value):
-        received = self.allgather(packb(("min", value)))
-        return least([value] + [self.payload("min", p, b)
-                                for p, b in enumerate(received) if p != self.index])
+        limits = self.limits
+        bits = limits.local if limits is not None else 0
+        received = self.allgather(packb(("min", (value, bits))))
+        values = [value]
+        for p, b in enumerate(received):
+            if p != self.index:
+                other, theirs = self.payload("min", p, b)
+                values.append(other)
+                bits |= theirs
+        if limits is not None:
+            limits.agreed |= bits
+        return least(values)
 
     def payload(self, tag, peer: int, data: bytes):
         """The body of ``peer``'s payload, which must carry ``tag``."""

@@ -54,13 +54,24 @@ class Mesh(ByteExchange):
             return super().agree_min(value)
         # Many workers: gather at worker 0, which answers everyone. Two hops,
         # but 2(N-1) messages instead of N(N-1).
+        # The stop bits ride along as in ByteExchange (ddir.engine.limits).
+        limits = self.limits
+        bits = limits.local if limits is not None else 0
         if self.index != 0:
-            received = self._transfer({0: frame(("min", value))}, expect={0})
-            return self.payload("least", 0, received[0])
-        received = self._transfer({}, expect=set(self.sockets))
-        best = least([value] + [self.payload("min", p, b) for p, b in received.items()])
-        answer = frame(("least", best))
-        self._transfer({p: answer for p in self.sockets}, expect=set())
+            received = self._transfer({0: frame(("min", (value, bits)))}, expect={0})
+            best, bits = self.payload("least", 0, received[0])
+        else:
+            received = self._transfer({}, expect=set(self.sockets))
+            values = [value]
+            for p, b in received.items():
+                other, theirs = self.payload("min", p, b)
+                values.append(other)
+                bits |= theirs
+            best = least(values)
+            answer = frame(("least", (best, bits)))
+            self._transfer({p: answer for p in self.sockets}, expect=set())
+        if limits is not None:
+            limits.agreed |= bits
         return best
 
     # ------------------------------------------------------------ transport

@@ -496,9 +496,16 @@ class MpiCluster:
         self._seq = 0
         self._closed = False
         exchange = MpiExchange(ranks.data, ranks.MPI, check=self._check) if self.shards > 1 else None
-        self.worker = Worker(0, self.shards, exchange, functions=functions)
+        # Only worker 0 reads the cancel byte; the other ranks learn of a
+        # cancel from it with the next collective step (ddir.engine.limits).
+        self.flag = bytearray(1)
+        self.worker = Worker(0, self.shards, exchange, functions=functions, flag=self.flag)
         if ranks.hub is not None:
             ranks.hub.watch(self._lost)
+
+    def cancel(self, on: bool = True) -> None:
+        """Ask the workers to stop the running command (any thread)."""
+        self.flag[0] = on
 
     def broadcast(self, message) -> list:
         data = self._stamp(message)

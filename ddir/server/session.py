@@ -66,7 +66,7 @@ class Session:
         if paged:
             cmd = dataclasses.replace(cmd, limit=PROMPT_PAGE)
         try:
-            records = _uninterruptible(lambda: self.client.execute(cmd))
+            records = _uninterruptible(lambda: self.client.execute(cmd), self.client.cancel)
             if paged:
                 records = prompt_page(records)
         except ServerStopped:
@@ -97,7 +97,7 @@ class Session:
         set, so nothing can tell, except the cost: ~12 µs a line alone."""
         stream = not isinstance(lines, (list, tuple))
         feeds: list = []  # [(lineno, line, Feed)] not staged yet
-        with InterruptGuard(INTERRUPT_NOTICE):
+        with InterruptGuard(INTERRUPT_NOTICE, self.client.cancel):
             try:
                 for lineno, line in enumerate(lines, start=1):
                     line = line.rstrip("\n")
@@ -142,9 +142,10 @@ class Session:
 
 FEED_BATCH = 1 << 16
 
-# said once per command when Ctrl-C comes while it runs (server/interrupts.py)
-INTERRUPT_NOTICE = ("ddir: a command is running and finishes first (Ctrl-C cannot stop it "
-                    "half-way; --max-rounds bounds a loop that never converges)\n")
+# said once per command when Ctrl-C comes while it runs (server/interrupts.py):
+# a tick stops at its workers' next round, its unfinished programs failed
+INTERRUPT_NOTICE = ("ddir: cancelling the running command (a tick's unfinished programs "
+                    "fail; nothing is left half-applied)\n")
 
 
 def _paused(stream) -> bool:
@@ -158,7 +159,8 @@ def _paused(stream) -> bool:
     return not ready
 
 
-def _uninterruptible(run):
-    """Run a command with Ctrl-C held: a tick is finished, never left
-    half-applied (SPEC B); the interrupt is dropped once it completes."""
-    return defer_interrupts(run, INTERRUPT_NOTICE)[0]
+def _uninterruptible(run, cancel=None):
+    """Run a command with Ctrl-C held: a tick is never left half-applied
+    (SPEC B); a Ctrl-C calls ``cancel`` (the tick stops, its unfinished
+    programs fail: SPEC E3) and is dropped once the command returns."""
+    return defer_interrupts(run, INTERRUPT_NOTICE, cancel)[0]

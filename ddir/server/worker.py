@@ -41,6 +41,9 @@ Messages:
 * ``("advance", closed, epoch)`` - a tick closing ``epoch`` right after ``closed``
   (epochs between them had nothing to do: a restore's replay)
 * ``("bound", max_rounds)`` - set every dataflow's iteration bound
+* ``("budget", nbytes, label)`` - this worker's memory budget (SPEC E3,
+  :mod:`ddir.engine.limits`): what its resident set may grow by from now
+  on; ``label`` names it in the failure message
 * ``("stats",)`` - stored and pending updates, collective steps taken, peak
   memory: for tests and benchmarks
 """
@@ -51,6 +54,7 @@ import resource
 
 from ..engine.dataflow import DEFAULT_MAX_ROUNDS, Dataflow
 from ..engine.exchange import split_by_owner
+from ..engine.limits import Limits, trim
 from ..engine.memory import settle
 from ..engine.scope import NonConvergence
 from .cursor import PageIndex
@@ -59,8 +63,16 @@ from .standin import Republished, standin_program
 
 
 class Worker:
-    def __init__(self, index: int = 0, shards: int = 1, exchange=None, functions: dict | None = None):
+    def __init__(self, index: int = 0, shards: int = 1, exchange=None, functions: dict | None = None,
+                 flag=None):
+        """``flag``: a byte the intake sets to cancel the running command
+        (:mod:`ddir.engine.limits`); None where the intake cannot reach this
+        process's memory (an MPI rank: it learns of a cancel from the
+        collective steps)."""
         self.index = index
+        self.limits = Limits(flag)
+        if exchange is not None:
+            exchange.limits = self.limits
         self.functions = functions or {}  # name -> callable for `@name(...)` (SPEC C5)
         self.shards = shards
         self.exchange = exchange
@@ -72,13 +84,14 @@ class Worker:
 
     def execute(self, message):
         op, *args = message
+        self.limits.reset()
         return getattr(self, "do_" + op)(*args)
 
     # ------------------------------------------------------------ install / drop
 
     def _dataflow(self, program, imports, max_rounds) -> Dataflow:
         return Dataflow(program, imports, max_rounds or DEFAULT_MAX_ROUNDS, exchange=self.exchange,
-                        functions=self.functions)
+                        functions=self.functions, limits=self.limits)
 
     def _add(self, name: str, dataflow: Dataflow) -> None:
         self.dataflows[name] = dataflow
@@ -115,7 +128,7 @@ class Worker:
         if kind == "clock":
             self.clocks.append(name)
         if epoch > 0:
-            dataflow.run(closed)
+            dataflow.run(closed, stoppable=False)
             dataflow.compact(closed)
             if kind == "clock":
                 self._stage_clock(name, closed, epoch)
@@ -139,7 +152,7 @@ class Worker:
 
     def do_settle(self, name, closed) -> dict:
         dataflow = self.dataflows[name]
-        dataflow.run(closed)
+        dataflow.run(closed, stoppable=False)  # a stand-in's contents
         dataflow.compact(closed)
         settle()
         return {}
@@ -184,6 +197,10 @@ class Worker:
         for name in self.clocks:
             self._stage_clock(name, closed + 1, epoch)
         return self._tick(epoch)
+
+    def do_budget(self, nbytes, label) -> dict:
+        self.limits.set_budget(nbytes, label)
+        return {}
 
     def do_bound(self, max_rounds) -> dict:
         for dataflow in self.dataflows.values():
@@ -247,8 +264,10 @@ class Worker:
         for name in self.clocks:
             self._stage_clock(name, epoch, epoch + 1)
         if epoch > 0:
-            for _, dataflow in live:
-                dataflow.compact(epoch - 1)
+            failed = {name for name, _ in failures}  # frozen next: nothing to fold
+            for name, dataflow in live:
+                if name not in failed:
+                    dataflow.compact(epoch - 1)
         reply = self._collect(list(self.dataflows))
         reply["failures"] = failures
         settle()
@@ -259,6 +278,7 @@ class Worker:
         upstream of them): freeze them here too."""
         for name in names:
             self.dataflows[name].freeze(epoch)
+        trim()  # what the failed programs let go goes back to the system
         return {}
 
     def _stage_clock(self, name, old: int, new: int) -> None:
