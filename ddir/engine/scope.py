@@ -93,18 +93,28 @@ class ScopeRunner:
         """Process ``t``; returns the least ``note`` of all workers, sent
         with the first exchange (None without one)."""
         least = None
+        limits = self.limits
+        stopped = limits is not None and self._stopped(limits)
         for item in self.items:
             if isinstance(item, ScopeRunner):
                 item.run_prefix(t)
+                stopped = limits is not None and self._stopped(limits)
             else:
-                if item.exchanged:
+                if item.exchanged:  # taken even when stopped: every worker takes every step
                     if item is self.lead:
                         least = item.exchange_at(t, note)
                     else:
                         item.exchange_at(t)
+                    stopped = limits is not None and self._stopped(limits)
+                if stopped:
+                    continue  # the program fails: what is left of this time is never read
                 if item.has_work(t):
                     item.step(t)
         return least
+
+    def _stopped(self, limits) -> int:
+        """The stop bits this scope acts on (see the module doc)."""
+        return limits.agreed if self.synced else limits.agreed | limits.local
 
     def _least_pending(self, prefix: tuple, limit):
         n = len(prefix)
@@ -141,8 +151,7 @@ class ScopeRunner:
             if limits is not None:
                 if monotonic() >= limits.due:
                     limits.poll()
-                # a synced scope acts only on what every worker knows alike
-                stop = limits.agreed if self.synced else limits.agreed | limits.local
+                stop = self._stopped(limits)  # synced: what every worker knows alike
                 if stop:
                     self.failures.append(limits.reason(stop))
                     self.abandon(prefix)
