@@ -139,7 +139,7 @@ def start_server(tmp: str, workers: str, program: str, *extra) -> tuple:
     setup = os.path.join(tmp, "msetup.txt")
     with open(setup, "w") as f:
         f.write(f"install m {prog}\n")
-    server = subprocess.Popen([sys.executable, "-m", "ddir", "serve", "--port", "0",
+    server = subprocess.Popen([sys.executable, "-m", "ddir", "serve", "--port", "0", "--no-token",
                                "-w", workers, *extra, setup],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return server, server.stderr.readline().split()[-1]
@@ -401,7 +401,7 @@ def run_throughput(args) -> None:
         setup = os.path.join(tmp, "setup.txt")
         with open(setup, "w") as f:
             f.write(f"install e {prog}\n")
-        server = subprocess.Popen([sys.executable, "-m", "ddir", "serve", "--port", "0",
+        server = subprocess.Popen([sys.executable, "-m", "ddir", "serve", "--port", "0", "--no-token",
                                    "-w", args.workers, setup],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

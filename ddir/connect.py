@@ -33,13 +33,28 @@ USAGE = """usage: ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT.
 
   SCRIPT          scripts to send, one after the other (stdin if none; the
                   prompt if stdin is a terminal)
-  --token-file F  send `Authorization: Bearer <the file's text>`
+  --token-file F  send `Authorization: Bearer <the file's text>` (the file must
+                  be readable by you alone); without it, a server on this
+                  machine is asked with the token it keeps for its port
   --json          print the server's JSON records (without their ids)
 
 `install` and `check` send the local program file; `load` and `save` name files
 on the server's machine.
 exit status: 0 done, 2 bad usage or no connection, 3 the connection was lost
 """
+
+
+def _refusal_hint(status: int, sent_token: bool, token_file) -> str:
+    if status == 401 and sent_token:
+        where = f" in {token_file}" if token_file else " this machine keeps for that port"
+        return f" (the token{where} was refused: the server has another one)"
+    if status == 401:
+        return " (a token is needed: --token-file F, or connect from the server's machine)"
+    if status == 429:
+        return " (too many failed handshakes from here: wait a minute)"
+    if status == 503:
+        return " (the server has as many connections as it takes: try again later)"
+    return ""
 
 
 class ConnectionLost(Exception):
@@ -75,6 +90,7 @@ class RemoteSession:
         self.server = RemoteState()
         self._ids = itertools.count(1)
         self._waiting: set = set()
+        self._cancels: set = set()  # ids of our `cancel` requests (answered, not shown)
         self._pushed: list = []
         self._busy = False       # a line's reply is on its way to the screen
         self._late: list = []    # pushes that came meanwhile, after its done
@@ -94,6 +110,10 @@ class RemoteSession:
             for message in self.ws:
                 obj = json.loads(message)
                 with self._lock:
+                    if obj.get("id") in self._cancels:
+                        if obj.get("kind") == "done":
+                            self._cancels.discard(obj["id"])
+                        continue
                     mine = obj.get("id") in self._waiting
                     if not mine and self._waiting:
                         # pushed while a request runs (its tick or drop made it,
@@ -132,7 +152,11 @@ class RemoteSession:
             raise ConnectionLost("the connection to the server was lost") from None
         records = []
         while True:
-            obj = self._replies.get()
+            try:
+                obj = self._replies.get()
+            except KeyboardInterrupt:  # SPEC E3: Ctrl-C cancels what runs; its answer still comes
+                self._cancel()
+                continue
             if obj is None:
                 self._replies.put(None)
                 raise ConnectionLost("the connection to the server was lost")
@@ -142,6 +166,17 @@ class RemoteSession:
                 return merge(records, obj["_pushed"])
             obj.pop("id", None)
             records.append(obj)
+
+    def _cancel(self) -> None:
+        cancel_id = f"cancel-{next(self._ids)}"
+        with self._lock:
+            self._cancels.add(cancel_id)
+        try:
+            self.ws.send(json.dumps({"id": cancel_id, "line": "cancel"}))
+            print("^C: cancelling (the command ends as a failed tick would)", file=sys.stderr,
+                  flush=True)
+        except Exception:
+            pass
 
     def refresh(self) -> None:
         records = self.request("list")
@@ -294,13 +329,15 @@ def parse_args(argv: list) -> dict:
 def main(argv: list) -> int:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
-    from .serve import read_token
+    from .serve_auth import find_local_token, read_secret
     if "-h" in argv or "--help" in argv:
         print(USAGE, end="")
         return 0
     try:
         opts = parse_args(argv)
-        token = read_token(opts["token_file"]) if opts["token_file"] else None
+        # SPEC E1: a local server keeps its token where we find it
+        token = (read_secret(opts["token_file"]) if opts["token_file"]
+                 else find_local_token(opts["url"]))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         print(USAGE, end="", file=sys.stderr)
@@ -311,7 +348,8 @@ def main(argv: list) -> int:
                      open_timeout=10)
     except InvalidStatus as e:
         status = e.response.status_code
-        hint = " (a token is needed: --token-file)" if status == 401 else ""
+        hint = _refusal_hint(status, token is not None or "token=" in opts["url"],
+                             opts["token_file"])
         print(f"error: {opts['url']} refused the connection: HTTP {status}{hint}", file=sys.stderr)
         return 2
     except Exception as e:

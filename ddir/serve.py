@@ -37,19 +37,16 @@ Structure (one sequencer, SPEC C3):
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from http import HTTPStatus
 
 from . import options
 from .errors import DdirError, InvalidProgram, ServerStopped
@@ -58,17 +55,33 @@ from .options import UsageError
 from .server import commands as C
 from .server.confine import DataDir
 from .server.functions import check_calls
+from .serve_auth import (Gate, RefusalLog, is_loopback, make_token, own_origins, parse_origins,
+                         read_secret, remove_runtime_file, tls_context, write_runtime_file)
 from .server.output import changes_at, render_json
 
-USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N | --mpi] [--token-file F]
-                  [--max-rounds N] [--functions MODULE] [--subscriber-queue N] [--json]
-                  [SCRIPT...]
+USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N | --mpi] [SCRIPT...]
+                  [--token-file F | --no-token] [--allow-origin O,...]
+                  [--certfile F --keyfile F] [--data-dir DIR] [--max-memory SIZE]
+                  [--max-rounds N] [--functions MODULE] [--subscriber-queue N]
+                  [--max-connections N] [--max-subscriptions N] [--idle-timeout S]
+                  [--cursor-secret-file F] [--json]
 
   SCRIPT            scripts to run before serving (their output goes to stdout)
-  --host HOST       address to listen on (default 127.0.0.1); an address that is
-                    not loopback needs --token-file
+  --host HOST       address to listen on (default 127.0.0.1)
   --port PORT       TCP port (default 7468; 0 picks a free one)
-  --token-file F    clients must send `Authorization: Bearer <the file's text>`
+  --token-file F    clients must send `Authorization: Bearer <the file's text>` (the
+                    file must be yours alone, mode 600; 16 characters or more).
+                    Without it a token is made at start; either way it is kept where
+                    `ddir connect ws://127.0.0.1:PORT` on this machine finds it
+  --no-token        no token (loopback only; any local user can then run commands)
+  --allow-origin O  browser pages from these origins may connect (https://host:port,
+                    comma-separated); the server's own console always may
+  --certfile F, --keyfile F
+                    serve wss:// (TLS) with this PEM certificate and key
+  --data-dir DIR    every file a client names (load, save, checkpoint, install) must
+                    resolve inside DIR (default: the directory serve started in)
+  --max-memory SIZE what a tick may use (e.g. 4G; default: most of this machine's
+                    memory); a tick past it fails its program, the server goes on
   -w N, --workers N worker processes (1 to 64, default 1)
   --mpi             the workers are the ranks of `mpiexec -n N ddir serve --mpi ...`;
                     rank 0 serves
@@ -79,16 +92,31 @@ USAGE = """usage: ddir serve [--host HOST] [--port PORT] [-w N | --mpi] [--token
   --subscriber-queue N
                     records queued per subscription before it is ended (default 10000;
                     past 64 MiB queued it is ended too)
+  --max-connections N
+                    connections at once (default 256; past it a handshake gets HTTP 503)
+  --max-subscriptions N
+                    subscriptions per connection (default 64)
+  --idle-timeout S  close a connection with nothing going on for S seconds (default 300)
+  --cursor-secret-file F
+                    sign peek cursors with this secret (default: one made at start)
   --json            scripts' output as JSON lines
 
 The address served is printed on stderr once the server listens:
-`ddir: serving on ws://HOST:PORT`. SIGTERM / SIGINT stop it cleanly.
+`ddir: serving on ws://HOST:PORT`, then where the token is kept. A client may
+send `cancel` to stop the tick it started. SIGTERM / SIGINT stop it cleanly
+(a running tick is cancelled). docs/SECURITY.md says who may do what.
 """
 
 DEFAULT_PORT = 7468
 MAX_FRAME = 1 << 20          # SPEC C3: a bigger frame gets an error record
-HARD_FRAME = 64 << 20        # past this websockets closes the connection (1009): a memory guard
+HARD_FRAME = 4 << 20         # past this websockets refuses the frame from its header (1009),
+                             # before buffering it: a memory guard (SPEC E3)
 MAX_IN_FLIGHT = 64           # requests of one connection queued or running
+PENDING_BYTES = 4 << 20      # ... and their bytes: past either the reader stops reading
+CLIENT_BYTES = 16 << 20      # bytes queued for one client (replies and pushes) before its
+                             # next request waits and its subscriptions' pushes end them
+TOTAL_BYTES = 256 << 20      # bytes queued for all clients: past it only clients that have
+                             # read everything get their next request run
 SUBSCRIBER_QUEUE = 10_000    # records queued per subscription
 SUBSCRIBER_BYTES = 64 << 20  # ... and bytes: 10,000 records of 1 MB each are not "bounded"
 PING_INTERVAL = 20.0         # websockets keepalive pings (no pong timeout: see listen())
@@ -134,39 +162,23 @@ def parse_args(argv: list) -> dict:
     return options.mpi_or_workers(opts)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def read_token(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f'cannot read token file "{path}": '
-                         f"{getattr(e, 'strerror', None) or e}") from None
-    if not token or any(c.isspace() for c in token):
-        raise UsageError(f'token file "{path}" must hold one token (no blanks), got '
-                         f"{'nothing' if not token else 'blanks inside'}")
-    return token
-
-
 # ============================================================ frames
 
 
-def frame(req_id, record: dict) -> str:
+def frame(req_id, record: dict, rendered: str | None = None) -> str:
     """A record as `--json` prints it, with ``"id"`` first (spliced into the
-    rendered object: no second encoding)."""
-    return '{"id": ' + json.dumps(req_id) + ", " + render_json(record)[1:]
+    rendered object: no second encoding; ``rendered``: the record's
+    ``render_json`` when the caller has it already)."""
+    return '{"id": ' + _id(req_id) + ", " + (rendered or render_json(record))[1:]
 
 
 def done_frame(req_id) -> str:
-    return '{"id": ' + json.dumps(req_id) + ', "kind": "done"}'
+    return '{"id": ' + _id(req_id) + ', "kind": "done"}'
+
+
+def _id(req_id) -> str:
+    # ids are checked at parse time (no NaN/Infinity: those are not JSON)
+    return json.dumps(req_id, allow_nan=False)
 
 
 def error_frames(req_id, message: str) -> list:
@@ -203,9 +215,10 @@ class SubscriptionHook:
     ``release_owner(conn)`` (the subscriptions of a client that went away;
     cursor leases outlive it, so its cursors work after a reconnect)."""
 
-    def __init__(self):
+    def __init__(self, max_per_client: int = MAX_SUBSCRIPTIONS):
         self.by_id: dict = {}     # registry subscription id -> Subscription
         self.pending: list = []   # (Subscription, record) of the command running
+        self.max_per_client = max_per_client  # SPEC E3: a cap per connection
 
     def handles(self, cmd) -> bool:
         return isinstance(cmd, (C.Subscribe, C.Unsubscribe))
@@ -213,6 +226,10 @@ class SubscriptionHook:
     def run(self, client, conn, req_id, cmd) -> tuple:
         """-> (reply records, new Subscription or None, [Subscriptions it ended])."""
         if isinstance(cmd, C.Subscribe):
+            if sum(1 for s in self.by_id.values() if s.conn is conn) >= self.max_per_client:
+                raise C.CommandError(
+                    f"this connection has {self.max_per_client} subscriptions, the most a "
+                    f"client may hold (--max-subscriptions): unsubscribe one first")
             records = client.execute(cmd, conn, self._deliver)
             started = records[-1]
             sub = Subscription(conn, req_id, started["trace"], started["sub"])
@@ -255,16 +272,21 @@ class SubscriptionHook:
 
 
 class Outbox:
-    """Frames waiting for one connection's writer. Replies are bounded by
-    the requests in flight; pushes per subscription by ``limit`` records and
+    """Frames waiting for one connection's writer, and their bytes.
+
+    Pushes are bounded per subscription by ``limit`` records and
     ``byte_limit`` bytes (a record is always taken when none of that
     subscription is queued, so one huge change does not end a client that
-    keeps up)."""
+    keeps up) and, with replies, per connection by the hub's ``client_bytes``
+    (see :meth:`Hub._next_job`): a client that stops reading holds at most
+    about that much of the server's memory."""
 
-    def __init__(self, limit: int, byte_limit: int = SUBSCRIBER_BYTES):
+    def __init__(self, limit: int, byte_limit: int = SUBSCRIBER_BYTES, hub=None):
         self.frames: deque = deque()   # (Subscription or None, text)
         self.limit = limit
         self.byte_limit = byte_limit
+        self.hub = hub                 # told of every byte queued and sent
+        self.bytes = 0                 # what is queued, replies and pushes
         self.ready = asyncio.Event()
         self.closed = False
 
@@ -273,18 +295,21 @@ class Outbox:
         (nothing is added then), for the error record."""
         if self.closed:
             return None
+        size = sum(len(t) for t in texts)
         if sub is not None:
             if sub.ended:
                 return None
-            size = sum(len(t) for t in texts)
             if sub.queued:
                 if sub.queued + len(texts) > self.limit:
                     return f"{sub.queued} records queued"
                 if sub.queued_bytes + size > self.byte_limit:
                     return f"{sub.queued_bytes / (1 << 20):.1f} MiB queued"
+            if self.hub is not None and self.bytes and self.bytes + size > self.hub.client_bytes:
+                return f"{self.bytes / (1 << 20):.1f} MiB queued for the client"
             sub.queued += len(texts)
             sub.queued_bytes += size
         self.frames.extend((sub, t) for t in texts)
+        self._count(size)
         self.ready.set()
         return None
 
@@ -293,32 +318,72 @@ class Outbox:
         if sub is not None:
             sub.queued -= 1
             sub.queued_bytes -= len(text)
+        self._count(-len(text))
 
     def drop(self, sub: Subscription) -> None:
         """Forget every queued frame of ``sub`` (its memory is freed)."""
-        self.frames = deque(item for item in self.frames if item[0] is not sub)
+        kept = deque(item for item in self.frames if item[0] is not sub)
+        self._count(-sum(len(t) for s, t in self.frames if s is sub))
+        self.frames = kept
         sub.queued = sub.queued_bytes = 0
+
+    def clear(self) -> None:
+        self.closed = True
+        self._count(-self.bytes)
+        self.frames.clear()
+
+    def _count(self, n: int) -> None:
+        self.bytes += n
+        if self.hub is not None:
+            self.hub.queued_bytes += n
+            if n < 0:
+                self.hub.drained()
 
 
 class Connection:
-    def __init__(self, ws, limit: int, byte_limit: int = SUBSCRIBER_BYTES):
+    def __init__(self, ws, limit: int, byte_limit: int = SUBSCRIBER_BYTES, hub=None):
         self.ws = ws
-        self.outbox = Outbox(limit, byte_limit)
+        self.outbox = Outbox(limit, byte_limit, hub)
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.pending: deque = deque()   # jobs for the sequencer, in arrival order
+        self.pending_bytes = 0          # bytes of the requests in ``pending``
+        self.room = asyncio.Event()     # set when pending_bytes fell below PENDING_BYTES
+        self.room.set()
         self.subs: list = []
         self.closing = False    # exit/quit was asked: close after its done
         self.gone = False
+        self.busy = 0           # requests read and not yet answered
+        self.last_request = time.monotonic()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds with nothing going on (0 while a request is in flight, a
+        subscription is live or frames wait to be sent; SPEC E3)."""
+        if self.busy or self.subs or self.outbox.frames:
+            return 0.0
+        return now - self.last_request
 
 
 # ============================================================ the hub
 
 
 class Hub:
-    """The sequencer and the connections it answers."""
+    """The sequencer and the connections it answers.
+
+    Clients take turns (SPEC E3): each connection has its own queue of
+    requests and the sequencer takes one request from each connection with
+    work in turn, so one client's 64 pipelined requests do not starve
+    another's single one; every request still runs alone, in one total
+    order, so all clients see one consistent history (SPEC C3). A connection
+    whose client has not read its replies (more than ``client_bytes`` queued
+    for it, or anything queued while all clients together hold more than
+    ``total_bytes``) waits for its turn until its writer has drained: memory
+    stays bounded whatever a client sends and however little it reads."""
 
     def __init__(self, client, loop, subscriber_queue: int = SUBSCRIBER_QUEUE,
                  hook: SubscriptionHook | None = None, subscriber_bytes: int = SUBSCRIBER_BYTES,
-                 local_output=None, paths=None):
+                 local_output=None, client_bytes: int = CLIENT_BYTES,
+                 total_bytes: int = TOTAL_BYTES, max_subscriptions: int = MAX_SUBSCRIPTIONS,
+                 max_connections: int = MAX_CONNECTIONS, paths=None):
         """``local_output(records)``: where the startup scripts' subscriptions
         report (their session's output, the server's stdout). ``paths``: what
         a network client may touch (:class:`ddir.server.confine.DataDir`,
@@ -328,76 +393,120 @@ class Hub:
         self.loop = loop
         self.limit = subscriber_queue
         self.byte_limit = subscriber_bytes
-        self.hook = hook or SubscriptionHook()
+        self.client_bytes = client_bytes
+        self.total_bytes = total_bytes
+        self.max_connections = max_connections
+        self.queued_bytes = 0     # queued in every outbox (loop thread writes, sequencer reads)
+        self.hook = hook or SubscriptionHook(max_subscriptions)
         self.local_output = local_output or (lambda records: None)
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.connections: set = set()
         self.fatal: str | None = None
         self.stopped = asyncio.Event()
+        self.cv = threading.Condition()
+        self.turns: deque = deque()     # connections with pending requests, in turn order
+        self.control: deque = deque()   # server-side jobs (releases): before any request
+        self.running = None             # the connection whose request runs now
+        self.stopping = False
         self.thread = threading.Thread(target=self._sequencer, name="ddir-sequencer", daemon=True)
         self.thread.start()
 
     # ---------------------------------------------------------- loop side
 
-    def submit(self, conn: Connection, req_id, line: str, source) -> None:
-        self.jobs.put(lambda: self._execute(conn, req_id, line, source))
+    def submit(self, conn: Connection, req_id, line: str, source, size: int = 0) -> None:
+        self._enqueue(conn, lambda: self._execute(conn, req_id, line, source), size,
+                      _only_reads(line))
 
     def answer_now(self, conn: Connection, frames: list) -> None:
         """A reply that needs no command (a malformed frame), still in order
         with the replies to the requests before it."""
-        self.jobs.put(lambda: self.loop.call_soon_threadsafe(self._deliver, conn, frames, 0, [], []))
+        self._enqueue(conn, lambda: self.loop.call_soon_threadsafe(
+            self._deliver, conn, frames, 0, [], []), 0, True)
+
+    def _enqueue(self, conn: Connection, job, size: int, only_reads: bool) -> None:
+        """``only_reads``: the job changes nothing (dropped if its client goes
+        away before it runs; a command that changes state still runs, as it
+        would have had the client stayed to read the answer)."""
+        conn.busy += 1
+        conn.pending_bytes += size
+        if conn.pending_bytes >= PENDING_BYTES:
+            conn.room.clear()
+        with self.cv:
+            conn.pending.append((job, size, only_reads))
+            if len(conn.pending) == 1:
+                self.turns.append(conn)
+            self.cv.notify()
+
+    def _control(self, job) -> None:
+        with self.cv:
+            self.control.append(job)
+            self.cv.notify()
+
+    def drained(self) -> None:
+        """A writer sent something: a connection that waited may go on."""
+        if self.turns:
+            with self.cv:
+                self.cv.notify()
+
+    def cancel(self, conn: Connection) -> bool:
+        """``cancel`` from ``conn``: stop its running command (SPEC E3: a
+        client may cancel what it started, nobody else's)."""
+        return self.running is conn and bool(self.client.cancel())
 
     def disconnected(self, conn: Connection) -> None:
         conn.gone = True
-        conn.outbox.closed = True
-        conn.outbox.frames.clear()
+        conn.outbox.clear()
         self.connections.discard(conn)
         subs, conn.subs = conn.subs, []
         for sub in subs:
             sub.ended = True
-        self.jobs.put(lambda: self.hook.release_owner(self.client, conn))
+        with self.cv:  # what it asked and was not run yet runs if it changes state
+            conn.pending = deque(job for job in conn.pending if not job[2])
+        self._control(lambda: self.hook.release_owner(self.client, conn))
 
     def _end(self, sub: Subscription) -> None:
         if not sub.ended:
             sub.ended = True
             sub.conn.outbox.drop(sub)
-            self.jobs.put(lambda: self.hook.release(self.client, sub))
+            self._control(lambda: self.hook.release(self.client, sub))
 
     def _deliver(self, conn: Connection, frames: list, at: int, pushes: list, ended: list) -> None:
         """On the loop: the reply to ``conn`` and the pushes of its command,
         in the local CLI's order (``at``: :func:`changes_at` of the reply's
         records): the tick's inspect events, the ``change`` pushes, the rest
         of the reply, ``ended`` pushes, and ``done`` last, so a client that
-        ticks has every change its tick made by the time it sees ``done``."""
+        ticks has every change its tick made by the time it sees ``done``.
+        Pushes come rendered (``(sub, record, text)``): the sequencer
+        renders, the loop only queues."""
         for sub in ended:
             sub.ended = True
             if sub in sub.conn.subs:
                 sub.conn.subs.remove(sub)
         if conn is not None:
             conn.in_flight.release()
+            conn.busy -= 1
             conn.outbox.put(frames[:at])
-        for sub, record in pushes:
-            if record["kind"] == "change":
-                self._push(sub, record)
+        for push in pushes:
+            if push[1]["kind"] == "change":
+                self._push(*push)
         if conn is not None:
             conn.outbox.put(frames[at:-1])
-        for sub, record in pushes:
-            if record["kind"] != "change":
-                self._push(sub, record)
+        for push in pushes:
+            if push[1]["kind"] != "change":
+                self._push(*push)
         if conn is not None:
             conn.outbox.put(frames[-1:])
 
-    def _push(self, sub: Subscription, record: dict) -> None:
+    def _push(self, sub: Subscription, record: dict, text: str) -> None:
         c = sub.conn
         if c.gone or sub.ended:
             return
         if record["kind"] == "ended":  # its producer was dropped
-            c.outbox.put([frame(sub.req_id, record)])
+            c.outbox.put([text])
             sub.ended = True
             if sub in c.subs:
                 c.subs.remove(sub)
             return
-        full = c.outbox.put([frame(sub.req_id, record)], sub)
+        full = c.outbox.put([text], sub)
         if full is not None:
             # overflow (SPEC C3): drop what it queued, end it, say so once
             self._end(sub)
@@ -412,17 +521,55 @@ class Hub:
 
     def _sequencer(self) -> None:
         while True:
-            job = self.jobs.get()
-            if job is None:
-                return
+            with self.cv:
+                job = self._next_job()
+                while job is None and not self.stopping:
+                    self.cv.wait(1.0)  # also re-checks clients whose writers drained
+                    job = self._next_job()
+                if job is None:
+                    return
             try:
                 job()
             except Exception:  # a bug here must not kill the server's only thread
                 traceback.print_exc(file=sys.stderr)
+            finally:
+                self.running = None
+
+    def _next_job(self):
+        """Under ``cv``: a control job, else the next request in turn from a
+        connection whose client has read enough of what it was sent."""
+        if self.stopping:
+            return None
+        if self.control:
+            return self.control.popleft()
+        over_all = self.queued_bytes > self.total_bytes
+        for _ in range(len(self.turns)):
+            conn = self.turns.popleft()
+            if not conn.pending:
+                continue
+            box = conn.outbox.bytes
+            if not conn.gone and (box > self.client_bytes or (over_all and box)):
+                self.turns.append(conn)  # it waits for its writer; others go first
+                continue
+            job, size, _ = conn.pending.popleft()
+            if conn.pending:
+                self.turns.append(conn)
+            self.running = conn
+            self.loop.call_soon_threadsafe(self._made_room, conn, size)
+            return job
+        return None
+
+    def _made_room(self, conn: Connection, size: int) -> None:
+        conn.pending_bytes -= size
+        if conn.pending_bytes < PENDING_BYTES:
+            conn.room.set()
 
     def stop(self) -> None:
-        """Let the sequencer finish what it runs (never half a tick), then end."""
-        self.jobs.put(None)
+        """Let the sequencer finish what it runs (never half a tick; a
+        SIGTERM cancels a long one first), drop what waits, then end."""
+        with self.cv:
+            self.stopping = True
+            self.cv.notify()
         self.thread.join()
 
     def _execute(self, conn: Connection, req_id, line: str, source) -> None:
@@ -444,11 +591,25 @@ class Hub:
         frames.append(done_frame(req_id))
         at = changes_at(records)
         try:
-            pushes = self.hook.drain(self.client)
+            pushes = self._rendered(self.hook.drain(self.client))
         except Exception:
             traceback.print_exc(file=sys.stderr)
             pushes = []
         self.loop.call_soon_threadsafe(self._finish, conn, frames, at, pushes, ended, sub, close)
+
+    @staticmethod
+    def _rendered(pushes: list) -> list:
+        """``(sub, record, frame)``: rendered here, on the sequencer thread
+        (a change of 200k rows takes a while: the event loop must not), and
+        each record once however many subscriptions carry it."""
+        texts: dict = {}
+        out = []
+        for sub, record in pushes:
+            body = texts.get(id(record))
+            if body is None:
+                body = texts[id(record)] = render_json(record)
+            out.append((sub, record, frame(sub.req_id, record, body)))
+        return out
 
     def _finish(self, conn, frames, at, pushes, ended, sub, close) -> None:
         if sub is not None:
@@ -541,12 +702,17 @@ def _parse_request(message) -> tuple:
         raise _BadFrame(None, f"frame of {len(message.encode('utf-8'))} bytes is over the "
                               f"limit of {MAX_FRAME} (1 MiB)")
     try:
-        obj = json.loads(message)
+        obj = json.loads(message, parse_constant=_not_json)
     except (ValueError, RecursionError) as e:
         raise _BadFrame(None, f"frame is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise _BadFrame(None, 'a request is a JSON object {"id": ..., "line": "<command>"}')
     req_id = obj.get("id")
+    try:  # an id must go back as valid JSON: 1e999 reads as inf
+        json.dumps(req_id, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise _BadFrame(None, '"id" must be JSON that can be sent back (not NaN or '
+                              'Infinity, not nested past 1,000 levels)') from None
     line = obj.get("line")
     if not isinstance(line, str):
         raise _BadFrame(req_id, 'request has no "line" (a string): {"id": ..., "line": "<command>"}')
@@ -556,6 +722,16 @@ def _parse_request(message) -> tuple:
     if source is not None and not isinstance(source, str):
         raise _BadFrame(req_id, '"source" must be a string (the program text)')
     return req_id, line, source
+
+
+def _only_reads(line: str) -> bool:
+    """A request whose only effect is its answer."""
+    words = line.split(None, 1)
+    return not words or words[0] in ("peek", "list", "help", "subscribe", "check", "#")
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 class _BadFrame(Exception):
@@ -584,12 +760,20 @@ def _tcp_keepalive(ws) -> None:
 
 async def _handler(hub: Hub, ws) -> None:
     _tcp_keepalive(ws)
-    conn = Connection(ws, hub.limit, hub.byte_limit)
+    if len(hub.connections) >= hub.max_connections:  # handshakes that raced past the gate
+        await ws.close(1013, "too many connections")
+        return
+    conn = Connection(ws, hub.limit, hub.byte_limit, hub)
     hub.connections.add(conn)
     writer = asyncio.create_task(_writer(conn))
     try:
         async for message in ws:
+            conn.last_request = time.monotonic()
+            if isinstance(message, str) and _is_cancel(message):
+                _answer_cancel(hub, conn, message)  # at once: never behind what it cancels
+                continue
             await conn.in_flight.acquire()
+            await conn.room.wait()
             if conn.closing:
                 conn.in_flight.release()
                 break
@@ -598,7 +782,7 @@ async def _handler(hub: Hub, ws) -> None:
             except _BadFrame as e:  # its permit is released when the answer is delivered
                 hub.answer_now(conn, error_frames(e.req_id, str(e)))
                 continue
-            hub.submit(conn, req_id, line, source)
+            hub.submit(conn, req_id, line, source, len(message))
     except Exception:  # connection errors: the client is gone
         pass
     finally:
@@ -612,6 +796,33 @@ async def _handler(hub: Hub, ws) -> None:
         hub.disconnected(conn)
 
 
+def _is_cancel(message: str) -> bool:
+    """``{"id": .., "line": "cancel"}``: read before it is queued (cheap: a
+    cancel is a short frame)."""
+    if len(message) > 1000 or "cancel" not in message:
+        return False
+    try:
+        obj = json.loads(message, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("line"), str) and \
+        obj["line"].strip() == "cancel"
+
+
+def _answer_cancel(hub: Hub, conn: Connection, message: str) -> None:
+    """SPEC E3: ``cancel`` stops the command this client started and is
+    running now (a tick: its programs fail as a tick that does not converge
+    does); it does not wait behind it in the queue."""
+    req_id = json.loads(message).get("id")
+    try:
+        json.dumps(req_id, allow_nan=False)
+    except (ValueError, RecursionError):
+        req_id = None
+    cancelled = hub.cancel(conn)
+    record = {"kind": "cancelled", "running": cancelled}
+    conn.outbox.put([frame(req_id, record), done_frame(req_id)])
+
+
 async def _writer(conn: Connection) -> None:
     box = conn.outbox
     try:
@@ -620,8 +831,8 @@ async def _writer(conn: Connection) -> None:
             box.ready.clear()
             while box.frames:
                 sub, text = box.frames.popleft()
-                box.sent(sub, text)
                 await conn.ws.send(text)
+                box.sent(sub, text)
             if conn.closing:
                 await conn.ws.close(1000, "exit")
                 return
@@ -631,22 +842,29 @@ async def _writer(conn: Connection) -> None:
         return
 
 
-def _authorizer(token: str | None):
-    if token is None:
-        return None
-    expected = f"Bearer {token}".encode()
+async def _close_idle(hub: Hub, timeout: float) -> None:
+    """SPEC E3: a connection with nothing going on for ``timeout`` seconds
+    (no complete request, no subscription, nothing in flight) is closed."""
+    every = min(5.0, timeout / 4)
+    while True:
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        for conn in list(hub.connections):
+            if conn.idle_for(now) >= timeout:
+                conn.last_request = now  # once
+                asyncio.ensure_future(_close(conn.ws, 1000, f"idle for {timeout:g} s"))
 
-    def process_request(connection, request):
-        got = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(got.encode("utf-8", "replace"), expected):
-            return connection.respond(HTTPStatus.UNAUTHORIZED,
-                                      "401 Unauthorized: send `Authorization: Bearer <token>`\n")
-        return None
-    return process_request
+
+async def _close(ws, code: int, reason: str) -> None:
+    try:
+        await asyncio.wait_for(ws.close(code, reason), 5)
+    except Exception:
+        ws.transport.abort() if ws.transport else None
 
 
 async def listen(hub: Hub, host: str, port: int, token: str | None = None,
-                 ping_interval: float | None = PING_INTERVAL):
+                 ping_interval: float | None = PING_INTERVAL, allow_origins: set = frozenset(),
+                 ssl=None, refusals: RefusalLog | None = None):
     """The websockets server answering through ``hub``.
 
     Keepalive (a choice; SPEC C3 leaves it open): websockets pings every
@@ -658,16 +876,28 @@ async def listen(hub: Hub, host: str, port: int, token: str | None = None,
     could be cut off before its subscriber queue overflowed, so it never got
     the overflow record. Now its subscriptions end by their
     queue bound alone (records and bytes), which also bounds the server's
-    memory, and a host that vanished is found by TCP keepalive."""
+    memory, and a host that vanished is found by TCP keepalive.
+
+    Every handshake passes :class:`ddir.serve_auth.Gate` first (token,
+    ``Origin``, rate limit, the connection cap; SPEC E1, E3); the server's
+    own origins are added once its port is known. A handshake must complete
+    within 10 s (websockets' ``open_timeout``), so sockets that never speak
+    do not pile up."""
     from websockets.asyncio.server import serve
     import logging
     logger = logging.getLogger("ddir.serve")
     logger.addHandler(logging.NullHandler())
-    logger.propagate = False  # handshake failures (a 401, a port scan) are not our errors
-    return await serve(lambda ws: _handler(hub, ws), host, port,
-                       process_request=_authorizer(token), max_size=HARD_FRAME,
-                       compression=None, logger=logger, ping_interval=ping_interval,
-                       ping_timeout=None)
+    logger.propagate = False  # handshake failures are logged by the gate, rate-limited
+    gate = Gate(token, set(allow_origins), refusals,
+                full=lambda: len(hub.connections) >= hub.max_connections)
+    server = await serve(lambda ws: _handler(hub, ws), host, port,
+                         process_request=gate, max_size=HARD_FRAME, ssl=ssl,
+                         compression=None, logger=logger, ping_interval=ping_interval,
+                         ping_timeout=None, open_timeout=10, max_queue=4)
+    bound = next(iter(server.sockets)).getsockname()
+    for name in {host, bound[0]}:
+        gate.allowed |= own_origins(name, bound[1], ssl is not None)
+    return server
 
 
 # What a worker's death runs before the process ends (cli.start_server): tell
@@ -701,24 +931,48 @@ def _farewell(hub: "Hub", message: str) -> None:
 async def _serve(client, opts: dict, token: str | None, local_output=None,
                  paths: DataDir | None = None) -> int:
     loop = asyncio.get_running_loop()
-    hub = Hub(client, loop, opts["subscriber_queue"], local_output=local_output, paths=paths)
+    refusals = RefusalLog()
+    loop.set_exception_handler(_quiet(refusals))
+    hub = Hub(client, loop, opts["subscriber_queue"], local_output=local_output,
+              max_subscriptions=opts["max_subscriptions"],
+              max_connections=opts["max_connections"], paths=paths)
     LAST_WORDS.append(lambda message: _farewell(hub, message))
     try:
-        server = await listen(hub, opts["host"], opts["port"], token)
+        tls = tls_context(opts["certfile"], opts["keyfile"]) if opts["certfile"] else None
+        server = await listen(hub, opts["host"], opts["port"], token,
+                              allow_origins=parse_origins(opts["allow_origin"]), ssl=tls,
+                              refusals=refusals)
+    except UsageError as e:
+        hub.stop()
+        _usage_error(e)
+        return 2
     except OSError as e:
         hub.stop()
         print(f"error: cannot listen on {opts['host']}:{opts['port']}: {e.strerror or e}",
               file=sys.stderr)
         return 2
+
+    def stop():  # SIGTERM/SIGINT: a long tick is cancelled, not waited for
+        hub.stopped.set()
+        cancel = getattr(client, "cancel", None)
+        if cancel is not None:
+            cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, hub.stopped.set)
+        loop.add_signal_handler(sig, stop)
     sock = next(iter(server.sockets))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"ddir: serving on ws://{shown}:{port}", file=sys.stderr, flush=True)
+    url = f"{'wss' if tls else 'ws'}://{shown}:{port}"
+    print(f"ddir: serving on {url}", file=sys.stderr, flush=True)
+    kept = _announce(url, port, token, opts, tls is not None)
     if paths is not None:  # SPEC E2: where network clients' load/save/... paths must lie
         print(f"ddir: data directory {paths.real}", file=sys.stderr, flush=True)
-    await hub.stopped.wait()
+    idle = asyncio.ensure_future(_close_idle(hub, opts["idle_timeout"]))
+    try:
+        await hub.stopped.wait()
+    finally:
+        idle.cancel()
+        remove_runtime_file(kept, token)
     server.close()
     try:
         await asyncio.wait_for(server.wait_closed(), 5)
@@ -729,6 +983,55 @@ async def _serve(client, opts: dict, token: str | None, local_output=None,
         print(f"error: {hub.fatal}", file=sys.stderr)
         return 3
     return 0
+
+
+def _announce(url: str, port: int, token: str | None, opts: dict, tls: bool) -> str | None:
+    """After the "serving on" line: where the token is (SPEC E1: kept in a
+    user-only file where `ddir connect` finds it) and the warnings."""
+    kept = None
+    if token is not None:
+        try:
+            kept = write_runtime_file(port, token)
+            print(f"ddir: token kept in {kept} (`ddir connect {url}` reads it)",
+                  file=sys.stderr, flush=True)
+        except OSError as e:
+            print(f"ddir: warning: could not keep the token for local clients "
+                  f"({getattr(e, 'strerror', None) or e}); give them --token-file",
+                  file=sys.stderr, flush=True)
+        if opts["token_file"] is None:
+            print(f"ddir: or give clients the token in the address: {url}/?token={token}",
+                  file=sys.stderr, flush=True)
+    else:
+        print("ddir: warning: --no-token: every local user and program can run commands "
+              "as you", file=sys.stderr, flush=True)
+    if not tls and not is_loopback(opts["host"]):
+        print("ddir: warning: not loopback and no --certfile/--keyfile: the token and the "
+              "data travel in clear", file=sys.stderr, flush=True)
+    return kept
+
+
+def _quiet(refusals: RefusalLog):
+    """The event loop's error handler: what the loop itself reports (an
+    ``accept`` that ran out of file descriptors, a socket reset) goes
+    through the rate-limited log, one line each, never a traceback a second."""
+    def handler(loop, context):
+        e = context.get("exception")
+        what = context.get("message", "error")
+        refusals.refused("?", f"{what}: {e}" if e is not None else what)
+    return handler
+
+
+def _raise_file_limit() -> None:
+    """Each connection is a file descriptor: allow as many as the system
+    lets this user have (the soft limit is often 1,024)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 20), hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def main(argv: list) -> int:
@@ -763,10 +1066,21 @@ def _main(opts: dict, ranks) -> int:
     from .cli import start_server, EXIT_WORKER_DIED
     from .server.session import Session
     try:
-        token = read_token(opts["token_file"]) if opts["token_file"] else None
-        if token is None and not is_loopback(opts["host"]):
-            raise UsageError(f"--host {opts['host']} is not a loopback address: serving it needs "
-                             "--token-file (anyone who reaches the port could run commands)")
+        if opts["token_file"]:
+            token = read_secret(opts["token_file"])
+        elif opts["no_token"]:
+            if not is_loopback(opts["host"]):
+                raise UsageError(f"--no-token is for a loopback address only: --host "
+                                 f"{opts['host']} can be reached by others (use a token)")
+            token = None
+        else:
+            token = make_token()
+        if opts["cursor_secret_file"]:
+            secret = read_secret(opts["cursor_secret_file"], "cursor secret file").encode()
+        elif os.environ.get("DDIR_CURSOR_SECRET"):  # fixed on purpose (the tests' tokens)
+            secret = os.environ["DDIR_CURSOR_SECRET"].encode()
+        else:
+            secret = os.urandom(32)
         data_dir = opts["data_dir"] or os.getcwd()  # SPEC E2: default, where serve started
         if not os.path.isdir(data_dir):
             raise UsageError(f'--data-dir "{data_dir}": not a directory')
@@ -774,6 +1088,7 @@ def _main(opts: dict, ranks) -> int:
     except UsageError as e:
         _usage_error(e)
         return 2
+    _raise_file_limit()
     sessions: list = []
     try:
         client = start_server(opts["workers"], opts["max_rounds"], sessions, opts["functions"],
@@ -786,6 +1101,9 @@ def _main(opts: dict, ranks) -> int:
         print(f"error: cannot start {opts['workers']} worker processes: {e.strerror or e}",
               file=sys.stderr)
         return 2
+    # SPEC E1: cursor tokens are signed with this server's own secret, so a
+    # token of another server (or one forged) never reads here
+    client.core.cursors.secret = secret
     session = Session(json_mode=opts["json"], client=client)
     sessions.append(session)
     try:

@@ -7,6 +7,10 @@ os.environ["DDIR_CHECK_OWNERS"] = "1"
 # Cursor tokens (SPEC C4) are signed with a random secret per server unless
 # this fixes it: then every run, and every -w N, prints the same tokens.
 os.environ.setdefault("DDIR_CURSOR_SECRET", "ddir-tests")
+# `ddir serve` keeps its token where `ddir connect` finds it (SPEC E1): in a
+# private directory of this test run, not the user's.
+import tempfile  # noqa: E402
+os.environ["DDIR_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ddir-runtime-")
 
 import pytest
 

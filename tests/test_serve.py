@@ -28,12 +28,22 @@ class Served:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      **popen)
         line = self.proc.stderr.readline()
-        assert "serving on ws://" in line, line + self.proc.stderr.read()
+        assert "serving on ws" in line, line + self.proc.stderr.read()
         self.url = line.split()[-1]
+        self.token = None
+        if "--no-token" not in args:  # SPEC E1: a token always, kept for local clients
+            line = self.proc.stderr.readline()
+            assert "token kept in " in line, line
+            path = line.split("token kept in ")[1].split(" (")[0]
+            with open(path) as f:
+                self.token = f.read().strip()
 
-    def client(self, token=None, **kw):
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        return connect(self.url, additional_headers=headers, open_timeout=10, **kw)
+    def client(self, token=..., **kw):
+        token = self.token if token is ... else token
+        headers = dict(kw.pop("additional_headers", None) or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return connect(self.url, additional_headers=headers or None, open_timeout=10, **kw)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -120,23 +130,31 @@ def test_records_ids_errors_and_exit(served):
         assert ask(ws, 5, "list")[0]["epoch"] == 0
 
 
+SECRET = "s3cret-of-20-chars-x"
+
+
+def token_file(tmp_path, text=SECRET, mode=0o600):
+    path = tmp_path / "tok"
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return str(path)
+
+
 def test_tokens(served, tmp_path):
-    (tmp_path / "tok").write_text("s3cret\n")
-    s = served("--token-file", str(tmp_path / "tok"))
-    for token in (None, "wrong", "s3cret2"):
+    s = served("--token-file", token_file(tmp_path))
+    for token in (None, "wrong", SECRET + "2"):
         with pytest.raises(InvalidStatus) as e:
             s.client(token)
         assert e.value.response.status_code == 401
-    with s.client("s3cret") as ws:
+    with s.client(SECRET) as ws:
         assert ask(ws, 1, "list")[0]["kind"] == "list"
 
 
 def test_non_loopback_host_needs_a_token(tmp_path):
-    r = subprocess.run(PY + ["serve", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT,
+    r = subprocess.run(PY + ["serve", "--host", "0.0.0.0", "--port", "0", "--no-token"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "needs --token-file" in r.stderr
-    (tmp_path / "empty").write_text("  \n")
-    r = subprocess.run(PY + ["serve", "--token-file", str(tmp_path / "empty")], cwd=ROOT,
+    assert r.returncode == 2 and "--no-token is for a loopback address only" in r.stderr
+    r = subprocess.run(PY + ["serve", "--token-file", token_file(tmp_path, "  ")], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "must hold one token" in r.stderr
 
@@ -161,9 +179,11 @@ def test_malformed_frames_keep_the_connection(served):
         assert "goes with `install`" in ask(ws, 2, "tick", source="x")[0]["message"]
         # the limit is in UTF-8 bytes: 600k two-byte characters are over it
         assert "bytes is over the limit" in error_then_done("\u00e9" * 600_000)
-        assert "over the limit" in error_then_done("x" * (17 << 20))  # still an error record
+        assert "over the limit" in error_then_done("x" * (3 << 20))  # still an error record
         assert ask(ws, 3, "list")[0]["kind"] == "list"  # still usable
-        ws.send("x" * (65 << 20))  # past the hard limit: websockets closes (1009)
+        # SPEC E3: far past the limit, refused from the frame's header before it is
+        # buffered whole: websockets closes (1009)
+        ws.send("x" * (5 << 20))
         with pytest.raises(ConnectionClosed) as e:
             ws.recv(timeout=10)
         assert e.value.rcvd.code == 1009
@@ -198,7 +218,7 @@ def test_killed_client_does_not_hurt_others(served):
     killer = subprocess.Popen([sys.executable, "-c", f"""
 import json, os, signal
 from websockets.sync.client import connect
-ws = connect({s.url!r})
+ws = connect({s.url!r}, additional_headers={{"Authorization": "Bearer {s.token}"}})
 ws.send(json.dumps({{"id": 1, "line": "peek big"}}))
 ws.send(json.dumps({{"id": 2, "line": "tick"}}))
 os.kill(os.getpid(), signal.SIGKILL)
@@ -393,13 +413,22 @@ def test_connect_with_piped_stdin_prints_what_ddir_prints(served, tmp_path):
 
 
 def test_connect_token_refused(served, tmp_path):
-    (tmp_path / "tok").write_text("abc")
-    s = served("--token-file", str(tmp_path / "tok"))
+    s = served("--token-file", token_file(tmp_path))
+    elsewhere = {**os.environ, "DDIR_RUNTIME_DIR": str(tmp_path / "other")}  # finds no token
     r = subprocess.run(PY + ["connect", s.url], input="list\n", capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 2 and "HTTP 401" in r.stderr
+                       timeout=30, env=elsewhere)
+    assert r.returncode == 2 and "HTTP 401 (a token is needed" in r.stderr
+    (tmp_path / "wrong").write_text("x" * 20)
+    (tmp_path / "wrong").chmod(0o600)
+    r = subprocess.run(PY + ["connect", s.url, "--token-file", str(tmp_path / "wrong")],
+                       input="list\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "HTTP 401 (the token in " in r.stderr and "was refused" in r.stderr
     r = subprocess.run(PY + ["connect", s.url, "--token-file", str(tmp_path / "tok"), "--json"],
                        input="list\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "list"
+    # SPEC E1: on the server's machine, no flags: the token the server keeps is found
+    r = subprocess.run(PY + ["connect", s.url, "--json"], input="list\n", capture_output=True,
+                       text=True, timeout=30)
     assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "list"
 
 
@@ -571,7 +600,8 @@ def test_a_subscriber_that_never_reads_is_ended_alone_by_the_real_server(served)
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         with connect(s.url, sock=sock, max_queue=1, max_size=None, ping_interval=None,
-                     compression=None, open_timeout=10) as slow:
+                     compression=None, open_timeout=10,
+                     additional_headers={"Authorization": f"Bearer {s.token}"}) as slow:
             assert ask(slow, "sub", "subscribe wide")[0]["kind"] == "subscribed"
             # from here on `slow` reads nothing until the ticks are over
             before = rss_mb(s.proc.pid)

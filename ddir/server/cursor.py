@@ -35,6 +35,7 @@ from ..terms.runtime import MAX_NESTING
 from ..values import INT_MAX, INT_MIN, order_key, value_problem
 
 LEASE_SECONDS = 60.0
+LEASE_LIFE = 900.0  # s: the most a lease lives however often it is renewed (SPEC E1)
 MAC_BYTES = 16
 VERSION = 1
 KEPT_KEYS = 16   # keys per lease whose sorted rows a worker keeps for the next page
@@ -45,11 +46,13 @@ KEPT_KEYS = 16   # keys per lease whose sorted rows a worker keeps for the next 
 PAGE_STATS = {"touched": 0}
 
 
-# The default secret is fixed, so that a token is a function of the rows and
-# the epoch alone: output is byte-identical for every -w N, every run, and
-# after a restore (SPEC B, C5). The MAC tells a mistyped or cut token from a
-# real one; a token forged with this public secret can only ask for rows a
-# plain peek gives anyway. DDIR_CURSOR_SECRET sets a private one.
+# Local use (scripts, the prompt, the API) signs with a fixed secret, so that
+# a token is a function of the rows and the epoch alone: output is
+# byte-identical for every -w N, every run, and after a restore (SPEC B, C5);
+# the process is the user's own, so there is nobody to forge against.
+# `ddir serve` signs with a secret made at its start (or --cursor-secret-file;
+# SPEC E1), so a network client can neither forge a token (skip ahead, claim
+# a total) nor bring one from another server. DDIR_CURSOR_SECRET sets one too.
 DEFAULT_SECRET = b"ddir cursor tokens, version 1"
 
 
@@ -60,9 +63,13 @@ def _secret() -> bytes:
 
 class Cursors:
     def __init__(self, clock=time.monotonic, lease_seconds: float = LEASE_SECONDS,
-                 secret: bytes | None = None):
+                 secret: bytes | None = None, lease_life: float = LEASE_LIFE):
         self.clock = clock
         self.lease_seconds = lease_seconds
+        # A cursor re-paged every epoch would otherwise hold its epoch's
+        # history back from compaction for ever (one client pinning memory)
+        self.lease_life = lease_life
+        self.born: dict = {}  # (trace, epoch) -> when its lease was first taken
         self.secret = secret if secret is not None else _secret()
         # (trace, epoch) -> when a page last used it. No client owns a lease:
         # a token is self-contained, so it works on another connection or
@@ -113,19 +120,24 @@ class Cursors:
         """Release the leases unused for ``lease_seconds``."""
         now = self.clock()
         for lease in [lease for lease, used in self.leases.items()
-                      if now - used >= self.lease_seconds]:
+                      if now - used >= self.lease_seconds
+                      or now - self.born.get(lease, now) >= self.lease_life]:
             del self.leases[lease]
+            self.born.pop(lease, None)
 
     def held(self, trace: str, epoch: int) -> bool:
         self.expire()
         return (trace, epoch) in self.leases
 
     def renew(self, trace: str, epoch: int) -> None:
-        self.leases[(trace, epoch)] = self.clock()
+        now = self.clock()
+        self.leases[(trace, epoch)] = now
+        self.born.setdefault((trace, epoch), now)
 
     def release_trace(self, trace: str) -> None:
         for lease in [lease for lease in self.leases if lease[0] == trace]:
             del self.leases[lease]
+            self.born.pop(lease, None)
 
     def active(self) -> list:
         """``[[trace, epoch], ...]`` of the held leases, for the workers."""

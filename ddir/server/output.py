@@ -37,6 +37,9 @@ def render_text(record: dict) -> str:
         return f'dropped "{record["name"]}"'
     if kind == "tick":
         return f"tick -> epoch {record['epoch']}"
+    if kind == "cancelled":  # `cancel` over serve (SPEC E3)
+        return ("cancelling the command you started" if record["running"]
+                else "nothing of yours is running to cancel")
     if kind == "error":
         where = f"{record['file']}:{record['line']}: " if "file" in record else ""
         return f"error: {where}{record['message']}"
