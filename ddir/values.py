@@ -21,12 +21,13 @@ wherever order matters (min, collect, printing).
 from __future__ import annotations
 
 import json
+import struct
 from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 __all__ = [
-    "List", "Variant", "Value", "order_key", "compare", "truthy",
+    "List", "Variant", "Float", "Value", "order_key", "compare", "truthy",
     "format_value", "to_json", "rows_to_json", "from_json", "parse_printed", "ValueSyntaxError",
     "ValueTooDeepError", "value_depth", "value_problem", "INT_MIN", "INT_MAX",
 ]
@@ -85,7 +86,53 @@ class Variant(tuple):
         return (self[0], self[1])
 
 
-Value = Any  # int | tuple | List | Variant
+class Float(float):
+    """A DDIR Float (SPEC D1): an IEEE 754 double that is a value of its own.
+
+    A ``float`` subclass so arithmetic is native, but equality and hashing
+    are by the bits: ``Float(1.0) != 1`` (an Int and a Float are different
+    values, as ``List((1,)) != (1,)``), ``Float(-0.0) != Float(0.0)`` and
+    ``Float("nan") == Float("nan")`` (totalOrder tells them apart, and a
+    row must equal itself to consolidate). Every NaN is made the one quiet
+    NaN of its sign, so equal-looking NaNs are equal. Arithmetic on Floats
+    gives plain ``float``: builtins wrap their results in ``Float``.
+    A DDIR String is a plain ``str`` (it equals nothing else)."""
+
+    __slots__ = ()
+
+    def __new__(cls, x=0.0) -> "Float":
+        x = float(x)
+        if x != x:  # one NaN per sign
+            x = _NEG_NAN if _copysign(1.0, x) < 0 else _NAN
+        return float.__new__(cls, x)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Float and _BITS.pack(self) == _BITS.pack(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(_BITS.pack(self)) ^ 0xF10A7
+
+    def __repr__(self) -> str:
+        return f"Float({float.__repr__(self)})"
+
+    def __getnewargs__(self):
+        return (float(self),)
+
+
+_BITS = struct.Struct("<d")
+_NAN = float("nan")
+_NEG_NAN = -float("nan")
+
+
+def _copysign(a: float, b: float) -> float:
+    import math
+    return math.copysign(a, b)
+
+
+Value = Any  # int | Float | str | tuple | List | Variant
 
 
 def value_problem(v: object, max_depth: int):
