@@ -254,6 +254,29 @@ def test_ctrl_c_during_an_api_tick_cancels_it_then_raises():
         assert s.list()["programs"][0]["failed"] == "the tick was cancelled at epoch 0"
 
 
+def test_ctrl_c_at_the_prompt_cancels_the_tick(tmp_path, capsys):
+    """What the prompt runs for each line (repl.run_prompt -> Session.run_line):
+    Ctrl-C during the tick cancels it, says so once, and the prompt goes on."""
+    import io
+    from ddir.server.session import Session
+    (tmp_path / "p.ddp").write_text(FOREVER)
+    out = io.StringIO()
+    with ddir.Server(max_rounds=ROUNDS) as s:
+        session = Session(out=out, client=s, interactive=True)
+        assert session.run_line(f"install p {tmp_path}/p.ddp")
+        assert session.run_line("feed p 0 0")
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        assert session.run_line("tick")  # the prompt goes on
+        assert time.monotonic() - started < 2.3
+        timer.join()
+        assert session.run_line("tick")  # not cancelled: nothing left to run
+    assert out.getvalue().splitlines()[1:] == [f"error: {CANCELLED}", "tick -> epoch 1",
+                                               "tick -> epoch 2"]
+    assert capsys.readouterr().err.count("ddir: cancelling the running command") == 1
+
+
 def test_sigterm_during_a_long_tick_exits_at_once(tmp_path):
     (tmp_path / "p.ddp").write_text(FOREVER)
     p = _script(2)
