@@ -431,3 +431,15 @@ def test_sigterm_during_a_long_tick_exits_within_2_s(served):
         s.proc.send_signal(15)
         s.proc.wait(timeout=10)
         assert time.monotonic() - t < 2.5
+
+
+def test_a_cursor_far_behind_the_server_expires():
+    """Item 8: the history a lease holds grows with every tick, so a lease
+    more than MAX_LAG epochs behind ends whatever its age."""
+    from ddir.server.cursor import MAX_LAG, Cursors
+    c = Cursors(clock=lambda: 0.0)
+    c.renew("t", 3)
+    c.epoch = 3 + MAX_LAG
+    assert c.held("t", 3) and c.active() == [["t", 3]]
+    c.epoch += 1
+    assert not c.held("t", 3) and c.active() == []

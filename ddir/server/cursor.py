@@ -36,6 +36,7 @@ from ..values import INT_MAX, INT_MIN, order_key, value_problem
 
 LEASE_SECONDS = 60.0
 LEASE_LIFE = 900.0  # s: the most a lease lives however often it is renewed (SPEC E1)
+MAX_LAG = 16        # epochs: a lease whose epoch is further behind ends (SPEC E3)
 MAC_BYTES = 16
 VERSION = 1
 KEPT_KEYS = 16   # keys per lease whose sorted rows a worker keeps for the next page
@@ -70,6 +71,12 @@ class Cursors:
         # history back from compaction for ever (one client pinning memory)
         self.lease_life = lease_life
         self.born: dict = {}  # (trace, epoch) -> when its lease was first taken
+        # ... and however young it is, a lease MAX_LAG epochs behind the
+        # server's epoch ends: the history it holds grows with every tick
+        # (a cursor re-paged each epoch of a 200k-row churn held 1.2 GB after
+        # 30 epochs, and made another client's program fail its budget)
+        self.epoch = 0        # the server's epoch, set by the registry at each tick
+        self.max_lag = MAX_LAG
         self.secret = secret if secret is not None else _secret()
         # (trace, epoch) -> when a page last used it. No client owns a lease:
         # a token is self-contained, so it works on another connection or
@@ -121,7 +128,8 @@ class Cursors:
         now = self.clock()
         for lease in [lease for lease, used in self.leases.items()
                       if now - used >= self.lease_seconds
-                      or now - self.born.get(lease, now) >= self.lease_life]:
+                      or now - self.born.get(lease, now) >= self.lease_life
+                      or self.epoch - lease[1] > self.max_lag]:
             del self.leases[lease]
             self.born.pop(lease, None)
 

@@ -422,6 +422,7 @@ class Server:
     def tick(self, cmd: C.Tick) -> list:
         closing = self.epoch
         watched = sorted({s.trace for s in self.subscriptions.values()})
+        self.cursors.epoch = self.epoch + 1  # a lease too far behind ends (cursor.MAX_LAG)
         replies = self.cluster.broadcast(("tick", closing, watched, self.cursors.active()))
         self.epoch += 1
         records = self._collect(replies)
@@ -517,19 +518,26 @@ class Server:
                 for k, v, d in rows:
                     merged[(k, v)] = merged.get((k, v), 0) + d
         records = []
+        # one list of rows per (trace, key): ten subscribers of one trace
+        # share one filtered, sorted list (and serve renders it once)
+        shared: dict = {}
         for sub in sorted(self.subscriptions.values(), key=lambda s: (s.trace, s.id)):
             producer = self.programs.get(self.traces.get(sub.trace, ""))
             if producer is None or producer.failed:
                 continue
-            merged = per_trace.get(sub.trace, {})
-            if sub.has_key:
-                wanted = order_key(sub.key)
-                rows = [(k, v, d) for (k, v), d in merged.items() if d and order_key(k) == wanted]
-            else:
-                rows = [(k, v, d) for (k, v), d in merged.items() if d]
+            wanted = order_key(sub.key) if sub.has_key else None
+            rows = shared.get((sub.trace, sub.has_key, wanted))
+            if rows is None:
+                merged = per_trace.get(sub.trace, {})
+                if sub.has_key:
+                    rows = [(k, v, d) for (k, v), d in merged.items()
+                            if d and order_key(k) == wanted]
+                else:
+                    rows = [(k, v, d) for (k, v), d in merged.items() if d]
+                rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
+                shared[(sub.trace, sub.has_key, wanted)] = rows
             if not rows:
                 continue
-            rows.sort(key=lambda r: (order_key(r[0]), order_key(r[1])))
             record = {"kind": "change", "trace": sub.trace, "epoch": epoch, "rows": rows,
                       "sub": sub.id}
             if sub.deliver is not None:
