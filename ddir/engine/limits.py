@@ -76,6 +76,7 @@ class Limits:
         self.local = 0          # CANCEL | MEMORY: what this worker wants
         self.agreed = 0         # the OR of every worker's `local` as of the last collective step
         self.due = 0.0          # monotonic time of the next sample
+        self.last = None        # what the last sample of this run read (None: none yet)
 
     # ------------------------------------------------------------ setting up
 
@@ -89,12 +90,14 @@ class Limits:
         command that runs dataflows, so ``agreed`` stays the same everywhere)."""
         self.local = self.agreed = 0
         self.due = 0.0
+        self.last = None
 
     def begin(self) -> None:
         """A dataflow starts running: a memory stop was the last one's
         (every worker runs the same dataflows in the same order)."""
         self.local &= ~MEMORY
         self.agreed &= ~MEMORY
+        self.last = None
 
     # ------------------------------------------------------------ checks
 
@@ -105,8 +108,17 @@ class Limits:
         flag = self.flag
         if flag is not None and flag[0]:
             self.local |= CANCEL
-        if self.budget is not None and resident() - self.base > self.budget:
-            self.local |= MEMORY
+        if self.budget is not None:
+            used = resident() - self.base
+            grown = used - self.last if self.last is not None else 0
+            self.last = used
+            # Stop also when two more intervals growing as fast would pass
+            # the budget: a loop that doubles its rows each round allocates
+            # in its next round what all earlier rounds did together, so a
+            # stop at the first sample past the budget came at up to twice it
+            # (bench/abuse.py, attack 6g: 1.2 GB per worker on 512 MB).
+            if used > self.budget or used + 2 * max(grown, 0) > self.budget:
+                self.local |= MEMORY
 
     def allow(self, nbytes: int) -> bool:
         """Whether an operator may allocate ``nbytes`` more; if not, this
