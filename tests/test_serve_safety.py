@@ -19,21 +19,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import ROOT
-from test_serve import PY, Served, ask, replies, rss_mb, token_file
+from test_serve import PY, ask, replies, rss_mb, served, token_file  # noqa: F401 (a fixture)
 
 BIG = 'export "big" = import "iota:200000";\n'
-
-
-@pytest.fixture
-def served():
-    started = []
-
-    def start(*args, **kw):
-        started.append(Served(*args, **kw))
-        return started[-1]
-    yield start
-    for s in started:
-        s.stop()
 
 
 def status_of(s, **kw):
