@@ -41,6 +41,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -113,6 +114,7 @@ HARD_FRAME = 4 << 20         # past this websockets refuses the frame from its h
                              # before buffering it: a memory guard (SPEC E3)
 MAX_IN_FLIGHT = 64           # requests of one connection queued or running
 PENDING_BYTES = 4 << 20      # ... and their bytes: past either the reader stops reading
+KEEPS_UP_BYTES = 256 << 10  # a client with less than this unsent in its socket keeps up
 CLIENT_BYTES = 16 << 20      # bytes queued for one client (replies and pushes) before its
                              # next request waits and its subscriptions' pushes end them
 TOTAL_BYTES = 256 << 20      # bytes queued for all clients: past it only clients that have
@@ -354,6 +356,15 @@ class Connection:
         self.gone = False
         self.busy = 0           # requests read and not yet answered
         self.last_request = time.monotonic()
+        sock = ws.transport.get_extra_info("socket") if getattr(ws, "transport", None) else None
+        self.fd = sock.fileno() if sock is not None else -1
+
+    def keeps_up(self) -> bool:
+        """Whether the client has taken what it was sent: nothing in the
+        outbox, and little in the kernel's send queue (a first big reply
+        leaves the outbox at once into a socket buffer of megabytes, whether
+        or not the client reads)."""
+        return not self.outbox.bytes and _unsent(self.fd) < KEEPS_UP_BYTES
 
     def idle_for(self, now: float) -> float:
         """Seconds with nothing going on (0 while a request is in flight, a
@@ -559,7 +570,7 @@ class Hub:
             box = conn.outbox.bytes
             if not conn.gone and (box > self.client_bytes or (over_all and box)):
                 continue  # it waits for its writer
-            if not box or conn.gone:
+            if conn.gone or conn.keeps_up():
                 chosen = conn  # a client that has read everything goes first
                 break
             if chosen is None:
@@ -826,6 +837,25 @@ async def _handler(hub: Hub, ws) -> None:
                 pass
         writer.cancel()
         hub.disconnected(conn)
+
+
+def _unsent(fd: int) -> int:
+    """Bytes in a socket's send queue not yet acknowledged by the peer
+    (Linux ``SIOCOUTQ``; 0 where it cannot be read)."""
+    if fd < 0 or _SIOCOUTQ is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+try:
+    import fcntl
+    import termios
+    _SIOCOUTQ = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
+except ImportError:
+    _SIOCOUTQ = None
 
 
 def _is_cancel(message: str) -> bool:
