@@ -71,13 +71,17 @@ def check(args: list) -> int:
     an ``@name(...)`` call is not checked (the server it is meant for may
     have it); with it, a name the module lacks is a located error."""
     files, functions = [], None
+    if _asks_help(args, CHECK_USAGE):
+        return 0
     i = 0
     while i < len(args):
         a = args[i]
+        if _unknown_option(a, CHECK_USAGE):
+            return 2
         if a == "--functions" or a.startswith("--functions="):
             value = args[i + 1] if a == "--functions" and i + 1 < len(args) else a[12:]
             if not value:
-                print("usage: ddir check [--functions MODULE] FILE...", file=sys.stderr)
+                print(CHECK_USAGE, end="", file=sys.stderr)
                 return 2
             try:
                 functions = load_functions(value)
@@ -89,7 +93,7 @@ def check(args: list) -> int:
         files.append(a)
         i += 1
     if not files:
-        print("usage: ddir check [--functions MODULE] FILE...", file=sys.stderr)
+        print(CHECK_USAGE, end="", file=sys.stderr)
         return 2
     status = 0
     for path in files:
@@ -108,6 +112,38 @@ def check(args: list) -> int:
     return status
 
 
+CHECK_USAGE = """usage: ddir check [--functions MODULE] FILE...
+
+  parse, lower and validate each program file (.ddp pipe syntax, .ddir applicative);
+  prints `FILE: ok` or the located error. --functions MODULE also checks that every
+  @name(...) the programs call is a public function of MODULE.
+exit status: 0 all ok, 1 an error in a program, 2 bad usage
+"""
+
+EXPLAIN_USAGE = """usage: ddir explain FILE
+
+  print the lowered, optimised dataflow of a program (its operators, scopes,
+  arrangements and exchanges)
+"""
+
+
+def _asks_help(args: list, usage: str) -> bool:
+    """``-h``/``--help`` anywhere: the usage on stdout (a newcomer's
+    ``ddir check --help`` read ``--help`` as a file name)."""
+    if "-h" in args or "--help" in args:
+        print(usage, end="")
+        return True
+    return False
+
+
+def _unknown_option(arg: str, usage: str) -> bool:
+    if arg.startswith("-") and arg != "-" and not arg.startswith("--functions"):
+        print(f"error: unknown option {arg}", file=sys.stderr)
+        print(usage, end="", file=sys.stderr)
+        return True
+    return False
+
+
 def _source(path: str):
     try:
         with open(path, encoding="utf-8") as f:
@@ -117,8 +153,12 @@ def _source(path: str):
 
 
 def explain_cmd(files: list) -> int:
+    if _asks_help(files, EXPLAIN_USAGE):
+        return 0
+    if any(_unknown_option(a, EXPLAIN_USAGE) for a in files):
+        return 2
     if len(files) != 1:
-        print("usage: ddir explain FILE", file=sys.stderr)
+        print(EXPLAIN_USAGE, end="", file=sys.stderr)
         return 2
     try:
         program = load_program(files[0])

@@ -20,6 +20,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 from . import options
@@ -29,7 +30,13 @@ from .server.output import (PROMPT_PAGE, changes_at, error_record, prompt_page, 
                             render_text, text_order)
 from .values import from_json
 
-USAGE = """usage: ddir connect ws://HOST:PORT [--token-file F] [--json] [SCRIPT...]
+DEFAULT_URL = "ws://127.0.0.1:7468"  # where `ddir serve` listens by default
+POLL_SECONDS = 2.0  # at the prompt: how often the epoch is read again
+
+USAGE = """usage: ddir connect [ws://HOST:PORT] [--token-file F] [--json] [SCRIPT...]
+
+  ws://HOST:PORT  the server (default ws://127.0.0.1:7468, `ddir serve`'s default;
+                  wss:// for a server with --certfile)
 
   SCRIPT          scripts to send, one after the other (stdin if none; the
                   prompt if stdin is a terminal)
@@ -96,6 +103,7 @@ class RemoteSession:
         self._late: list = []    # pushes that came meanwhile, after its done
         self._replies: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
+        self._talking = threading.RLock()  # one request on the wire at a time (the poller's too)
         self._receiver = threading.Thread(target=self._receive, daemon=True)
         self._receiver.start()
 
@@ -140,6 +148,10 @@ class RemoteSession:
 
     def request(self, line: str, source: str | None = None) -> list:
         """The records answering one line (raw JSON objects, ids removed)."""
+        with self._talking:
+            return self._request(line, source)
+
+    def _request(self, line: str, source: str | None) -> list:
         req_id = next(self._ids)
         body = {"id": req_id, "line": line}
         if source is not None:
@@ -177,6 +189,32 @@ class RemoteSession:
                   flush=True)
         except Exception:
             pass
+
+    def poll(self, every: float, lost) -> threading.Thread:
+        """At the prompt: the epoch and names stay current while another
+        client ticks (a ``list`` every ``every`` seconds when no line is
+        being run; pushes that come with it are printed at once), and a
+        server that went away is said at once: ``lost(ConnectionLost)``,
+        not at the next command (issue 26, item 7)."""
+        def run():
+            while True:
+                time.sleep(every)
+                if not self._talking.acquire(blocking=False):
+                    continue  # a line is running: it refreshes after itself
+                try:
+                    records = self.request("list")
+                except ConnectionLost as e:
+                    lost(e)
+                    return
+                finally:
+                    self._talking.release()
+                listing = [r for r in records if r.get("kind") == "list"]
+                if listing:
+                    self.server.update(listing[0])
+                self.emit([rebuild(r) for r in records if r.get("kind") != "list"])
+        thread = threading.Thread(target=run, name="ddir-connect-poll", daemon=True)
+        thread.start()
+        return thread
 
     def refresh(self) -> None:
         records = self.request("list")
@@ -318,9 +356,10 @@ def parse_args(argv: list) -> dict:
     opts, positional = options.parse(argv, {"token_file": None, "json": False},
                                      texts={"--token-file": ("token_file", "a file")},
                                      flags={"--json": "json"})
-    if not positional:
-        raise UsageError("connect needs the server's address: ddir connect ws://HOST:PORT")
-    opts["url"], opts["scripts"] = positional[0], positional[1:]
+    if positional and "://" in positional[0]:
+        opts["url"], opts["scripts"] = positional[0], positional[1:]
+    else:  # `serve`'s own default (a newcomer's `ddir connect` had no address to go to)
+        opts["url"], opts["scripts"] = DEFAULT_URL, positional
     if not opts["url"].startswith(("ws://", "wss://")):
         raise UsageError(f"the address must start with ws:// or wss://, got `{opts['url']}`")
     return opts
@@ -371,10 +410,17 @@ def main(argv: list) -> int:
         if not opts["scripts"]:
             if sys.stdin.isatty() and not opts["json"]:
                 from prompt_toolkit.patch_stdout import patch_stdout
-                from .repl import run_prompt
+                from .repl import make_prompt_session, run_prompt
                 session.refresh()
+                prompt = make_prompt_session(session, refresh_interval=POLL_SECONDS)
+
+                def lost(e):  # end the prompt from the poller's thread
+                    app = prompt.app
+                    if app.is_running:
+                        app.loop.call_soon_threadsafe(lambda: app.exit(exception=e))
+                session.poll(POLL_SECONDS, lost)
                 with patch_stdout(raw=True):
-                    run_prompt(session)
+                    run_prompt(session, prompt)
             else:
                 session.run_script("<stdin>", sys.stdin)
         return 0

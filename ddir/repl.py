@@ -208,7 +208,9 @@ def run_prompt(session: Session, prompt_session: PromptSession | None = None) ->
     prompt = prompt_session or make_prompt_session(session)
     while True:
         try:
-            line = prompt.prompt(f"ddir [{session.server.epoch}]> ")
+            # a callable: redrawn with the epoch of now (`connect` reads it
+            # again while the prompt waits: another client's tick shows)
+            line = prompt.prompt(lambda: f"ddir [{session.server.epoch}]> ")
         except KeyboardInterrupt:
             continue
         except EOFError:

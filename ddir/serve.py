@@ -1119,6 +1119,18 @@ def main(argv: list) -> int:
             ranks.finish()
 
 
+class _Stderr:
+    """Where ``cli.start_server`` reports a dead worker under serve: the
+    server's stderr, beside its other reports (stdout is the startup
+    scripts' output; issue 26, item 14). Clients get the record too
+    (``LAST_WORDS``)."""
+
+    def emit(self, records) -> None:
+        from .server.output import render_text
+        for record in records:
+            print(render_text(record), file=sys.stderr, flush=True)
+
+
 def _usage_error(e: UsageError) -> None:
     print(f"error: {e}", file=sys.stderr)
     print(USAGE, end="", file=sys.stderr)
@@ -1167,7 +1179,8 @@ def _main(opts: dict, ranks) -> int:
     # token of another server (or one forged) never reads here
     client.core.cursors.secret = secret
     session = Session(json_mode=opts["json"], client=client)
-    sessions.append(session)
+    sessions.append(_Stderr())  # a worker's death: said on stderr, where serve reports
+
     try:
         for path in opts["scripts"]:
             try:

@@ -22,9 +22,29 @@ def test_held_until_the_command_returns():
         done.append("after the Ctrl-C")  # not cut short
         return 42
 
-    assert defer_interrupts(command) == (42, True)
-    assert done == ["after the Ctrl-C"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:  # a job started in the background inherits SIGINT ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # give the test a Ctrl-C
+        before = signal.default_int_handler
+    try:
+        assert defer_interrupts(command) == (42, True)
+        assert done == ["after the Ctrl-C"]
+        # what the guard promises: what was there before is back (issue 26, item
+        # 16: this asserted default_int_handler, which failed under `nohup ... &`)
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_the_handler_that_was_there_is_restored():
+    """Whatever the handler was (a program's own, or SIG_IGN), it is back."""
+    mine = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        assert defer_interrupts(lambda: 7) == (7, False)
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_the_api_raises_it_afterwards(tmp_path):

@@ -44,8 +44,11 @@ def test_each_command_has_its_own_options():
         serve.parse_args(["--strict"])
     opts = connect.parse_args(["--token-file", "t", "ws://h:1", "s.txt"])
     assert (opts["token_file"], opts["url"], opts["scripts"]) == ("t", "ws://h:1", ["s.txt"])
-    with pytest.raises(UsageError, match="connect needs the server's address"):
-        connect.parse_args(["--json"])
+    # no address: serve's default (issue 26, item 11); a first positional
+    # without "://" is a script
+    assert connect.parse_args(["--json"])["url"] == "ws://127.0.0.1:7468"
+    opts = connect.parse_args(["s.txt"])
+    assert (opts["url"], opts["scripts"]) == ("ws://127.0.0.1:7468", ["s.txt"])
     with pytest.raises(UsageError, match="must start with ws:// or wss://"):
         connect.parse_args(["http://h"])
     with pytest.raises(UsageError, match="unknown option -w"):

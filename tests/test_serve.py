@@ -312,6 +312,9 @@ def test_a_dead_worker_is_told_to_every_client(tmp_path):
                 ws.recv(timeout=10)
             assert e.value.rcvd.code == 1011
         assert s.proc.wait(timeout=20) == 3
+        # on the server's stderr, where it reports, not among the scripts' output
+        out, err = s.proc.stdout.read(), s.proc.stderr.read()
+        assert "died" not in out and "error: worker " in err and "the server stops" in err
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
@@ -456,6 +459,30 @@ def test_connect_in_a_real_terminal(served, tmp_path):
             ask(ws, 3, "tick")
         screen = t.wait_for("{echoed} (7, 8) ; ()  @1  +1")
         assert "error" not in screen
+    finally:
+        t.close()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_connects_prompt_follows_other_clients_and_notices_a_stop(served, tmp_path):
+    """Issue 26, item 7: the epoch in `connect`'s prompt followed only this
+    client's own commands, and a server that stopped was noticed at the
+    next command only."""
+    from test_repl import Terminal
+    s = served()
+    with s.client() as ws:
+        ask(ws, 1, "install e e.ddp", source=ECHO)
+    t = Terminal(str(tmp_path / "hist"), "connect", s.url, ";", "echo", "exit=$?", ";",
+                 "sleep", "30")
+    try:
+        with s.client() as ws:  # another client ticks twice; nobody types
+            ask(ws, 2, "tick")
+            ask(ws, 3, "tick")
+        t.wait_for("ddir [2]>", timeout=15)
+        s.proc.send_signal(signal.SIGTERM)
+        s.proc.wait(timeout=20)
+        screen = t.wait_for("exit=3", timeout=15)  # nobody typed a thing
+        assert "error: the connection to the server was lost" in screen
     finally:
         t.close()
 

@@ -262,6 +262,25 @@ def _allow_open_files(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def name_process(title: str) -> None:
+    """What `ps` and `top` show for this process (issue 26: every worker
+    looked exactly like the server, `ddir serve -w 3 --port 0`). The
+    command line with ``setproctitle``; else at least the kernel's short
+    name (``prctl(PR_SET_NAME)``, 15 bytes: what `top` and `ps -e` show)."""
+    try:
+        from setproctitle import setproctitle
+        setproctitle(title)
+        return
+    except ImportError:
+        pass
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, title.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
                  parent: int, functions: dict | None = None, flag=None) -> None:
     """``functions``: the callables of ``--functions`` (SPEC C5), inherited
@@ -271,6 +290,7 @@ def _worker_main(index: int, shards: int, control, peers: dict, inherited: list,
             s.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
+    name_process(f"ddir worker {index}/{shards}")
     worker = Worker(index, shards, Mesh(index, shards, peers) if shards > 1 else None,
                     functions=functions, flag=flag)
     buffer = FrameBuffer()
