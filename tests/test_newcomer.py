@@ -41,3 +41,17 @@ def test_worker_processes_have_their_own_titles():
         assert "serve" in open(f"/proc/{s.proc.pid}/cmdline").read()
     finally:
         s.stop()
+
+
+def test_a_missing_program_file_says_where_it_was_looked_for(tmp_path):
+    """Item 6: `cd sessions && ddir shared_trace.txt` said only that
+    `programs/producer.ddp` could not be read."""
+    r = subprocess.run(PY + ["shared_trace.txt"], capture_output=True, text=True, timeout=30,
+                       cwd=ROOT / "sessions")
+    assert (f'cannot read program file "programs/producer.ddp": No such file or directory '
+            f'(looked in {ROOT / "sessions"} (the current directory))') in r.stdout, r.stdout
+    (tmp_path / "s.txt").write_text("install p nowhere.ddp\n")
+    r = subprocess.run(PY + [str(tmp_path / "s.txt")], capture_output=True, text=True,
+                       timeout=30, cwd=ROOT)
+    assert (f"(looked in {ROOT} (the current directory) and {tmp_path} (the script's "
+            f"directory))") in r.stdout, r.stdout

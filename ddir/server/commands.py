@@ -223,6 +223,18 @@ def resolve_path(path: str, script_dir: str | None) -> str:
     return candidate if os.path.exists(candidate) else path
 
 
+def looked_in(path: str, script_dir: str | None, error: Exception) -> str:
+    """For a relative path that was found nowhere: where it was looked for
+    (issue 26: `cd sessions && ddir shared_trace.txt` said only that
+    `programs/producer.ddp` could not be read)."""
+    if os.path.isabs(path) or not isinstance(error, FileNotFoundError):
+        return ""
+    places = [f"{os.path.abspath(os.curdir)} (the current directory)"]
+    if script_dir is not None and os.path.abspath(script_dir) != os.path.abspath(os.curdir):
+        places.append(f"{os.path.abspath(script_dir)} (the script's directory)")
+    return " (looked in " + " and ".join(places) + ")"
+
+
 def load_program(path: str, script_dir: str | None = None, paths=None):
     """Parse, lower and validate a program file (``CommandError`` /
     ``ProgramError`` on failure)."""
@@ -243,7 +255,7 @@ def program_file(path: str, script_dir: str | None = None, paths=None) -> tuple:
         if paths is not None:  # a decoding error quotes bytes of the file
             raise InvalidProgram(f"{head}: not UTF-8 text") from None
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise InvalidProgram(f"{head}: {reason}") from None
+        raise InvalidProgram(f"{head}: {reason}{looked_in(path, script_dir, e)}") from None
     if paths is None:
         return program_from_source(source, path), source
     try:
