@@ -72,6 +72,8 @@ def test_prompt_pages_long_peeks(monkeypatch, tmp_path):
     run_keys("tick\rpeek big\rpeek big offset=100\rexit\r", s)
     text = out.getvalue()
     assert 'peek "big" (120 rows):' in text and "... 70 more rows (peek big offset=50)" in text
+    # one way on, not two (issue 26, item 13: the cursor line came too)
+    assert "more: peek big cursor=" not in text
     assert len([line for line in text.splitlines() if line.startswith("  (")]) == 50 + 20
 
 

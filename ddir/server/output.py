@@ -101,14 +101,16 @@ def _peek_text(record: dict) -> str:
     shown_to = record["offset"] + len(record["rows"])
     # the prompt's implicit page only: elsewhere a limited peek ends with its
     # rows and the cursor line (SPEC C4)
-    if shown_to < total and record["rows"] and record.get("offset_hint"):
+    hinted = shown_to < total and record["rows"] and record.get("offset_hint")
+    if hinted:
         more = total - shown_to
         # the command that shows the rest, key included, written as one token each
         # (a printed value has blanks only after its commas)
         key_arg = f" {format_value(record['key']).replace(' ', '')}" if record.get("has_key") else ""
         lines.append(f"  ... {more} more row{'s' if more != 1 else ''} "
                      f"(peek {record['trace']}{key_arg} offset={shown_to})")
-    if record.get("cursor"):  # SPEC C4: the next page, as of this page's epoch
+    if record.get("cursor") and not hinted:  # SPEC C4: the next page, as of this page's epoch
+        # (the prompt's own page gives one way on, not two: issue 26, item 13)
         lines.append(f"  more: peek {record['trace']} cursor={record['cursor']}")
     return "\n".join(lines)
 
