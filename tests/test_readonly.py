@@ -74,7 +74,10 @@ def test_restored_without_function_is_read_only_then_reinstalled(workers, tmp_pa
         s.tick()
         assert s.peek("scored") == before[0]  # frozen
         # without the function it still cannot run: refused, nothing changes
-        with pytest.raises(ddir.DdirError, match="unknown function `@score`"):
+        # ... and says which option of this command fixes it (issue 26, item 9: it
+        # said `start ddir with --functions MODULE`)
+        with pytest.raises(ddir.DdirError, match=r'reinstall "p": it calls @score, which this '
+                           r"server does not have: .*reinstall p functions=MODULE"):
             s.reinstall("p")
         assert s.list()["programs"][[p["name"] for p in s.list()["programs"]].index("p")][
             "readonly"]
@@ -142,8 +145,8 @@ def test_cli_list_tags_read_only_and_checkpoint_keeps_it(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddir", "--restore", str(snap), str(script)],
                        capture_output=True, text=True, timeout=120)
     assert ("  p [read-only: it calls @score, which is not available: no functions were "
-            "given (--functions MODULE)] (inputs: [0], imports: [], exports: [\"scored\"])"
-            in r.stdout), r.stdout
+            "given (--functions MODULE, or `reinstall p functions=MODULE`)] (inputs: [0], "
+            "imports: [], exports: [\"scored\"])" in r.stdout), r.stdout
     assert f'error: {script}:2: "p" is read-only and cannot be fed (it calls @score' in r.stdout
     manifest = json.loads((again / "manifest.json").read_text())
     (p,) = [p for p in manifest["programs"] if p["name"] == "p"]

@@ -51,6 +51,7 @@ import stat
 
 from . import commands as C
 from .confine import process_umask
+from .functions import missing_names
 from .generated import parse_recipe
 from .journal import rows_of
 from ..errors import CheckpointError, CommandError, DdirError, ServerStopped
@@ -702,10 +703,12 @@ def _readonly_reason(core, p: dict):
         return None, f"its stored program cannot be read ({problem})"
     table = core.functions.table if core.functions is not None else {}
     missing = [f for f in p.get("functions", ()) if f not in table]
-    if missing:
+    if missing:  # all of them, as `reinstall` names them (issue 26, item 9)
         where = (f"not among the functions of {core.functions.label}" if core.functions is not None
-                 else "not available: no functions were given (--functions MODULE)")
-        return program, f"it calls @{missing[0]}, which is {where}"
+                 else "not available: no functions were given (--functions MODULE, or "
+                      f"`reinstall {p['name']} functions=MODULE`)")
+        verb = "is" if len(missing) == 1 else "are"
+        return program, f"it calls {missing_names(missing)}, which {verb} {where}"
     return program, None
 
 

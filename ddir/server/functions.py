@@ -120,6 +120,12 @@ def calls_of(program) -> dict:
     return dict(sorted(found.items(), key=lambda item: (item[1], item[0])))
 
 
+def missing_names(names) -> str:
+    """``@a``, ``@a and @b``, ``@a, @b and @c``: sorted, for messages."""
+    shown = [f"@{n}" for n in sorted(names)]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
 def check_calls(program, functions: Functions | None, file: str, source: str | None = None) -> tuple:
     """The names of the functions ``program`` calls, sorted; a
     :class:`ProgramError` at the first call of an unknown one."""

@@ -20,7 +20,7 @@ from operator import itemgetter
 from . import commands as C
 from .cluster import LocalCluster
 from .cursor import Cursors
-from .functions import check_calls, load_functions
+from .functions import calls_of, check_calls, load_functions, missing_names
 from .generated import (Recipe, RecipeError, import_at, parse_recipe, shadow_message,
                         shadows_a_source)
 from .journal import Journal
@@ -245,6 +245,13 @@ class Server:
         try:
             calls = check_calls(program, functions, program.file)
         except C.ProgramError as e:
+            have = functions.table if functions is not None else {}
+            missing = [n for n in calls_of(program) if n not in have]
+            if missing and cmd.functions is None:  # the fix is an option of this command
+                raise InvalidProgram(
+                    f'reinstall "{entry.name}": it calls {missing_names(missing)}, which this '
+                    f"server does not have: name the module that has them, reinstall "
+                    f"{entry.name} functions=MODULE") from None
             raise InvalidProgram(str(e)) from None
         exports = tuple(n for n, _ in program.exports)
         if sorted(exports) != sorted(entry.exports):
