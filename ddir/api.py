@@ -473,6 +473,7 @@ class Server:
             if self._closed:
                 raise E.ServerStopped("the server is closed")
             at = self.core.check_target(program, n, when)
+            self.core.check_shape(program, n, columns if columns is not None else batch)
             try:
                 self.core.stage_batch(program, n, at, columns if columns is not None else batch)
             except WorkerDied as e:

@@ -34,7 +34,7 @@ def value_error(text: str) -> str:
     ("(1,2", "expected `,` or `)`, found end of value (at column 5)"),
     ("#x", "expected an integer, found `x` (at column 2)"),
     ("(tupel(1))", "unknown function or constructor `tupel` (did you mean `tuple`?) (at column 2)"),
-    ("1+", "expected `(`, `-`, a name or an integer, found end of value (at column 3)"),
+    ("1+", "expected `(`, `-`, a name, a number or a string, found end of value (at column 3)"),
     # said of a value: no program, so no binder and no comment hint
     ("x", "bad value `x`: `x` is not a value (a name means something only in a program) "
           "(at column 1)"),
@@ -64,8 +64,8 @@ def program_error(source: str, file: str = "p.ddp") -> str:
     ('export "o" = input 0 | distinctt;', "1:24: unknown operator `distinctt` after `|` (did you mean `distinct`?)"),
     ('let x = input 0 | count | mim; export "o" = x;', "1:27: unknown operator `mim` after `|` (did you mean `min`?)"),
     ('export "o" = input 0 | frob;', "unknown operator `frob` after `|` (the operators are `key`, `map`,"),
-    ('export "o" = input 0 | map("str" ;);',
-     '1:28: unexpected `"str"` in the export `o` (a string literal is only a trace name'),
+    ('export "o" = input 0 | "str";',
+     '1:24: unexpected `"str"` in the export `o` (a string literal is a trace name'),
     ('export "o" = input 0 | filter($0 = 1);', "1:34: `=` is not a comparison: write `==`"),
     ('export "o" = inputt 0;', "found `0` (did you mean `input`?)"),
     ('exprot "o" = input 0;', "(did you mean `export`?)"),

@@ -707,6 +707,8 @@ def projection_uses(proj) -> set:
 
 def column_projection(proj, arities: tuple):
     """``f(rows, n) -> (key columns, val columns)``, or None."""
+    if proj.bare:  # `value(t)`: a val that is not a Tuple has no columns
+        return None
     key = column_fields(proj.key, arities)
     val = column_fields(proj.val, arities)
     if key is None or val is None:

@@ -38,6 +38,8 @@ def _fields(gen: Codegen, fields: tuple, rows: tuple) -> str:
 
 def projection_source(gen: Codegen, proj, rows: tuple) -> tuple:
     """(key source, val source) of a projection over ``rows`` variables."""
+    if proj.bare:  # `value(t)`: each side is its one field itself
+        return gen.expr(proj.key[0], rows), gen.expr(proj.val[0], rows)
     return _fields(gen, proj.key, rows), _fields(gen, proj.val, rows)
 
 
@@ -242,6 +244,9 @@ def _step_lines(gen: Codegen, i: int, step, names: tuple):
 
 def project(proj, rows: tuple, functions: dict | None = None) -> tuple:
     """(key, val) of a projection, through the interpreter."""
+    if proj.bare:  # `value(t)`: each side is its one field itself
+        return (rt.capped(evaluate(proj.key[0], rows, (), functions), "the key"),
+                rt.capped(evaluate(proj.val[0], rows, (), functions), "the val"))
     return (rt.capped(_side(proj.key, rows, functions), "the key"),
             rt.capped(_side(proj.val, rows, functions), "the val"))
 

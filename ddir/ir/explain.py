@@ -113,6 +113,8 @@ def _proj(p) -> str:
 
 
 def _step(s) -> str:
+    if isinstance(s, N.MapStep) and s.proj.bare:  # `value(t)` keeps the key
+        return f"value({_term(s.proj.val[0])})"
     if isinstance(s, N.MapStep):
         return f"map{_proj(s.proj)}"
     if isinstance(s, (N.FilterStep, N.FlatMapStep)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from . import nodes as N
 from .optimize import optimize
 from ..lang import ast as A
+from ..lang import shapes as S
 from ..lang.errors import ProgramError
 
 __all__ = ["lower", "lower_unoptimized"]
@@ -144,6 +145,7 @@ class _Lowerer:
             if stmt.name in self.exports:
                 raise self.error(f'export "{stmt.name}" is defined twice', stmt.loc)
             self.exports[stmt.name] = self.arrange(_drive(self.expr(stmt.expr, root)), root, stmt.loc)
+        shapes = self.declared_shapes(root)
         nodes = tuple(_with_name(n, self.names.get(n.id)) for n in self.nodes)
         scopes = tuple(
             N.Scope(id=s.id, parent=-1 if s.parent is None else s.parent.id, name=s.name,
@@ -152,7 +154,104 @@ class _Lowerer:
         inputs = sorted(n.n for n in nodes if isinstance(n, N.InputNode))
         imports = sorted(n.trace for n in nodes if isinstance(n, N.ImportNode))
         return N.Program(file=self.file, nodes=nodes, scopes=scopes, inputs=tuple(inputs),
-                         imports=tuple(imports), exports=tuple(sorted(self.exports.items())))
+                         imports=tuple(imports), exports=tuple(sorted(self.exports.items())),
+                         shapes=shapes)
+
+    # -------------------------------------------------------- shapes (SPEC D2)
+
+    def declared_shapes(self, root: _ScopeBuild) -> tuple:
+        """``(("input", n, shape), ("import", trace, shape), ("export",
+        name, shape))`` for each ascribed source and each export whose
+        shape is declared or follows from declared ones (:meth:`shape_of`);
+        sorted. Two ascriptions of one source must agree, and so must an
+        export's ascription and the shape its value has."""
+        found: dict = {}
+        todo = [s.expr for s in root.defs.values() if isinstance(s, A.Let)]
+        todo += [s.expr for s in self.export_stmts]
+        for scope in self.scopes[1:]:  # sources are root only, but a scope may hold none
+            todo += [s.expr for s in scope.defs.values() if isinstance(s, (A.Let, A.Var))]
+        while todo:
+            e = todo.pop()
+            if isinstance(e, A.Op):
+                todo.append(e.source)
+                if e.other is not None:
+                    todo.append(e.other)
+            elif isinstance(e, A.Concat):
+                todo.extend(e.parts)
+            elif isinstance(e, (A.Input, A.Import)) and e.shape is not None:
+                key = ("input", e.n) if isinstance(e, A.Input) else ("import", e.name)
+                other = found.get(key)
+                if other is not None and other[0] != e.shape:
+                    what = f"input {e.n}" if isinstance(e, A.Input) else f'import "{e.name}"'
+                    first, second = sorted((other[1], e.loc))
+                    shape = e.shape if second == e.loc else other[0]
+                    earlier = other[0] if second == e.loc else e.shape
+                    raise self.error(f"{what} is ascribed {S.show(shape)} here but "
+                                     f"{S.show(earlier)} at line {first[0]}", second)
+                if other is None or e.loc < other[1]:
+                    found[key] = (e.shape, e.loc)
+        out = [(kind, name, shape) for (kind, name), (shape, _) in found.items()]
+        self.source_shapes = {k: v[0] for k, v in found.items()}
+        for stmt in self.export_stmts:
+            inferred = self.shape_of(stmt.expr, root, set())
+            if stmt.shape is not None and inferred is not None and inferred != stmt.shape:
+                raise self.error(f'export "{stmt.name}" is declared {S.show(stmt.shape)} but its '
+                                 f"value is {S.show(inferred)}", stmt.loc)
+            shape = stmt.shape or inferred
+            if shape is not None:
+                out.append(("export", stmt.name, shape))
+        return tuple(sorted(out, key=lambda x: (x[0], str(x[1]))))
+
+    def shape_of(self, e, scope: _ScopeBuild, seen: set):
+        """The shape of ``e``'s rows where it follows from ascriptions
+        through operators that keep or simply change it (arrange, filter,
+        negate, inspect, concat of equal shapes, the reducers), else None.
+        Terms are not typed: a map's or join's shape is unknown."""
+        steps = []
+        while isinstance(e, A.Op):
+            if e.kind not in _SHAPE_KEEPING:
+                return None
+            steps.append(e.kind)
+            e = e.source
+        if isinstance(e, (A.Input, A.Import)):
+            key = ("input", e.n) if isinstance(e, A.Input) else ("import", e.name)
+            shape = e.shape or self.source_shapes.get(key)
+        elif isinstance(e, A.Concat):
+            parts = [self.shape_of(p, scope, seen) for p in e.parts]
+            shape = parts[0] if parts and all(p is not None and p == parts[0] for p in parts) \
+                else None
+        elif isinstance(e, A.Ref):
+            home = scope
+            while home is not None and e.name not in home.defs:
+                home = home.parent
+            stmt = None if home is None else home.defs.get(e.name)
+            if isinstance(stmt, A.Var):
+                shape = stmt.shape
+            elif isinstance(stmt, A.Let) and (home.id, e.name) not in seen:
+                shape = self.shape_of(stmt.expr, home, seen | {(home.id, e.name)})
+            else:
+                shape = None
+        elif isinstance(e, A.FieldRef):
+            child = scope.children.get(e.scope)
+            stmt = None if child is None else child.defs.get(e.field)
+            if isinstance(stmt, A.Var):
+                shape = stmt.shape
+            elif isinstance(stmt, A.Let) and (child.id, e.field) not in seen:
+                shape = self.shape_of(stmt.expr, child, seen | {(child.id, e.field)})
+            else:
+                shape = None
+        else:
+            shape = None
+        for kind in reversed(steps):
+            if shape is None:
+                return None
+            if kind == "distinct":
+                shape = S.RowShape(shape.key, S.UNIT)
+            elif kind == "count":
+                shape = S.RowShape(shape.key, S.TupleShape((S.INT,)))
+            elif kind == "collect":
+                shape = S.RowShape(shape.key, S.ListShape(shape.val))
+        return shape
 
     # Below, the steps of the walk are generators (see :func:`_drive`):
     # ``x = yield self.f(...)`` is the call ``x = self.f(...)``.
@@ -241,6 +340,7 @@ class _Lowerer:
         kind, loc = e.kind, e.loc
         step = {
             "map": lambda: N.MapStep(e.proj, loc),
+            "value": lambda: N.MapStep(e.proj, loc, op="value"),
             "filter": lambda: N.FilterStep(e.term, loc),
             "negate": lambda: N.NegateStep(loc),
             "flatmap": lambda: N.FlatMapStep(e.term, loc),
@@ -312,6 +412,11 @@ class _Lowerer:
         inner = child.values[e.field]
         return self.shared(("leave", inner, scope.id),
                            lambda: self.add(N.LeaveNode, scope, (inner,), e.loc))
+
+
+# Operators after which a collection's shape still follows from its input's.
+_SHAPE_KEEPING = frozenset(("arrange", "filter", "negate", "inspect", "min", "distinct", "count",
+                            "collect"))
 
 
 def _with_name(node, name):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..lang.ast import Proj, Splice  # noqa: F401  (re-exported: part of the IR)
+# shapes travel in the IR (Program.shapes); the codec knows them from here
+from ..lang.shapes import ListShape, PrimShape, RowShape, SumShape, TupleShape  # noqa: F401
 from ..terms.ast import Term
 
 Loc = tuple  # (line, col)
@@ -161,6 +163,18 @@ class Program:
     inputs: tuple  # sorted input numbers
     imports: tuple  # sorted trace names
     exports: tuple  # (name, arrange node id), sorted by name
+    # the declared shapes (SPEC D2): ("input", n, RowShape), ("import", trace,
+    # RowShape), ("export", name, RowShape), sorted; checked where data enters
+    # (server.registry), never by the engine
+    shapes: tuple = ()
+
+    def shape(self, kind: str, name):
+        """The declared :class:`RowShape` of input ``n`` / import / export
+        ``name``, or None."""
+        for k, n, s in self.shapes:
+            if k == kind and n == name:
+                return s
+        return None
 
     def node(self, node_id: int) -> Node:
         return self.nodes[node_id]

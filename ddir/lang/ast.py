@@ -22,9 +22,12 @@ Field = Union[Splice, Term]
 
 @dataclass(frozen=True)
 class Proj:
-    """``(k1, ..., km ; v1, ..., vn)`` (SPEC A4)."""
+    """``(k1, ..., km ; v1, ..., vn)`` (SPEC A4). ``bare``: the key and the
+    val are each one field used as it is, not wrapped in a Tuple: ``|
+    value(t)`` (SPEC D2) is ``Proj((Row(0),), (t,), bare=True)``."""
     key: tuple
     val: tuple
+    bare: bool = False
 
 
 # ------------------------------------------------------------ collections
@@ -33,6 +36,7 @@ class Proj:
 class Input:
     n: int
     loc: Loc
+    shape: object = None  # its ascription `: (K ; V)` (a shapes.RowShape), if any
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Import:
     name: str
     loc: Loc     # the `import` keyword
     at: Loc      # its string literal: where a bad or unknown trace name is reported
+    shape: object = None  # its ascription, if any
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class Concat:
 
 
 # Operator kinds of :class:`Op` and what they carry.
-LINEAR_KINDS = ("map", "filter", "negate", "flatmap", "lift_iter", "inspect")
+LINEAR_KINDS = ("map", "filter", "negate", "flatmap", "lift_iter", "inspect", "value")
 REDUCERS = ("min", "distinct", "count", "collect")
 OP_KINDS = LINEAR_KINDS + REDUCERS + ("join", "arrange", "enter_at")
 
@@ -73,8 +78,9 @@ OP_KINDS = LINEAR_KINDS + REDUCERS + ("join", "arrange", "enter_at")
 class Op:
     """One collection operator applied to ``source`` (and ``other`` for join).
 
-    ``term`` for filter/flatmap/enter_at, ``proj`` for map/join,
-    ``label`` for inspect.
+    ``term`` for filter/flatmap/enter_at, ``proj`` for map/join/value
+    (``value(t)`` is a bare projection, see :class:`Proj`), ``label`` for
+    inspect.
     """
     kind: str
     source: object
@@ -99,6 +105,7 @@ class Var:
     name: str
     expr: object
     loc: Loc
+    shape: object = None  # its ascription, if any
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Export:
     name: str
     expr: object
     loc: Loc
+    shape: object = None  # its ascription, if any
 
 
 @dataclass(frozen=True)

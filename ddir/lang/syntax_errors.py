@@ -17,6 +17,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 _NAMED = {
     "NAME": "a name",
     "INT": "an integer",
+    "FLOAT": "a float",
+    "TEXT": "a string",
     "STRING": 'a string like "name"',
     "ROW": "`$n`",
     "BOUND": "`^k`",
@@ -29,15 +31,16 @@ _NAMED = {
     "$END": "end of file",
 }
 
-_STATEMENT_KEYWORDS = {"let": "let binding", "var": "var binding", "export": "export", "con": "con declaration"}
+_STATEMENT_KEYWORDS = {"let": "let binding", "var": "var binding", "export": "export",
+                       "con": "con declaration", "type": "type declaration"}
 
 # What may follow `|` in a .ddp program (SPEC A5).
 _DDP_OPERATORS = ("key", "map", "join", "min", "distinct", "count", "collect", "filter",
-                  "flatmap", "enter_at", "negate", "arrange", "lift_iter", "inspect")
+                  "flatmap", "enter_at", "negate", "arrange", "lift_iter", "inspect", "value")
 
 _WORD = re.compile(r"[A-Za-z0-9_]")
-_STRING_HINT = ('a string literal is only a trace name, as in `import "edges"` or '
-                '`export "name" = ...`')
+_STRING_HINT = ('a string literal is a trace name, as in `import "edges"` or '
+                '`export "name" = ...`, or a String in a term')
 
 
 def _terminal_text(name: str, parser: Lark) -> str:
@@ -106,9 +109,11 @@ def describe_unexpected(e, parser: Lark, source: str, hide=()):
         if unknown_op:
             return unknown_op
         expected = sorted({_terminal_text(t, parser) for t in expected_names})
+        if {"INT", "FLOAT"} <= expected_names:  # where a term may start: one word for both
+            expected = sorted({*expected, "a number"} - {"an integer", "a float"})
         context, in_brackets = _statement_context(e)
         hint = (_keyword_hint(token, source, parser)
-                or (_STRING_HINT if token.type == "STRING" else None))
+                or (_STRING_HINT if token.type in ("STRING", "TEXT") else None))
         hint = f" ({hint})" if hint else ""
         # "expected `;` after the let binding": only where a `;` would end the
         # statement, not at the `;` of a projection `key(a ; b)`.
@@ -117,7 +122,7 @@ def describe_unexpected(e, parser: Lark, source: str, hide=()):
             more = f" (or {_join(others)} to continue it)" if others and len(others) <= 4 else ""
             return f"expected `;` after {context}{more}, found {_found(token)}", line, col
         where = f" in {context}" if context else ""
-        if not expected or len(expected) > 8:  # nothing, or too much, to list usefully
+        if not expected or len(expected) > 9:  # nothing, or too much, to list usefully
             return f"unexpected {_found(token)}{where}{hint}", line, col
         return f"expected {_join(expected)}{where}, found {_found(token)}{hint}", line, col
     return str(e).splitlines()[0], getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1

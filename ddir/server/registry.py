@@ -13,6 +13,7 @@ stored, so they cannot drift from the truth.
 from __future__ import annotations
 
 import contextlib
+import re
 import heapq
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -182,6 +183,7 @@ class Server:
             if self._taken(recipe.name):
                 raise NameTaken(f'generated source "{recipe.name}" clashes with a program of that name')
             new_sources.append(recipe)
+        self.check_import_shapes(program, new_sources)
         for recipe in dict.fromkeys(new_sources):
             self._install_source(recipe)
         aliases = tuple((t, self.canonical(t)) for t in program.imports)
@@ -197,6 +199,55 @@ class Server:
                             exports=tuple(n for n, _ in program.exports), functions=calls,
                             source=getattr(cmd, "source", None), program=program))
         return [{"kind": "installed", "name": cmd.name}] + self._collect(replies)
+
+    def check_import_shapes(self, program, new_sources=()) -> None:
+        """Refuse ``program`` when an import's ascription differs from the
+        shape its exporter declared (SPEC D2); an exporter that declared
+        none is not checked."""
+        from ..lang.shapes import show
+        for kind, trace, shape in getattr(program, "shapes", ()):
+            if kind != "import":
+                continue
+            exporter, theirs = self.export_shape(trace, new_sources)
+            if theirs is not None and theirs != shape:
+                raise InvalidProgram(f'{import_at(program, trace)}: import "{trace}" is ascribed '
+                                     f'{show(shape)}, but {exporter} exports it as {show(theirs)}')
+
+    def export_shape(self, trace: str, new_sources=()) -> tuple:
+        """``(who, RowShape or None)``: the declared shape of ``trace``."""
+        from ..lang.shapes import INT, RowShape, TupleShape, UNIT
+        name = self.canonical(trace)
+        producer = self.programs.get(self.traces.get(name, ""))
+        recipe = producer.recipe if producer is not None else next(
+            (r for r in new_sources if r.name == name), None)
+        if recipe is not None:  # a generated source's rows have a known shape (SPEC A8)
+            if recipe.kind in ("iota", "clock"):
+                return f'the generated source "{recipe.name}"', RowShape(TupleShape((INT,)), UNIT)
+            arity = re.search(r"arity=([0-9]+)", recipe.name)
+            if recipe.kind == "random" and arity:
+                key = TupleShape((INT,) * int(arity.group(1)))
+                return f'the generated source "{recipe.name}"', RowShape(key, UNIT)
+            return None, None
+        if producer is None or producer.program is None:
+            return None, None
+        return f'"{producer.name}"', producer.program.shape("export", name)
+
+    def check_shape(self, program: str, n: int, batch, what: str = "") -> None:
+        """Refuse a batch for input ``n`` of ``program`` with a row that
+        does not fit the input's ascribed shape (SPEC D2): one error naming
+        the row, the field and the shape; nothing is staged. Checked here,
+        where data enters, so workers never check a row."""
+        entry = self.programs.get(program)
+        ir = getattr(entry, "program", None)
+        shape = ir.shape("input", n) if ir is not None else None
+        if shape is None:
+            return
+        from ..lang.shapes import first_misfit, misfit_message
+        bad = first_misfit(batch, shape)
+        if bad is not None:
+            single = isinstance(batch, list) and len(batch) == 1
+            raise UpdateRefused(f'{what}"{program}" input {n}: '
+                                f"{misfit_message(bad, shape, single)}")
 
     def _add(self, entry: Installed) -> None:
         self._seq += 1
@@ -268,6 +319,7 @@ class Server:
                 raise InvalidProgram(f'reinstall "{entry.name}": it imports "{name}", which '
                                      f'"{producer.name}" publishes, installed after it')
             aliases.append((trace, name))
+        self.check_import_shapes(program)
         journal = self.journal.get(entry.name)
         stored = journal.entries() if journal is not None else []
         unread = sorted({n for n, _, _ in stored} - set(program.inputs))
@@ -339,6 +391,7 @@ class Server:
         ``time`` (default: the current epoch), each row on the worker owning
         its key: one message per worker however many rows."""
         time = self.check_target(program, n, time)
+        self.check_shape(program, n, rows)
         self.journal.setdefault(program, Journal()).add(n, time, rows)
         for owner, batch in enumerate(split_by_owner(rows, self.cluster.shards)):
             if batch:
@@ -410,6 +463,7 @@ class Server:
                                         quote)
             del table
             count = len(batch) if isinstance(batch, list) else batch.count
+            self.check_shape(cmd.program, cmd.input, batch, f"load {cmd.path}: ")
             update(0, count)
             self.stage_batch(cmd.program, cmd.input, time, batch, update)
         return [{"kind": "loaded", "program": cmd.program, "input": cmd.input, "rows": count}]

@@ -128,8 +128,9 @@ class Session:
         for _, _, feed in feeds:
             groups.setdefault((feed.program, feed.input), []).append(feed.key)
         try:
-            for program, n in groups:
+            for (program, n), keys in groups.items():
                 self.client.core.check_target(program, n, None)
+                self.client.core.check_shape(program, n, [(k, (), 1) for k in keys])
         except DdirError:
             for lineno, line, _ in feeds:
                 if not self.run_line(line, path, lineno):
