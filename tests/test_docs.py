@@ -60,6 +60,7 @@ DOC_ADDRESS = "ws://127.0.0.1:7468"
 PROMPT = re.compile(r"^ddir \[\d+\]> (.*)$")
 TOKEN = re.compile(r"cursor=[A-Za-z0-9_\-]+")
 VENV_BIN = Path(sys.executable).parent
+BLOCK_SECONDS = 60  # per block: the whole test takes a few seconds
 
 
 @dataclass
@@ -89,13 +90,32 @@ def normalise(text: str) -> str:
     return TOKEN.sub("cursor=<token>", text)
 
 
+@contextlib.contextmanager
+def time_limit(seconds: int = BLOCK_SECONDS):
+    """A block run in this process that hangs fails the test instead of the suite
+    (subprocesses have their own timeouts)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TimeoutError(f"a block ran for more than {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def in_process(args: list) -> str:
     """`python -m ddir ARGS` in this process: stdout and stderr, together."""
     from ddir.cli import main
     buf = io.StringIO()
     before = set(sys.modules)
     try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), time_limit():
             main(args)
     finally:
         # a --functions module of the document's (scoring.py) is not left for other tests
@@ -166,7 +186,7 @@ class Notebook:
             return self.start_server(block)
         text = block.text.replace(DOC_ADDRESS, self.address)
         r = subprocess.run(["bash", "-c", text], cwd=self.workdir, env=self.env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BLOCK_SECONDS)
         return r.stdout
 
     def start_server(self, block: Block) -> None:
@@ -189,7 +209,7 @@ class Notebook:
                     found.set()
             found.set()  # it ended without serving
         threading.Thread(target=read_stderr, daemon=True).start()
-        assert found.wait(60) and self.address != DOC_ADDRESS, \
+        assert found.wait(BLOCK_SECONDS) and self.address != DOC_ADDRESS, \
             f"{self.where(block)}: the server did not start:\n{''.join(lines)}"
         return None
 
@@ -211,7 +231,7 @@ class Notebook:
         name = block.info[1] if len(block.info) > 1 else "_block.py"
         (self.workdir / name).write_text(block.text)
         r = subprocess.run([sys.executable, name], cwd=self.workdir, env=self.env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BLOCK_SECONDS)
         if len(block.info) == 1:
             (self.workdir / name).unlink()
         assert r.returncode == 0, f"{self.where(block)}: python exited {r.returncode}:\n{r.stdout}"
@@ -230,7 +250,8 @@ class Notebook:
             following = blocks[i + 1] if i + 1 < len(blocks) else None
             wants_output = following is not None and following.kind == "output"
             if block.kind == "prompt":
-                got = run_prompt_transcript(block.text)
+                with time_limit():
+                    got = run_prompt_transcript(block.text)
                 self.compare(block, block, got, problems, edits)
                 continue
             if block.kind not in kinds:
