@@ -2,7 +2,8 @@
 
 ``ddir.Server`` is the Python API (SPEC C6); bad input raises a
 ``ddir.DdirError`` subclass (:mod:`ddir.errors`); values are ``int``,
-``tuple``, ``ddir.List`` and ``ddir.Variant``.
+``ddir.Float`` (a Python ``float`` is accepted as one), ``str``, ``tuple``,
+``ddir.List`` and ``ddir.Variant``.
 """
 
 __version__ = "0.1.0"
@@ -11,11 +12,11 @@ from .errors import (CheckpointError, CommandError, CursorError, DataFileError, 
                      DdirError, DropRefused, InstallFailed,
                      InvalidProgram, InvalidSource, NameTaken, ServerError, ServerStopped,
                      UnknownName, UpdateRefused)
-from .values import List, Variant  # noqa: E402
+from .values import Float, List, Variant  # noqa: E402
 
 __all__ = [
-    "Server", "Result", "TickResult", "Event", "List", "Variant", "DdirError", "CommandError",
-    "InvalidProgram", "CheckpointError", "ServerError", "UnknownName", "NameTaken",
+    "Server", "Result", "TickResult", "Event", "Float", "List", "Variant", "DdirError",
+    "CommandError", "InvalidProgram", "CheckpointError", "ServerError", "UnknownName", "NameTaken",
     "InvalidSource", "DropRefused", "UpdateRefused", "InstallFailed", "CursorError",
     "DataFileError", "ServerStopped", "Subscription", "Change", "Page", "__version__",
 ]

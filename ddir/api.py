@@ -38,7 +38,7 @@ from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.functions import load_functions
 from .server.interrupts import defer_interrupts
 from .server.registry import Server as _Core
-from .values import value_problem
+from .values import as_value, value_problem
 
 MAX_VALUE_DEPTH = 100  # as on the command line (ddir.lang.value_token.MAX_VALUE_DEPTH)
 
@@ -460,11 +460,13 @@ class Server:
             columns = from_rows(batch)
         if columns is None:
             for i, (k, v, d) in enumerate(batch):
-                _value(k, f"row {i + 1}: key")
-                _value(v, f"row {i + 1}: val")
+                k2 = _value(k, f"row {i + 1}: key")
+                v2 = _value(v, f"row {i + 1}: val")
                 _integer(d, f"row {i + 1}: diff=")
                 if d == 0:
                     raise E.UpdateRefused(f"row {i + 1}: diff=0 changes nothing")
+                if k2 is not k or v2 is not v:  # a Python float made a Float
+                    batch[i] = (k2, v2, d)
         elif columns.diffs is not None and not columns.diffs.all():
             i = int((columns.diffs == 0).nonzero()[0][0])
             raise E.UpdateRefused(f"row {i + 1}: diff=0 changes nothing")
@@ -650,11 +652,12 @@ def _show(x) -> str:
 
 
 def _value(v, what: str):
-    """``v`` if it is a ddir value (int in i64, tuple, List, Variant with a
-    non-negative tag), nested at most as deep as the command line allows."""
-    problem = value_problem(v, MAX_VALUE_DEPTH)
+    """``v`` if it is a ddir value (int in i64, Float, str, tuple, List,
+    Variant with a non-negative tag), nested at most as deep as the command
+    line allows; a Python ``float`` anywhere in it becomes a ``ddir.Float``."""
+    problem = value_problem(v, MAX_VALUE_DEPTH, python=True)
     if problem is None:
-        return v
+        return as_value(v)
     kind, part = problem
     if kind == "int":
         raise E.CommandError(f"{what}: {_show(part)} does not fit in a signed 64-bit integer")
@@ -662,8 +665,10 @@ def _value(v, what: str):
         raise E.CommandError(f"{what}: nested more than {MAX_VALUE_DEPTH} levels deep")
     if kind == "tag":
         raise E.CommandError(f"{what}: a Variant tag must be a non-negative Int, got {_show(part)}")
-    raise E.CommandError(f"{what}: {_show(part)} is not a value (values are int, tuple, "
-                         "ddir.List and ddir.Variant)")
+    if kind == "string":
+        raise E.CommandError(f"{what}: {_show(part)} is not valid Unicode (a lone surrogate)")
+    raise E.CommandError(f"{what}: {_show(part)} is not a value (values are int, float, str, "
+                         "tuple, ddir.List and ddir.Variant)")
 
 
 def _warn(records) -> None:

@@ -1,10 +1,12 @@
-"""The DDIR value model (SPEC A1): Int, Tuple, Variant, List.
+"""The DDIR value model (SPEC A1, D1): Int, Float, String, Tuple, Variant, List.
 
 Values are native, hashable Python objects so that dictionaries keyed by
 rows are cheap:
 
 * ``Int``     -> ``int`` (never ``bool``: code that computes truth values
                   must produce ``1``/``0``);
+* ``Float``   -> :class:`Float`, a ``float`` subclass with bit equality;
+* ``String``  -> ``str`` (valid Unicode: no lone surrogates);
 * ``Tuple``   -> ``tuple``;
 * ``List``    -> :class:`List`, a ``tuple`` subclass;
 * ``Variant`` -> :class:`Variant`, a ``tuple`` subclass ``(tag, payload)``.
@@ -14,14 +16,19 @@ The subclasses override equality so that ``List((1,)) != (1,)`` and
 when it is the right operand, so mixed comparisons are safe in both
 directions and inside nested tuples.
 
-The *total order* of SPEC A1 is not Python's order; use :func:`order_key`
-wherever order matters (min, collect, printing).
+The *total order* of SPEC A1/D1 is not Python's order; use :func:`order_key`
+wherever order matters (min, collect, printing): Int < Float < String <
+Tuple < Variant < List, Floats by IEEE 754 totalOrder, Strings by their
+UTF-8 bytes (which for valid Unicode is Python's code point order).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
+from json.decoder import scanstring as _scanstring
+from math import copysign as _copysign, isfinite as _isfinite, isnan as _isnan
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -29,7 +36,8 @@ from typing import Any
 __all__ = [
     "List", "Variant", "Float", "Value", "order_key", "compare", "truthy",
     "format_value", "to_json", "rows_to_json", "from_json", "parse_printed", "ValueSyntaxError",
-    "ValueTooDeepError", "value_depth", "value_problem", "INT_MIN", "INT_MAX",
+    "ValueTooDeepError", "value_depth", "value_problem", "INT_MIN", "INT_MAX", "as_value",
+    "valid_string", "format_float", "format_string", "float_order",
 ]
 
 INT_MIN = -(1 << 63)
@@ -116,6 +124,8 @@ class Float(float):
         return hash(_BITS.pack(self)) ^ 0xF10A7
 
     def __repr__(self) -> str:
+        if _isnan(self):
+            return f"Float({format_float(self)!r})"
         return f"Float({float.__repr__(self)})"
 
     def __getnewargs__(self):
@@ -127,22 +137,20 @@ _NAN = float("nan")
 _NEG_NAN = -float("nan")
 
 
-def _copysign(a: float, b: float) -> float:
-    import math
-    return math.copysign(a, b)
-
-
 Value = Any  # int | Float | str | tuple | List | Variant
 
 
-def value_problem(v: object, max_depth: int):
+def value_problem(v: object, max_depth: int, python: bool = False):
     """None when ``v`` is a DDIR value nested at most ``max_depth`` levels
-    (Ints in i64, tuples, Lists, Variants whose tag is an Int in 0..INT_MAX);
-    else ``(problem, part)``, the first problem found, for the caller to
-    word: ``("int", i)`` an Int outside i64, ``("deep", None)``, ``("tag",
-    tag)`` or ``("type", obj)`` an object that is not a value. Iterative, so
-    any depth is checked safely. The one value check of every way in (API
-    arguments, a function's result, a cursor token's fields)."""
+    (Ints in i64, Floats, Strings that are valid Unicode, tuples, Lists,
+    Variants whose tag is an Int in 0..INT_MAX); else ``(problem, part)``,
+    the first problem found, for the caller to word: ``("int", i)`` an Int
+    outside i64, ``("deep", None)``, ``("tag", tag)``, ``("string", s)`` a
+    str with a lone surrogate, or ``("type", obj)`` an object that is not a
+    value. With ``python``, a plain Python ``float`` is accepted too (the
+    caller then makes it a :class:`Float` with :func:`as_value`). Iterative,
+    so any depth is checked safely. The one value check of every way in
+    (API arguments, a function's result, a cursor token's fields)."""
     stack = [(v, 1)]
     while stack:
         x, depth = stack.pop()
@@ -150,6 +158,14 @@ def value_problem(v: object, max_depth: int):
         if t is int:
             if not INT_MIN <= x <= INT_MAX:
                 return ("int", x)
+            continue
+        if t is Float:
+            continue
+        if t is str:
+            if not valid_string(x):
+                return ("string", x)
+            continue
+        if python and isinstance(x, float):
             continue
         if depth > max_depth:
             return ("deep", None)
@@ -165,24 +181,75 @@ def value_problem(v: object, max_depth: int):
     return None
 
 
+def valid_string(s: str) -> bool:
+    """Whether ``s`` is valid Unicode (no lone surrogate, which UTF-8
+    cannot encode): the one rule for a DDIR String."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def as_value(v: Value) -> Value:
+    """``v`` with every plain Python ``float`` inside made a :class:`Float`
+    (``v`` itself when there is none). For values that passed
+    :func:`value_problem` with ``python=True``, so nested at most that deep."""
+    t = type(v)
+    if t is int or t is str or t is Float:
+        return v
+    if t is tuple:
+        items = tuple(as_value(x) for x in v)
+        return v if all(a is b for a, b in zip(items, v)) else items
+    if t is List:
+        items = tuple(as_value(x) for x in v)
+        return v if all(a is b for a, b in zip(items, v)) else List(items)
+    if t is Variant:
+        payload = as_value(v[1])
+        return v if payload is v[1] else Variant(v[0], payload)
+    if isinstance(v, float):
+        return Float(v)
+    return v
+
+
 # ---------------------------------------------------------------- order
 
 def order_key(v: Value):
-    """A Python-comparable key realising the total order of SPEC A1.
+    """A Python-comparable key realising the total order of SPEC A1/D1.
 
-    Int < Tuple < Variant < List; tuples and lists compare element-wise with
-    a proper prefix smaller (exactly Python's tuple comparison of the keys).
+    Int < Float < String < Tuple < Variant < List; tuples and lists compare
+    element-wise with a proper prefix smaller (exactly Python's tuple
+    comparison of the keys). A Float's key is its IEEE 754 totalOrder as a
+    signed integer (-nan < -inf < ... < -0.0 < 0.0 < ... < inf < nan); a
+    String's is the str itself: for valid Unicode, code point order is the
+    order of the UTF-8 bytes.
     """
     t = type(v)
     if t is int:
         return (0, v)
     if t is tuple:
-        return (1, tuple(order_key(x) for x in v))
-    if t is Variant:
-        return (2, v[0], order_key(v[1]))
-    if t is List:
         return (3, tuple(order_key(x) for x in v))
+    if t is Float:
+        return (1, float_order(v))
+    if t is str:
+        return (2, v)
+    if t is Variant:
+        return (4, v[0], order_key(v[1]))
+    if t is List:
+        return (5, tuple(order_key(x) for x in v))
     raise TypeError(f"not a DDIR value: {v!r}")
+
+
+_I64 = struct.Struct("<q")
+
+
+def float_order(x: float) -> int:
+    """IEEE 754 totalOrder of ``x`` as a signed 64-bit integer: the bits
+    as a signed integer, with the magnitude bits flipped for negatives."""
+    i = _I64.unpack(_BITS.pack(x))[0]
+    return i ^ 0x7FFF_FFFF_FFFF_FFFF if i < 0 else i
 
 
 def compare(a: Value, b: Value) -> int:
@@ -194,7 +261,8 @@ def compare(a: Value, b: Value) -> int:
 
 
 def truthy(v: Value) -> bool:
-    """A nonzero Int is true; every other value is false."""
+    """A nonzero Int is true; every other value is false (a Float, even
+    ``1.0``, and a String, even ``"1"``: SPEC A1's rule, unchanged by D1)."""
     return type(v) is int and v != 0
 
 
@@ -206,6 +274,10 @@ def format_value(v: Value) -> str:
         return str(v)
     if t is tuple:
         return "(" + ", ".join(format_value(x) for x in v) + ")"
+    if t is Float:
+        return format_float(v)
+    if t is str:
+        return format_string(v)
     if t is List:
         return "[" + ", ".join(format_value(x) for x in v) + "]"
     if t is Variant:
@@ -216,12 +288,54 @@ def format_value(v: Value) -> str:
     raise TypeError(f"not a DDIR value: {v!r}")
 
 
-class ValueSyntaxError(ValueError):
-    """A malformed printed value; ``pos`` is the 0-based offset of the problem."""
+def format_float(x: float) -> str:
+    """SPEC D1: the shortest text that reads back as the same double, always
+    with a `.`, an exponent or a name, so never an Int: ``1.0``, ``-0.0``,
+    ``1.5``, ``1e+300``, ``1e-05``, ``inf``, ``-inf``, ``nan``, ``-nan``
+    (Python's ``repr``, which gives both NaNs as ``nan``)."""
+    if _isnan(x):
+        return "-nan" if _copysign(1.0, x) < 0 else "nan"
+    return float.__repr__(x)
 
-    def __init__(self, message: str, pos: int):
+
+# Characters a printed String escapes: `"`, `\`, and every character that is
+# not printable (controls, line and paragraph separators, unassigned and
+# private code points...), so a printed value is one line of visible text.
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+            "\b": "\\b", "\f": "\\f"}
+
+
+def format_string(s: str) -> str:
+    """SPEC D1: ``"New York"``, with JSON-style escapes (``\\"``, ``\\\\``,
+    ``\\n``, ``\\u0001``); printable characters beyond ASCII are written as
+    themselves (``"café"``). The result is a JSON string literal."""
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    out = ['"']
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            n = ord(ch)
+            if n > 0xFFFF:  # a surrogate pair, as JSON writes it
+                n -= 0x10000
+                out.append(f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}")
+            else:
+                out.append(f"\\u{n:04x}")
+    out.append('"')
+    return "".join(out)
+
+
+class ValueSyntaxError(ValueError):
+    """A malformed printed value; ``pos`` is the 0-based offset of the problem;
+    ``in_string``: the problem is inside a String literal."""
+
+    def __init__(self, message: str, pos: int, in_string: bool = False):
         super().__init__(message)
         self.pos = pos
+        self.in_string = in_string
 
 
 class ValueTooDeepError(ValueSyntaxError):
@@ -229,14 +343,15 @@ class ValueTooDeepError(ValueSyntaxError):
 
 
 def value_depth(v: Value) -> int:
-    """How deeply ``v`` nests: 0 for an Int, 1 + the deepest item for a
-    Tuple, List or Variant. Iterative, so any depth is measured safely."""
+    """How deeply ``v`` nests: 0 for an Int, a Float or a String, 1 + the
+    deepest item for a Tuple, List or Variant. Iterative, so any depth is
+    measured safely."""
     deepest = 0
     stack = [(v, 0)]
     while stack:
         x, d = stack.pop()
         t = type(x)
-        if t is int:
+        if t is int or t is str or t is Float:
             deepest = max(deepest, d)
         elif t is Variant:
             stack.append((x[1], d + 1))
@@ -289,8 +404,10 @@ def parse_printed(text: str, max_depth: int | None = None) -> Value:
                                        f"found {p.found()}", p.pos)
             stack.append(["#", tag])
             continue  # read the payload
-        elif ch == "-" or ch.isdigit():
-            value = p.integer()
+        elif ch == "-" or ch.isdigit() or ch in ("i", "n"):
+            value = p.number()
+        elif ch == '"':
+            value = p.string()
         else:
             raise ValueSyntaxError(f"expected a value, found {p.found()}", p.pos)
         # A value is complete: close every container it completes.
@@ -317,6 +434,21 @@ def parse_printed(text: str, max_depth: int | None = None) -> Value:
     return value
 
 
+# An Int (no group matched), a named Float (group 1) or a Float with a
+# fraction (group 2) and/or an exponent (group 3).
+_NUMBER = re.compile(r"(-?(?:inf|nan))(?![A-Za-z0-9_])|-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+_STRING_PROBLEMS = {
+    "Unterminated string starting at": "a string without its closing `\"`",
+    "Invalid control character at": "a control character inside a string (write it as an "
+                                     "escape: `\\n`, `\\t`, `\\u0001`)",
+    "Invalid \\escape": "an unknown escape in a string (escapes are `\\\"`, `\\\\`, `\\/`, "
+                        "`\\b`, `\\f`, `\\n`, `\\r`, `\\t`, `\\uXXXX`)",
+    "Invalid \\uXXXX escape": "a `\\u` escape needs four hex digits",
+}
+
+
 class _Scanner:
     def __init__(self, text: str):
         self.text = text
@@ -331,6 +463,41 @@ class _Scanner:
     def found(self) -> str:
         ch = self.peek()
         return f"`{ch}`" if ch else "end of value"
+
+    def number(self):
+        """An Int or a Float (``1.5``, ``-0.0``, ``1e+300``, ``inf``,
+        ``-inf``, ``nan``, ``-nan``) at the current position."""
+        self.peek()
+        start = self.pos
+        m = _NUMBER.match(self.text, start)
+        if m is None or m.end() == start:
+            raise ValueSyntaxError(f"expected a value, found {self.found()}", start)
+        if m.group(1) is None and m.group(2) is None and m.group(3) is None:
+            return self.integer()
+        self.pos = m.end()
+        word = m.group(1)
+        if word is not None:
+            x = float(word)  # `nan` and `-nan` keep their sign
+            if word.startswith("-"):
+                x = -abs(x) if not _isnan(x) else _NEG_NAN
+            return Float(x)
+        return Float(float(m.group(0)))
+
+    def string(self) -> str:
+        """A String in the printed form (a JSON string literal)."""
+        self.peek()
+        start = self.pos
+        try:
+            s, end = _scanstring(self.text, start + 1, True)
+        except ValueError as e:  # json's JSONDecodeError: its msg and pos
+            msg = getattr(e, "msg", str(e))
+            what = _STRING_PROBLEMS.get(msg, msg[:1].lower() + msg[1:])
+            raise ValueSyntaxError(what, getattr(e, "pos", start), in_string=True) from None
+        if not valid_string(s):
+            raise ValueSyntaxError("a string cannot hold a lone surrogate (\\ud800-\\udfff "
+                                   "not in a pair)", start, in_string=True)
+        self.pos = end
+        return s
 
     def integer(self) -> int:
         self.peek()
@@ -352,12 +519,18 @@ class _Scanner:
 # ---------------------------------------------------------------- JSON form
 
 def to_json(v: Value):
-    """The JSON-compatible form of SPEC Part B (``json.dumps`` it)."""
+    """The JSON-compatible form of SPEC Part B and D1 (``json.dumps`` it):
+    a finite Float is a JSON number (a ``float``, which ``json`` writes with
+    a `.` or an exponent), a non-finite one ``{"float": "inf"}`` (``-inf``,
+    ``nan``, ``-nan``), so the output is always valid JSON; a String is a
+    JSON string."""
     t = type(v)
-    if t is int:
+    if t is int or t is str:
         return v
     if t is tuple:
         return [to_json(x) for x in v]
+    if t is Float:
+        return float(v) if _isfinite(v) else {"float": format_float(v)}
     if t is List:
         return {"list": [to_json(x) for x in v]}
     if t is Variant:
@@ -378,11 +551,22 @@ def _flat_ints(values: list) -> bool:
     return set(map(type, values)) <= {tuple} and set(map(type, chain.from_iterable(values))) <= {int}
 
 
+_NAMED_FLOATS = {"inf", "-inf", "nan", "-nan"}
+
+
 def from_json(j) -> Value:
-    """Inverse of :func:`to_json` (accepts already-decoded JSON)."""
+    """Inverse of :func:`to_json` (accepts already-decoded JSON). A JSON
+    number with a fraction or an exponent decodes as a ``float``, and so is a
+    Float; a JSON string is a String."""
     if isinstance(j, bool):
         raise ValueError("booleans are not DDIR values")
     if isinstance(j, int):
+        return j
+    if isinstance(j, float):
+        return Float(j)
+    if isinstance(j, str):
+        if not valid_string(j):
+            raise ValueError("a string cannot hold a lone surrogate")
         return j
     if isinstance(j, list):
         return tuple(from_json(x) for x in j)
@@ -391,4 +575,6 @@ def from_json(j) -> Value:
             return List(from_json(x) for x in j["list"])
         if set(j) == {"tag", "val"}:
             return Variant(j["tag"], from_json(j["val"]))
+        if set(j) == {"float"} and j["float"] in _NAMED_FLOATS:
+            return parse_printed(j["float"])
     raise ValueError(f"not the JSON form of a DDIR value: {json.dumps(j)}")

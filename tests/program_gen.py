@@ -7,7 +7,11 @@ hypothesis strategies below just draw seeds (and shrink towards small ones).
 What the generator guarantees, so that a discrepancy means a bug:
 
 * **Well-typed enough.** Every collection carries a value type for its key
-  and val (Int, Tuple, List, the program's Variant type); terms are generated
+  and val (Int, Float, String, Tuple, List, the program's Variant type);
+  Floats and Strings (SPEC D1) come in as fed values and through the
+  builtins (`float`, `fadd`..., `fint`, `idiv`, `append`, `len`, `bytes`,
+  `utf8`); their choices draw on a second random stream (``d1``), so a
+  program without them is the one the same seed made before D1. Terms are generated
   for the types of the rows they see, so most rows evaluate. A few terms are
   deliberately wrong (an index out of range, arithmetic on a Tuple, a `case`
   without an arm, an overflow) so that runtime term errors are exercised too.
@@ -32,12 +36,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from ddir.values import List, Variant
+from ddir.values import Float, List, Variant, format_value
 
 # ------------------------------------------------------------------ types
 
 INT = ("I",)
 VAR = ("V",)  # the program's variant type (its constructors are per program)
+FLT = ("F",)  # SPEC D1
+STR = ("S",)
 
 
 def TUP(*ts):
@@ -71,12 +77,16 @@ class TermGen:
     """Typed random terms. ``arith`` records whether a generated term can make
     new Ints (so a loop body needs a bounding filter)."""
 
-    def __init__(self, rng: random.Random, ctors, err: float = 0.012):
+    def __init__(self, rng: random.Random, ctors, err: float = 0.012,
+                 d1: random.Random | None = None, d1_rate: float = 0.1):
         self.rng = rng
         self.ctors = ctors          # [(name, arity, tag)]
         self.err = err
         self.arith = False
         self._names = 0
+        # Floats and Strings: decided by their own stream (see the module doc)
+        self.d1 = d1 if d1 is not None else random.Random(rng.random())
+        self.d1_rate = d1_rate
 
     # -- leaves
 
@@ -111,6 +121,8 @@ class TermGen:
         return str(self.rng.choice([0, 0, 1, 1, 2, 3, 4, 5]))
 
     def any_type(self, depth=1):
+        if self.d1.random() < self.d1_rate:
+            return self.d1.choice([FLT, STR])
         r = self.rng.random()
         if r < 0.6 or depth <= 0:
             return INT
@@ -140,6 +152,19 @@ class TermGen:
         choices = []
         tuples = [s for s, t in self.leaves(ctx) if t[0] == "T"]
         ints = [s for s, t in self.leaves(ctx) if t == INT]
+        if self.d1.random() < 0.3:  # Float and String builtins failing
+            d1 = self.d1
+            if ty == INT:
+                return d1.choice(["fint(fdiv(float(1), float(0)))",
+                                  "fint(fdiv(float(0), float(0)))",
+                                  "fint(fmul(float(9223372036854775807), float(2)))",
+                                  f"(float(1) + {self.lit()})", "idiv(float(1), 2)",
+                                  "len(float(3))", "fint(3)"])
+            if ty == FLT:
+                return d1.choice(["fadd(1, float(2))", "fneg(utf8(list(97)))", "float(float(1))"])
+            if ty == STR:
+                return d1.choice(["utf8(list(255))", "utf8(list(237, 160, 128))", "utf8(list(-1))",
+                                  "append(utf8(list(97)), list(1))", "bytes(1)"])
         if ty == INT:
             if tuples:
                 choices.append(f"({rng.choice(tuples)} + 1)")
@@ -160,6 +185,23 @@ class TermGen:
         rng = self.rng
         if ty == INT:
             return self.lit()
+        if ty == FLT:
+            r = rng.random()
+            if r < 0.25:  # a literal (the printed form, less the names inf and nan)
+                return rng.choice(["0.0", "-0.0", "0.5", "1.0", "2.5", "-1.5", "1e+300", "1e-05"])
+            if r < 0.6:
+                return f"float({self.term(INT, depth - 1, ctx)})"
+            if r < 0.85:
+                return f"fdiv(float({self.lit()}), float({rng.choice([2, 3, 4, -2])}))"
+            return rng.choice(["fdiv(float(1), float(0))", "fdiv(float(0), float(0))",
+                               "fneg(float(0))", "fneg(fdiv(float(0), float(0)))",
+                               "fmul(float(3037000500), float(3037000500))"])
+        if ty == STR:
+            if rng.random() < 0.4:  # a literal, with JSON escapes
+                return format_value(rng.choice(STRINGS))
+            codes = rng.choice([[], [97], [98], [97, 32, 98], [195, 169], [240, 159, 152, 128],
+                                [34], [92], [10]])
+            return f"utf8(list({', '.join(map(str, codes))}))"
         if ty[0] == "T":
             parts = [self.term(t, depth - 1, ctx) for t in ty[1]]
             return "tuple(" + ", ".join(parts) + ")"
@@ -190,6 +232,41 @@ class TermGen:
         if ty[0] == "L" or ty == VAR or is_tuple(ty):
             options += ["fold"]
         op = rng.choice(options)
+        d1 = self.d1
+        if ty == FLT:
+            op = d1.choice(["farith", "farith", "farith", "fneg", "build", "if", "case", "proj"])
+        elif ty == STR:
+            op = d1.choice(["append", "append", "utf8", "build", "if", "case", "proj"])
+        elif ty == INT and d1.random() < self.d1_rate:
+            op = d1.choice(["fint", "len_s", "idiv", "cmp_d1", "cmp_d1"])
+        elif ty == LST(INT) and d1.random() < self.d1_rate * 2:
+            op = d1.choice(["bytes", "append"])
+        elif ty[0] == "L" and d1.random() < self.d1_rate:
+            op = "append"
+        if op in ("farith", "fneg", "fint", "idiv", "append"):
+            self.arith = True  # new values, so a loop body gets a bounding filter
+        if op == "farith":
+            fn = d1.choice(["fadd", "fsub", "fmul", "fdiv"])
+            return f"{fn}({t(FLT)}, {t(FLT)})"
+        if op == "fneg":
+            return f"fneg({t(FLT)})"
+        if op == "append":
+            return f"append({t(ty)}, {t(ty)})"
+        if op == "utf8":
+            return f"utf8(bytes({t(STR)}))"
+        if op == "bytes":
+            return f"bytes({t(STR)})"
+        if op == "fint":
+            return f"fint({t(FLT)})"
+        if op == "len_s":
+            return f"len({t(STR)})"
+        if op == "idiv":
+            return f"idiv({t(INT)}, {t(INT)})"
+        if op == "cmp_d1":
+            a_ty = d1.choice([FLT, STR])
+            b_ty = a_ty if d1.random() < 0.9 else d1.choice([INT, FLT, STR])
+            cmp = d1.choice(["==", "!=", "<", "<=", ">", ">="])
+            return f"({t(a_ty)} {cmp} {t(b_ty)})"
         if op == "arith":
             self.arith = True
             n = rng.randint(1, 3)
@@ -327,6 +404,7 @@ class Generated:
 class ProgramGen:
     def __init__(self, seed: int, size: int = 2):
         self.rng = random.Random(seed)
+        self.d1 = random.Random(seed ^ 0xD1D1)  # Floats and Strings (module doc)
         self.seed = seed
         self.size = size
         rng = self.rng
@@ -334,7 +412,7 @@ class ProgramGen:
         arities = [1, 2, rng.choice([0, 1, 3])]
         tags = rng.sample(range(4), 3)
         self.ctors = [(n, a, t) for n, a, t in zip(names, arities, tags)]
-        self.terms = TermGen(rng, self.ctors)
+        self.terms = TermGen(rng, self.ctors, d1=self.d1)
         self.counter = 0
         self.labels = ["p", "q", "r"]
         self.inputs: dict = {}
@@ -360,6 +438,12 @@ class ProgramGen:
                 else TUP(LST(INT))
             if rng.random() < 0.1:
                 kt = TUP(INT, LST(INT))
+            d1 = self.d1
+            if d1.random() < 0.5:  # fed Floats and Strings
+                kt = TUP(*[d1.choice([INT, FLT, STR]) if f == INT else f for f in kt[1]])
+            if d1.random() < 0.5 and vt[0] == "T":
+                vt = TUP(*[d1.choice([INT, FLT, STR]) if f == INT else f for f in vt[1]]
+                         or [d1.choice([FLT, STR])])
             self.inputs[n] = (kt, vt)
         return self.inputs[n]
 
@@ -739,9 +823,18 @@ def generate(seed: int, size: int = 2) -> Generated:
 
 # ------------------------------------------------------------------ values and streams
 
+FLOATS = [0.0, -0.0, 0.5, 1.0, 2.5, -1.5, 3.0, float("inf"), float("-inf"), float("nan"),
+          -float("nan"), 1e300, 5e-324]
+STRINGS = ["", "a", "b", "a b", "\u00e9", "New York", "\U0001F600", '"', "\\", "\n", "1", "(1)"]
+
+
 def random_value(rng: random.Random, ty, ctors, lo=0, hi=4):
     if ty == INT:
         return rng.randint(lo, hi) if rng.random() < 0.97 else rng.choice([-1, -2, 7])
+    if ty == FLT:
+        return Float(rng.choice(FLOATS))
+    if ty == STR:
+        return rng.choice(STRINGS)
     if ty[0] == "T":
         return tuple(random_value(rng, t, ctors, lo, hi) for t in ty[1])
     if ty[0] == "L":

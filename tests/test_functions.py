@@ -13,6 +13,7 @@ from ddir.server.functions import calls_of, load_functions
 from ddir.terms.compile import compile_term
 from ddir.terms.interp import evaluate
 from ddir.terms.runtime import TermError
+from ddir.values import Float
 from conftest import ROOT
 
 TESTS = ROOT / "tests"
@@ -79,17 +80,13 @@ export "ki" = xs | map(@interrupts($0[0]) ;);
 """
 
 ERROR_LINES = [
-    "e: filter at <source>:5:20: `@returns_none` returned None, not a value (an int, a tuple, "
-    "a ddir.List or a ddir.Variant) (4 rows dropped)",
+    "e: filter at <source>:5:20: `@returns_none` returned None, not a value (an int, a float, "
+    "a str, a tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
     "e: flatmap at <source>:6:21: `@returns_big` returned an integer that does not fit in 64 "
     "bits: 1180591620717411303424 (4 rows dropped)",
     "e: map at <source>:2:19: `@raises` raised ValueError: three is bad (1 rows dropped)",
-    "e: map at <source>:3:20: `@returns_float` returned a Python float 0.5, not a value (an int, "
-    "a tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
-    "e: map at <source>:4:20: `@returns_str` returned a Python str '1', not a value (an int, a "
-    "tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
     "e: map at <source>:7:20: `@nested_bad` returned a Python list inside its result, not a value "
-    "(an int, a tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
+    "(an int, a float, a str, a tuple, a ddir.List or a ddir.Variant) (4 rows dropped)",
     "e: map at <source>:8:20: `@exits` raised SystemExit: 1 (4 rows dropped)",
     "e: map at <source>:10:20: `@interrupts` raised KeyboardInterrupt (4 rows dropped)",
 ]
@@ -106,14 +103,18 @@ def _error_run(workers):
         s.feed("e", 0, (5,))
         third = s.tick()  # every worker still alive and computing
         return [first.errors, second.errors, third.errors,
-                s.peek("r"), s.peek("ok"), [p["name"] for p in s.list()["programs"]]]
+                s.peek("r"), s.peek("ok"), [p["name"] for p in s.list()["programs"]],
+                s.peek("fl"), s.peek("st")]
 
 
 def test_bad_results_are_term_errors_the_same_for_1_and_3_workers():
     one = _error_run(1)
     assert sorted(one[0]) == sorted(ERROR_LINES)
-    assert len(one[1]) == 8 and all(e.endswith("(1 rows dropped)") for e in one[1])
-    assert len(one[2]) == 7 and not any("@raises" in e for e in one[2])
+    assert len(one[1]) == 6 and all(e.endswith("(1 rows dropped)") for e in one[1])
+    assert len(one[2]) == 5 and not any("@raises" in e for e in one[2])
+    # a Python float is a Float, a str a String (SPEC D1)
+    assert one[6] == [((Float(x / 2),), (), 1) for x in (1, 2, 4, 5)]
+    assert one[7] == [((str(x),), (), 1) for x in (1, 2, 4, 5)]
     assert one[3] == [((1,), (), 1), ((2,), (), 1), ((4,), (), 1), ((5,), (), 1)]
     assert one[4] == sorted(((fn_module.slow_loop(x),), (), 1) for x in (1, 2, 4, 5))
     assert _error_run(3) == one

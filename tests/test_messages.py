@@ -26,8 +26,8 @@ def value_error(text: str) -> str:
              "commas, like `1,2` (at column 3)"),
     ("1,2,", "the row ends with `,`"),
     ("1-2,3", "`1-2` is not an integer"),
-    ("1,tuple(2)", "only integers can be written as a bare row `1,2`; write other rows as "
-                   "`tuple(1,x)` or `(1,(2))` (at column 2)"),
+    ("1,tuple(2)", "only Ints, Floats and Strings can be written as a bare row `1,2.5,\"x\"`; "
+                   "write other rows as `tuple(1,x)` or `(1,(2))` (at column 2)"),
     # the printed form got further than the term reading: its error, at the `)`
     ("[1,2)", "bad value `[1,2)`: expected `,` or `]`, found `)` (at column 5)"),
     ("(1,2]", "expected `,` or `)`, found `]` (at column 5)"),

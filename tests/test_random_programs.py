@@ -35,7 +35,7 @@ from ddir.terms.compile import compile_term
 from ddir.terms.interp import evaluate as interp
 from ddir.terms.runtime import TermError
 from ddir.values import format_value
-from program_gen import (INT, LST, TUP, UNIT, VAR, Ctx, TermGen, generate, programs,
+from program_gen import (FLT, INT, LST, STR, TUP, UNIT, VAR, Ctx, TermGen, generate, programs,
                          random_stream, random_value)
 
 # Generated loops converge in a few rounds (tests/program_gen.py); a bound
@@ -54,8 +54,8 @@ def session_script(source: str, stream, name="p") -> str:
              f"install {name} {FILE}"]
     for epoch, batch in stream:
         for t, n, key, val, d in batch:
-            v = "" if val == () else f" val={format_value(val).replace(' ', '')}"
-            lines.append(f"feed {name} {n} {format_value(key).replace(' ', '')}{v} "
+            v = "" if val == () else f" val={format_value(val)}"
+            lines.append(f"feed {name} {n} {format_value(key)}{v} "
                          f"time={t} diff={d}")
         lines.append("tick")
         lines += [f"peek {e}" for e in exports]
@@ -275,8 +275,15 @@ def test_generated_programs_lower_and_use_every_operator():
                  "inject(", "variant(", "proj(", "len(", "istag(", "not(", "or(", "if(",
                  "hash(", " && ", " - ", " + ", " * ", ") - ", ") + ", "$1[0][",
                  'import "iota:', 'import "random:',
-                 "=> ", "_ =>", "^0", "^1", "input 1", "input 2"]:
+                 "=> ", "_ =>", "^0", "^1", "input 1", "input 2",
+                 # SPEC D1
+                 "float(", "fadd(", "fsub(", "fmul(", "fdiv(", "fneg(", "fint(", "idiv(",
+                 "append(", "bytes(", "utf8(", "len(utf8"]:
         assert word in seen, word
+    # fed Floats and Strings
+    fed = {t for seed in range(150) for kt, vt in generate(seed, size=1 + seed % 3).inputs.values()
+           for t in kt[1] + vt[1]}
+    assert {FLT, STR} <= fed
     # nested scopes: a scope inside a scope
     assert any(line.startswith("    ") and line.rstrip().endswith(": {")
                for line in seen.splitlines())
@@ -329,7 +336,7 @@ def test_random_programs_long():
 # ------------------------------------------------------------------ terms of every size
 
 ROW_TYPES = [TUP(INT, INT), TUP(INT, TUP(INT, INT), VAR), TUP(LST(INT), INT), UNIT,
-             TUP(VAR, LST(TUP(INT, INT)))]
+             TUP(VAR, LST(TUP(INT, INT))), TUP(FLT, STR), TUP(INT, FLT, LST(STR))]
 CTORS = [("Leaf", 1, 0), ("Pair", 2, 1), ("Nil", 0, 3)]
 CON_DECLS = "".join(f"con {n}({a}) = {t}; " for n, a, t in CTORS)
 
@@ -406,7 +413,7 @@ def test_random_terms_compiled_and_interpreted_agree(seed, depth, nrows):
     rng = random.Random(seed)
     rows_types = tuple(rng.choice(ROW_TYPES) for _ in range(nrows))
     gen = TermGen(rng, CTORS, err=0.05)
-    ty = rng.choice([INT, INT, INT, TUP(INT, INT), LST(INT), VAR])
+    ty = rng.choice([INT, INT, INT, TUP(INT, INT), LST(INT), VAR, FLT, STR])
     src = gen.term(ty, depth, Ctx(rows_types))
     check_term(src, rows_types, rng)
 

@@ -3,25 +3,31 @@
 * Int -> msgpack int; Tuple -> array (decoded back to ``tuple``);
   List -> ext 1; Variant -> ext 2 (payload: ``[tag, value]``); an int beyond
   64 bits (only a diff on its way to an overflow report) -> ext 4, decimal;
+  Float -> ext 5, its 8 bytes big-endian (a plain msgpack float decodes as a
+  plain ``float``, which is not a value); String -> msgpack str (UTF-8);
 * a dataclass node (IR, term, projection) -> ext 3 with ``[class name,
   field values...]``, decoded through a registry of known classes only.
 
 Equal programs encode to equal bytes: dataclass fields are written in
-declaration order and the IR holds no dicts or sets.
+declaration order and the IR holds no dicts or sets. Equal values encode to
+equal bytes in every process (a Float's NaN is one NaN per sign), which the
+key hash (``engine.exchange.shard_of``) relies on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 import msgpack
 
 from . import nodes as N
 from ..lang import ast as A
 from ..terms import ast as T
-from ..values import List, Variant
+from ..values import Float, List, Variant
 
-_LIST, _VARIANT, _NODE, _BIG_INT = 1, 2, 3, 4
+_LIST, _VARIANT, _NODE, _BIG_INT, _FLOAT = 1, 2, 3, 4, 5
+_DOUBLE = struct.Struct(">d")
 
 _CLASSES = {}
 for _module in (N, T):
@@ -43,6 +49,8 @@ def _default(obj):
         # past it on its way to the arrangement that reports the overflow
         # (SPEC A1), and may cross workers before it gets there.
         return msgpack.ExtType(_BIG_INT, str(obj).encode())
+    if t is Float:
+        return msgpack.ExtType(_FLOAT, _DOUBLE.pack(obj))
     if t is List:
         return msgpack.ExtType(_LIST, packb(tuple(obj)))
     if t is Variant:
@@ -59,6 +67,8 @@ def _ext_hook(code: int, data: bytes):
     if code == _VARIANT:
         tag, payload = unpackb(data)
         return Variant(tag, payload)
+    if code == _FLOAT:
+        return Float(_DOUBLE.unpack(data)[0])
     if code == _BIG_INT:
         return int(data)
     if code == _NODE:

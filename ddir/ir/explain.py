@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import nodes as N
 from ..lang.ast import Splice
 from ..terms import ast as T
-from ..values import List, Variant
+from ..values import Float, List, Variant, format_value
 
 # Precedence levels of the .ddp term grammar (SPEC A3), loosest first.
 _AND, _CMP, _ADD, _MUL, _UNARY, _POSTFIX, _ATOM = range(1, 8)
@@ -95,6 +95,9 @@ def _literal(v) -> tuple:
     t = type(v)
     if t is int:
         return (_ATOM if v >= 0 else _UNARY), [str(v)]
+    if t is Float or t is str:  # SPEC D1: the printed form is the literal
+        text = format_value(v)
+        return (_UNARY if text.startswith("-") else _ATOM), [text]
     if t is Variant:
         return _ATOM, _call("inject", (T.Lit(v[0]), T.Lit(v[1])))
     return _ATOM, _call("list" if t is List else "tuple", [T.Lit(x) for x in v])

@@ -1,8 +1,15 @@
-"""Values written on a command line (SPEC Part B): one whitespace-free token.
+"""Values written on a command line (SPEC Part B, D1): one word of the line.
 
-Tried in order: ``_`` (unit); a comma-separated integer row (``1,2`` is the
-tuple ``(1, 2)``, ``7`` is ``(7)``); the printed form (``(1,2)``, ``[1,2]``,
-``#2(1,2)``, ``#1:5``); a closed scalar term (``tuple(1,2)``, ``3*4``).
+A command line is split into words at blanks outside brackets and string
+literals (:func:`split_words`), so a value may hold spaces inside ``(...)``,
+``[...]`` and ``"..."``: everything ``peek`` prints feeds back as printed
+(``(1, "New York")``).
+
+Tried in order: ``_`` (unit); a comma-separated row of Ints, Floats and
+Strings (``1,2`` is the tuple ``(1, 2)``, ``7`` is ``(7)``, ``2.5`` is
+``(2.5)``, ``1,"a b",2.5`` is ``(1, "a b", 2.5)``); the printed form
+(``(1, 2)``, ``[1,2]``, ``#2(1,2)``, ``#1:5``); a closed scalar term
+(``tuple(1,2)``, ``3*4``).
 """
 
 from __future__ import annotations
@@ -13,8 +20,8 @@ from .errors import ProgramError
 from .parser import parse_term
 from ..terms.interp import evaluate
 from ..terms.runtime import TermError, TooDeep
-from ..values import (INT_MAX, INT_MIN, ValueSyntaxError, ValueTooDeepError, parse_printed,
-                      value_depth)
+from ..values import (INT_MAX, INT_MIN, Float, ValueSyntaxError, ValueTooDeepError,
+                      parse_printed, value_depth)
 
 _INT_ROW = re.compile(r"-?[0-9]+(,-?[0-9]+)*")
 _INT = re.compile(r"-?[0-9]+")
@@ -42,6 +49,86 @@ def _as_value_message(message: str) -> str:
     return message
 
 
+def split_words(line: str) -> list:
+    """The words of a command line: split at blanks, except inside
+    brackets (``()``, ``[]``, ``{}``) and string literals (``"..."`` with
+    backslash escapes). An unbalanced closer is kept in its word; an
+    unterminated string runs to the end of the line (the value parser then
+    says what is wrong)."""
+    if '"' not in line and "(" not in line and "[" not in line and "{" not in line:
+        return line.split()
+    words: list = []
+    word: list = []
+    depth = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            word.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch.isspace() and depth == 0:
+            if word:
+                words.append("".join(word))
+                word = []
+            continue
+        word.append(ch)
+        if ch == '"':
+            in_string = True
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}" and depth:
+            depth -= 1
+    if word:
+        words.append("".join(word))
+    return words
+
+
+def _outside_strings(text: str) -> str:
+    """``text`` with the insides of its string literals left out (``"a(b"``
+    becomes ``""``), for the checks that look at a term's characters."""
+    if '"' not in text:
+        return text
+    out: list = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                out.append(ch)
+            continue
+        out.append(ch)
+        if ch == '"':
+            in_string = True
+    return "".join(out)
+
+
+def _scalar_row(text: str):
+    """``1,"a b",2.5`` as ``(1, "a b", 2.5)``: a row of Ints, Floats and
+    Strings; None when ``text`` is not one (its ValueSyntaxError too, for
+    the caller to use if nothing else reads it)."""
+    try:
+        row = parse_printed("(" + text + ")")
+    except ValueTooDeepError:
+        return None, None
+    except ValueSyntaxError as e:
+        return None, e
+    if type(row) is tuple and all(type(x) in _SCALARS for x in row):
+        return row, None
+    return None, None
+
+
+_SCALARS = {int, Float, str}
+
+
 def parse_value_token(text: str):
     if text in ("_", ""):
         return ()
@@ -51,8 +138,16 @@ def parse_value_token(text: str):
             if not INT_MIN <= n <= INT_MAX:
                 raise _bad(text, f"{n} does not fit in 64 bits")
         return row
-    if _bracket_depth(text) > MAX_VALUE_DEPTH:
+    code = _outside_strings(text)
+    if _bracket_depth(code) > MAX_VALUE_DEPTH:
         raise _too_deep(text)
+    row_error = None
+    if text[0] in _ROW_START:
+        row, row_error = _scalar_row(text)
+        if row is not None:
+            return row
+        if row_error is not None:
+            row_error.pos -= 1  # the `(` that _scalar_row put in front
     printed_error = None
     if text[0] in "([#":
         try:
@@ -65,22 +160,26 @@ def parse_value_token(text: str):
             raise _bad(text, str(printed_error), printed_error.pos + 1)
     if "," in text and re.fullmatch(r"[-0-9,]+", text):
         raise _bad(text, *_row_problem(text))
-    if "--" in text:  # in a term the rest would be a comment: `(1,2)--x` read as (1,2)
+    if "--" in code:  # in a term the rest would be a comment: `(1,2)--x` read as (1,2)
         raise _bad(text, "`--` starts a comment in a term, so what follows would be lost "
-                         "(minus a negative number is `-(-1)`)", text.index("--") + 1)
+                         "(minus a negative number is `-(-1)`)", _position(text, "--") + 1)
     try:
         term = parse_term(text, value=True)
     except ProgramError as e:
         if printed_error is not None and printed_error.pos + 1 > e.col:
             # `(1,2]`: the printed form got further, so its error is the one that helps
             raise _bad(text, str(printed_error), printed_error.pos + 1) from None
-        if text[e.col - 1:e.col] == "," and _bracket_depth(text[:e.col]) == 0:
-            raise _bad(text, "only integers can be written as a bare row `1,2`; write other rows "
-                             "as `tuple(1,x)` or `(1,(2))`", e.col) from None
+        if row_error is not None and row_error.in_string and row_error.pos + 1 >= e.col:
+            # `1,"abc`: a String of a bare row is what is wrong
+            raise _bad(text, str(row_error), row_error.pos + 1) from None
+        if text[e.col - 1:e.col] == "," and _bracket_depth(_outside_strings(text[:e.col])) == 0:
+            raise _bad(text, "only Ints, Floats and Strings can be written as a bare row "
+                             "`1,2.5,\"x\"`; write other rows as `tuple(1,x)` or `(1,(2))`",
+                       e.col) from None
         raise _bad(text, _as_value_message(e.message), e.col) from None
     except RecursionError:  # a long operator chain; the term parser recurses on it
         raise _bad(text, "too long or too deeply nested to read") from None
-    if "$" in text:  # only a `$n` can hold a `$` in a term that parsed (and no walk: no recursion)
+    if "$" in code:  # only a `$n` can hold a `$` in a term that parsed (and no walk: no recursion)
         raise _bad(text, "a value cannot refer to an input row ($n)")
     try:
         value = evaluate(term, ())
@@ -93,6 +192,29 @@ def parse_value_token(text: str):
     if value_depth(value) > MAX_VALUE_DEPTH:  # e.g. a fold that wraps its accumulator
         raise _too_deep(text)
     return value
+
+
+def _position(text: str, needle: str) -> int:
+    """Where ``needle`` first occurs in ``text`` outside string literals."""
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif text.startswith(needle, i):
+            return i
+    return -1
+
+
+# The first characters of a bare row of scalars: a number, a named Float
+# (`inf`, `nan`), a String.
+_ROW_START = frozenset('-0123456789"in')
 
 
 def _bad(text: str, problem: str, col: int | None = None) -> ValueTokenError:

@@ -17,7 +17,7 @@ from ..errors import CommandError, InvalidProgram
 from ..ir.lower import lower
 from ..lang.errors import ProgramError
 from ..lang.parser import parse_program
-from ..lang.value_token import ValueTokenError, parse_value_token
+from ..lang.value_token import ValueTokenError, parse_value_token, split_words
 from ..lang.words import is_option
 from ..values import INT_MAX, INT_MIN
 
@@ -331,7 +331,7 @@ def parse_command(line: str, script_dir: str | None = None, paths=None):
         return plain
     if is_skipped(line):
         return None
-    words = line.split()
+    words = split_words(line)  # blanks inside (), [] and "..." stay in their word (SPEC D1)
     cmd, args = words[0], words[1:]
     if cmd not in COMMANDS:
         raise CommandError(f"unknown command `{cmd}` (try `help`)")

@@ -104,15 +104,37 @@ def _peek_text(record: dict) -> str:
     hinted = shown_to < total and record["rows"] and record.get("offset_hint")
     if hinted:
         more = total - shown_to
-        # the command that shows the rest, key included, written as one token each
-        # (a printed value has blanks only after its commas)
-        key_arg = f" {format_value(record['key']).replace(' ', '')}" if record.get("has_key") else ""
+        # the command that shows the rest, key included, written compactly (a
+        # printed value has blanks only after its commas, and in Strings)
+        key_arg = f" {_compact(format_value(record['key']))}" if record.get("has_key") else ""
         lines.append(f"  ... {more} more row{'s' if more != 1 else ''} "
                      f"(peek {record['trace']}{key_arg} offset={shown_to})")
     if record.get("cursor") and not hinted:  # SPEC C4: the next page, as of this page's epoch
         # (the prompt's own page gives one way on, not two: issue 26, item 13)
         lines.append(f"  more: peek {record['trace']} cursor={record['cursor']}")
     return "\n".join(lines)
+
+
+def _compact(text: str) -> str:
+    """A printed value without the blanks after its commas (those inside
+    its Strings kept)."""
+    if '"' not in text:
+        return text.replace(" ", "")
+    out, in_string, escaped = [], False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == " ":
+            continue
+        out.append(ch)
+    return "".join(out)
 
 
 def text_order(records: list) -> list:

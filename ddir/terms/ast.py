@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 __all__ = [
     "Term", "Row", "Bound", "Lit", "Neg", "Arith", "Cmp", "And", "Index",
-    "Call", "PyCall", "Case", "Fold", "BUILTIN_ARITY", "children", "walk", "depth",
+    "Call", "PyCall", "Case", "Fold", "BUILTIN_ARITY", "SIMPLE_BUILTINS", "children", "walk",
+    "depth",
 ]
 
 
@@ -81,7 +82,8 @@ class Index(Term):
 
 @dataclass(frozen=True)
 class Call(Term):
-    """A builtin: tuple, list, inject, len, istag, not, or, if, hash.
+    """A builtin: tuple, list, inject, len, istag, not, or, if, hash, and
+    the Float/String ones of :data:`SIMPLE_BUILTINS`.
 
     ``istag``'s first argument is kept as ``Lit``.
     """
@@ -131,6 +133,26 @@ BUILTIN_ARITY = {
     "or": 2,
     "if": 3,
     "hash": None,  # bound + at least one key
+    # SPEC D1: Floats and Strings
+    "float": 1,
+    "fadd": 2,
+    "fsub": 2,
+    "fmul": 2,
+    "fdiv": 2,
+    "fneg": 1,
+    "fint": 1,
+    "idiv": 2,
+    "append": 2,
+    "bytes": 1,
+    "utf8": 1,
+}
+
+# Builtins that are one call of a runtime function on their evaluated
+# arguments (the compiler and the interpreter share this table).
+SIMPLE_BUILTINS = {
+    "float": "to_float", "fadd": "fadd", "fsub": "fsub", "fmul": "fmul", "fdiv": "fdiv",
+    "fneg": "fneg", "fint": "fint", "idiv": "idiv", "append": "append", "bytes": "utf8_bytes",
+    "utf8": "from_utf8",
 }
 
 

@@ -13,7 +13,8 @@ Binders: a ``case`` arm's payload is read from the walrus-bound scrutinee
 from __future__ import annotations
 
 from . import runtime as rt
-from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, PyCall, Row, Term, depth
+from .ast import (SIMPLE_BUILTINS, And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg,
+                  PyCall, Row, Term, depth)
 from .interp import evaluate
 from ..values import List
 
@@ -28,6 +29,7 @@ GLOBALS = {
     "_aslist": lambda v: rt.as_list(v, "`flatmap`"),
     "_List": List, "TermError": rt.TermError, "_pycall": rt.call_function, "_capped": rt.capped,
 }
+GLOBALS.update({f"_{fn}": getattr(rt, fn) for fn in SIMPLE_BUILTINS.values()})
 
 _ARITH_FN = {"+": "_add", "-": "_sub", "*": "_mul"}
 _CMP_FN = {"==": "_eq", "!=": "_ne", "<": "_lt", "<=": "_le"}
@@ -127,6 +129,8 @@ class Codegen:
             return f"({e(args[1])} if _truthy({e(args[0])}) else {e(args[2])})"
         if name == "hash":
             return "_hash(" + ", ".join(e(a) for a in args) + ")"
+        if name in SIMPLE_BUILTINS:
+            return f"_{SIMPLE_BUILTINS[name]}(" + ", ".join(e(a) for a in args) + ")"
         raise TypeError(f"unknown builtin {name!r}")
 
 

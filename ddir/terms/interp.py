@@ -8,7 +8,8 @@ the two can only disagree where code generation is wrong.
 from __future__ import annotations
 
 from . import runtime as rt
-from .ast import And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg, PyCall, Row, Term
+from .ast import (SIMPLE_BUILTINS, And, Arith, Bound, Call, Case, Cmp, Fold, Index, Lit, Neg,
+                  PyCall, Row, Term)
 from ..values import List
 
 
@@ -83,4 +84,6 @@ def _call(term: Call, ev):
         return ev(args[1]) if rt.truthy(ev(args[0])) else ev(args[2])
     if name == "hash":
         return rt.hash_term(*[ev(a) for a in args])
+    if name in SIMPLE_BUILTINS:
+        return getattr(rt, SIMPLE_BUILTINS[name])(*[ev(a) for a in args])
     raise TypeError(f"unknown builtin {name!r}")

@@ -7,7 +7,10 @@ the engine drops the row and counts the error per operator.
 
 from __future__ import annotations
 
-from ..values import INT_MAX, INT_MIN, List, Variant, format_value, order_key, value_problem
+from math import copysign, isfinite, isnan
+
+from ..values import (INT_MAX, INT_MIN, Float, List, Variant, as_value, format_value, order_key,
+                      value_problem)
 
 MASK64 = (1 << 64) - 1
 
@@ -29,6 +32,10 @@ def _kind(v) -> str:
         return "Tuple"
     if t is List:
         return "List"
+    if t is Float:
+        return "Float"
+    if t is str:
+        return "String"
     return "Variant"
 
 
@@ -138,10 +145,126 @@ def inject(tag, payload):
 
 
 def length(v) -> int:
+    """Fields of a Tuple, items of a List, characters (code points) of a String."""
     t = type(v)
-    if t is tuple or t is List:
+    if t is tuple or t is List or t is str:
         return len(v)
-    raise TermError(f"`len` needs a Tuple or List, got {_kind(v)} {_show(v)}")
+    raise TermError(f"`len` needs a Tuple, List or String, got {_kind(v)} {_show(v)}")
+
+
+# ------------------------------------------------------------ Floats and Strings (SPEC D1)
+#
+# The Float builtins take Floats only (an Int is converted with `float(i)`,
+# as in the reference) and follow IEEE 754 double arithmetic: `fdiv(1.0,
+# 0.0)` is inf, `fdiv(0.0, 0.0)` a NaN, never a term error. A NaN that
+# arithmetic makes is the positive NaN (IEEE leaves its sign open, and CPUs
+# differ), so results are the same on every machine; `fneg` flips the sign
+# of a NaN as of any other Float.
+
+_NAN = Float("nan")
+
+
+def check_float(v, what: str) -> float:
+    if type(v) is not Float:
+        raise TermError(f"{what} needs a Float, got {_kind(v)} {_show(v)}")
+    return float(v)
+
+
+def _float_result(x: float) -> Float:
+    return _NAN if isnan(x) else Float(x)
+
+
+def to_float(v) -> Float:
+    """``float(i)``: the Float nearest to an Int."""
+    return Float(check_int(v, "`float`"))
+
+
+def fadd(a, b) -> Float:
+    return _float_result(check_float(a, "`fadd`") + check_float(b, "`fadd`"))
+
+
+def fsub(a, b) -> Float:
+    return _float_result(check_float(a, "`fsub`") - check_float(b, "`fsub`"))
+
+
+def fmul(a, b) -> Float:
+    return _float_result(check_float(a, "`fmul`") * check_float(b, "`fmul`"))
+
+
+def fdiv(a, b) -> Float:
+    x, y = check_float(a, "`fdiv`"), check_float(b, "`fdiv`")
+    if y == 0.0:  # IEEE 754, where Python raises ZeroDivisionError
+        if x == 0.0 or isnan(x):
+            return _NAN
+        return Float(copysign(float("inf"), x) * copysign(1.0, y))
+    return _float_result(x / y)
+
+
+def fneg(a) -> Float:
+    return Float(-check_float(a, "`fneg`"))
+
+
+def fint(a) -> int:
+    """A Float truncated toward zero to an Int; a non-finite Float or one
+    beyond i64 is a term error."""
+    x = check_float(a, "`fint`")
+    if not isfinite(x):
+        raise TermError(f"`fint` of {format_value(a)} (not a finite Float)")
+    n = int(x)
+    if not INT_MIN <= n <= INT_MAX:
+        raise TermError(f"`fint` of {format_value(a)} does not fit in 64 bits")
+    return n
+
+
+def idiv(a, b) -> int:
+    """Int division truncating toward zero; ``0`` when ``b`` is 0 (as the
+    reference). ``idiv(INT_MIN, -1)`` leaves i64: an overflow term error."""
+    a, b = check_int(a, "`idiv`"), check_int(b, "`idiv`")
+    if b == 0:
+        return 0
+    q = abs(a) // abs(b)
+    return _fit(q if (a < 0) == (b < 0) else -q, "idiv")
+
+
+# The most items (List) or characters (String) `append` makes: a fold that
+# doubles its accumulator would otherwise take all memory in a few dozen
+# rows (`collect` has the same bound).
+MAX_APPEND = 10_000_000
+
+
+def append(a, b):
+    """``append(a, b)``: List + List, or String + String."""
+    ta, tb = type(a), type(b)
+    if ta is List and tb is List:
+        if len(a) + len(b) > MAX_APPEND:
+            raise TermError(f"`append` would make a List of more than {MAX_APPEND} items")
+        return List(a + b)
+    if ta is str and tb is str:
+        if len(a) + len(b) > MAX_APPEND:
+            raise TermError(f"`append` would make a String of more than {MAX_APPEND} characters")
+        return a + b
+    raise TermError(f"`append` needs two Lists or two Strings, got {_kind(a)} {_show(a)} "
+                    f"and {_kind(b)} {_show(b)}")
+
+
+def utf8_bytes(v) -> List:
+    """``bytes(s)``: a String's UTF-8 bytes as a List of Ints."""
+    if type(v) is not str:
+        raise TermError(f"`bytes` needs a String, got {_kind(v)} {_show(v)}")
+    return List(v.encode("utf-8"))
+
+
+def from_utf8(v) -> str:
+    """``utf8(l)``: the String whose UTF-8 bytes are the List of Ints ``l``."""
+    if type(v) is not List:
+        raise TermError(f"`utf8` needs a List of byte Ints, got {_kind(v)} {_show(v)}")
+    for i, b in enumerate(v):
+        if type(b) is not int or not 0 <= b <= 255:
+            raise TermError(f"`utf8`: item {i} of the List is not a byte (0..255): {_show(b)}")
+    try:
+        return bytes(v).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TermError(f"`utf8`: invalid UTF-8 at byte {e.start}") from None
 
 
 def istag(tag: int, v) -> int:
@@ -271,14 +394,14 @@ def call_function(name: str, fn, *args):
     elif type(result) is bool:  # a predicate's answer is the Int 1 or 0 (top level only)
         return 1 if result else 0
     check_result(name, result)
-    return result
+    return as_value(result)  # a Python float, anywhere in it, is a Float
 
 
 def check_result(name: str, result) -> None:
     """Raise :class:`TermError` unless ``result`` is a value: Ints in i64,
-    tuples, :class:`List`, :class:`Variant` (non-negative Int tag), nested at
-    most :data:`MAX_RESULT_DEPTH` levels."""
-    problem = value_problem(result, MAX_RESULT_DEPTH)
+    floats, valid Unicode strs, tuples, :class:`List`, :class:`Variant`
+    (non-negative Int tag), nested at most :data:`MAX_RESULT_DEPTH` levels."""
+    problem = value_problem(result, MAX_RESULT_DEPTH, python=True)
     if problem is None:
         return
     kind, part = problem
@@ -292,8 +415,11 @@ def check_result(name: str, result) -> None:
         raise TermError(f"`@{name}` returned a Variant whose tag is not a non-negative "
                         f"Int: {_clip(repr(part))}")
     what = "" if part is result else " inside its result"
+    if kind == "string":
+        raise TermError(f"`@{name}` returned a str with a lone surrogate{what} (a String must "
+                        "be valid Unicode)")
     raise TermError(f"`@{name}` returned {_python_kind(part)}{what}, not a value (an int, "
-                    "a tuple, a ddir.List or a ddir.Variant)")
+                    "a float, a str, a tuple, a ddir.List or a ddir.Variant)")
 
 
 def _clip(text: str) -> str:
