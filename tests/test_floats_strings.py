@@ -381,3 +381,22 @@ def test_columnar_engine_with_floats_and_strings_agrees_with_the_oracle():
     finally:
         B.COLUMNAR_MIN, B.COLUMNAR_FIRST = old
     assert checked == 40
+
+
+def test_checkpoint_round_trip_keeps_floats_and_strings(tmp_path):
+    """Traces and staged future updates holding Floats and Strings restore
+    as they were (the checkpoint writes the printed form), on another -w N."""
+    traces = ("ident", "j", "words", "fl")
+    with ddir.Server(workers=3) as s:
+        s.install("p", source=PROGRAM)
+        s.feed("p", 0, (1.5, "a b"), ('x "y"',))
+        s.feed("p", 0, (NAN,), ("é\n",))
+        s.feed("p", 0, ("k",), (Float(-0.0),), time=2)
+        s.tick()
+        before = {t: s.peek(t) for t in traces}
+        s.checkpoint(tmp_path / "ck")
+    with ddir.Server.restore(tmp_path / "ck", workers=1) as r:
+        assert {t: r.peek(t) for t in traces} == before
+        r.tick(), r.tick()
+        assert r.peek("ident") == [((Float(1.5), "a b"), ('x "y"',), 1), ((NAN,), ("é\n",), 1),
+                                   (("k",), (Float(-0.0),), 1)]
