@@ -251,6 +251,7 @@ class RemoteSession:
                     source = f.read()
             except (OSError, UnicodeDecodeError) as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                reason += C.looked_in(path, script_dir, e)  # as the local CLI says it
                 return self._report([{"kind": "error",
                                       "message": f'cannot read program file "{path}": {reason}'}],
                                     file, lineno)
