@@ -43,6 +43,7 @@ PROGRAMS = {
     "adt_case": ((ROOT / "tests/programs/adt_case.ddp").read_text(), {0: 2}),
     "lift": ((ROOT / "tests/programs/lift.ddp").read_text(), {0: 2, 1: 1}),
     "joins": ((ROOT / "tests/programs/joins.ddp").read_text(), {0: 2, 1: 2}),
+    "typed_values": ((ROOT / "tests/programs/typed_values.ddp").read_text(), {0: 2}),
 }
 
 # Upstream example programs with the input arity their header comments give.

@@ -46,6 +46,9 @@ def _project(proj, rows: tuple, functions=None):
             else:
                 out.append(eval_term(f, rows, functions=functions))
         return tuple(out)
+    if getattr(proj, "bare", False):  # `value(t)` (SPEC D2): each side is its one term itself
+        return (eval_term(proj.key[0], rows, functions=functions),
+                eval_term(proj.val[0], rows, functions=functions))
     return side(proj.key), side(proj.val)
 
 
