@@ -100,7 +100,7 @@ IMPORT_ERRORS = {
     "iota:-1": 'generated source "iota:-1": N must be a non-negative integer, got `-1`',
     "random:nodes=5": 'generated source "random:nodes=5": `edges=` is required',
     "random:nodes=5,edges=3,foo=1": 'generated source "random:nodes=5,edges=3,foo=1": expected '
-                                    "nodes=N,edges=E[,arity=A][,seed=S], got `foo=1`",
+                                    "nodes=N,edges=E[,arity=A][,seed=S][,churn=C], got `foo=1`",
     "random:nodes=5,nodes=5,edges=1": 'generated source "random:nodes=5,nodes=5,edges=1": '
                                       "`nodes` given twice",
 }

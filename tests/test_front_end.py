@@ -267,8 +267,8 @@ def test_check_validates_generated_source_recipes_at_the_string(tmp_path, syntax
     recipes = {"random:nodes=0,edges=5": "nodes must be positive",
                "iota:-1": "N must be a non-negative integer, got `-1`",
                "random:nodes=5": "`edges=` is required",
-               "random:nodes=5,edges=1,colour=2": "expected nodes=N,edges=E[,arity=A][,seed=S], "
-                                                  "got `colour=2`",
+               "random:nodes=5,edges=1,colour=2": "expected nodes=N,edges=E[,arity=A][,seed=S]"
+                                                  "[,churn=C], got `colour=2`",
                "random:edges=1,nodes=5,edges=1": "`edges` given twice",
                "iota:10000001": "at most 10000000 rows"}
     good = ["iota:3", "clock", "random:nodes=5,edges=3", "some_trace"]

@@ -335,15 +335,35 @@ def parse_command(line: str, script_dir: str | None = None, paths=None):
     cmd, args = words[0], words[1:]
     if cmd not in COMMANDS:
         raise CommandError(f"unknown command `{cmd}` (try `help`)")
-    positional, options = _split_options(cmd, args)
-    if cmd == "install":
-        _arity(cmd, positional, 2, 2)
+    if cmd == "install":  # install <name> <file> [<import>=<trace or random(...)>]... (SPEC D3)
+        from .generated import RecipeError, binding_source, bind_imports
+        positional, words = args[:2], args[2:]
+        if len(positional) < 2 or any(is_option(a) for a in positional) or \
+                any(not w.partition("=")[0] or not w.partition("=")[1] for w in words):
+            raise CommandError(f"usage: {HELP['install'][0]} [<import>=<trace>|"
+                               "<import>=random(seed=..,arity=..,range=..,count=..,churn=..)]...")
         name, path = positional
+        bindings: dict = {}
+        for word in words:
+            local, _, binding = word.partition("=")
+            if local in bindings:
+                raise CommandError(f"install: `{local}=` given twice")
+            try:
+                bindings[local] = binding_source(binding, f"install: `{word}`")
+            except RecipeError as e:
+                raise CommandError(str(e)) from None
+            if not bindings[local]:
+                raise CommandError(f"install: `{word}` names no trace")
         try:
             program, source = program_file(path, script_dir, paths)
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
+        try:
+            program = bind_imports(program, bindings)
+        except RecipeError as e:
+            raise CommandError(f"install: {e}") from None
         return Install(name, path, program, source)
+    positional, options = _split_options(cmd, args)
     if cmd == "reinstall":
         _arity(cmd, positional, 1, 2)
         module = options.get("functions")

@@ -16,7 +16,9 @@ Messages:
   the same for rows whose key and val are Tuples of Ints, sent as int64
   column bytes (a load or feed_many, :mod:`ddir.server.staged`); the worker
   builds the rows, so the intake never encodes one object per row
-* ``("tick", epoch, watched, leases)`` - ``watched``: the subscribed traces, whose
+* ``("tick", epoch, watched, leases)`` - first each random source with
+  ``churn=C`` stages its window's move at ``epoch`` (server.generated);
+  ``watched``: the subscribed traces, whose
   rows at ``(epoch,)`` the reply carries as ``changes``; ``leases``: ``[trace,
   e]`` pairs of held cursor leases: such a trace is compacted only up to ``e - 1``
 * ``("drop", name)``, ``("peek", trace, key, has_key[, columns])`` - with
@@ -79,6 +81,9 @@ class Worker:
         self.dataflows: dict = {}  # program name -> Dataflow, in install order
         self.exports: dict = {}    # trace name -> exporting ArrangeOp
         self.clocks: list = []     # names of clock sources
+        # name -> (Recipe, epoch installed at): random sources with churn=C > 0,
+        # whose window every tick moves (server.generated)
+        self.churning: dict = {}
         # (trace, epoch) -> cursor.PageIndex, for the pages of a lease
         self.cursor_index: dict = {}
 
@@ -127,6 +132,8 @@ class Worker:
         self._add(name, dataflow)
         if kind == "clock":
             self.clocks.append(name)
+        if recipe.churn:
+            self.churning[name] = (recipe, epoch)
         if epoch > 0:
             dataflow.run(closed, stoppable=False)
             dataflow.compact(closed)
@@ -143,6 +150,7 @@ class Worker:
                 del self.cursor_index[lease]
         if name in self.clocks:
             self.clocks.remove(name)
+        self.churning.pop(name, None)
         dataflow.dispose()  # frees its memory now, frozen for the collector or not
         return {}
 
@@ -196,6 +204,7 @@ class Worker:
         clock jumps to show ``epoch``."""
         for name in self.clocks:
             self._stage_clock(name, closed + 1, epoch)
+        self._stage_churn(closed, epoch)
         return self._tick(epoch)
 
     def do_budget(self, nbytes, label) -> dict:
@@ -242,6 +251,7 @@ class Worker:
         watching = [(name, self.exports[name]) for name in watched if name in self.exports]
         for _, op in watching:
             op.watch = []
+        self._stage_churn(epoch - 1, epoch)
         try:
             reply = self._tick(epoch)
         finally:
@@ -288,6 +298,20 @@ class Worker:
         mine = split_by_owner(rows, self.shards)[self.index]
         if mine:
             self.dataflows[name].stage(0, (new,), mine)
+
+    def _stage_churn(self, closed: int, epoch: int) -> None:
+        """Each churning source's window moves by the ticks closing
+        ``closed + 1 .. epoch`` (one, but a restore's replay closes several
+        in one step), staged at ``epoch``: each worker makes the rows whose
+        numbers are its own and sends each to the owner of its key."""
+        for name, (recipe, since) in self.churning.items():
+            rows = recipe.changes(closed + 1 - since, epoch + 1 - since, self.index, self.shards)
+            if self.exchange is not None:
+                boxes = split_by_owner(rows, self.shards)
+                batches, _ = self.exchange.swap(("churn", name, epoch), boxes)
+                rows = [row for batch in batches for row in batch]
+            if rows:
+                self.dataflows[name].stage(0, (epoch,), rows)
 
     def _collect(self, names) -> dict:
         """Inspect events and term errors of ``names`` since the last collect."""
