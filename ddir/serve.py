@@ -670,7 +670,7 @@ class Hub:
             return [], None, [], False
         words = line.split()
         if source is not None or words[0] == "check":
-            return self._with_source(conn, words, source), None, [], False
+            return self._with_source(conn, line, words, source), None, [], False
         cmd = C.parse_command(line, paths=self.paths)  # SPEC E2: paths in the data directory
         if isinstance(cmd, C.Exit):
             return [], None, [], True
@@ -698,7 +698,7 @@ class Hub:
             self.local_output(local)
         return own
 
-    def _with_source(self, conn, words: list, source) -> list:
+    def _with_source(self, conn, line: str, words: list, source) -> list:
         """``install <name> <file>`` / ``check <file>`` with the program text
         sent along (the file name still picks the syntax and labels errors);
         ``check <file>`` without it reads the server's file (in the data
@@ -706,8 +706,8 @@ class Hub:
         cmd = words[0]
         if cmd not in ("install", "check"):
             raise C.CommandError(f'"source" goes with `install` or `check`, not `{cmd}`')
-        positional, _ = C._split_options(cmd, words[1:])
         if cmd == "check":
+            positional, _ = C._split_options(cmd, words[1:])
             if len(positional) != 1:
                 raise C.CommandError("usage: check <file>")
             path = positional[0]
@@ -723,15 +723,10 @@ class Hub:
                     str(e), path)
                 raise InvalidProgram(message) from None
             return [{"kind": "checked", "file": path}]
-        C._arity(cmd, positional, 2, 2)
-        name, path = positional
         if not isinstance(source, str):
             raise C.CommandError('"source" must be a string (the program text)')
-        try:
-            program = C.program_from_source(source, path)
-        except ProgramError as e:
-            raise InvalidProgram(str(e)) from None
-        return self.client.execute(C.Install(name, path, program, source), conn)
+        # the command line's own rules (bindings such as edges=random(...) too)
+        return self.client.execute(C.parse_command(line, paths=self.paths, source=source), conn)
 
 
 # ============================================================ the websocket side

@@ -829,3 +829,18 @@ def test_a_non_reader_outlives_keepalive_and_gets_the_overflow_record():
         await fast.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_install_with_source_takes_bindings(served):
+    """SPEC D3's call form over serve, with the program text sent along: the
+    same parse as a local `install` (it was refused: one rule in two places)."""
+    s = served()
+    with s.client() as ws:
+        (r,) = ask(ws, 1, "install g g.ddp edges=random(seed=1,arity=2,range=10,count=5)",
+                   source='export "e" = import "edges";\n')
+        assert r["kind"] == "installed", r
+        ask(ws, 2, "tick")
+        assert ask(ws, 3, "peek e")[0]["total"] >= 1
+        (err,) = ask(ws, 4, "install h h.ddp edges=random(range=0,count=4)",
+                     source='export "f" = import "edges";\n')
+        assert err["kind"] == "error" and "range must be positive" in err["message"]

@@ -317,8 +317,13 @@ def pages_at_prompt(cmd) -> bool:
     return isinstance(cmd, Peek) and cmd.limit is None and cmd.cursor is None
 
 
-def parse_command(line: str, script_dir: str | None = None, paths=None):
+def parse_command(line: str, script_dir: str | None = None, paths=None,
+                  source: str | None = None):
     """One command line -> a command (``None`` for blank/comment lines).
+
+    ``source``: the text of the program an ``install`` names, sent by a
+    client (``serve``'s ``"source"``): the file name then only picks the
+    syntax and labels errors, and no file is read.
 
     ``paths``: None for local use (scripts, the prompt, the API: paths are
     the user's, SPEC E2); for a network client of ``serve`` its
@@ -355,7 +360,10 @@ def parse_command(line: str, script_dir: str | None = None, paths=None):
             if not bindings[local]:
                 raise CommandError(f"install: `{word}` names no trace")
         try:
-            program, source = program_file(path, script_dir, paths)
+            if source is None:
+                program, source = program_file(path, script_dir, paths)
+            else:
+                program = program_from_source(source, path)
         except ProgramError as e:
             raise InvalidProgram(str(e)) from None
         try:
