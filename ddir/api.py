@@ -38,7 +38,7 @@ from .server.cluster import LocalCluster, ProcessCluster, WorkerDied
 from .server.functions import load_functions
 from .server.interrupts import defer_interrupts
 from .server.registry import Server as _Core
-from .values import as_value, value_problem
+from .values import Float, as_value, value_problem
 
 MAX_VALUE_DEPTH = 100  # as on the command line (ddir.lang.value_token.MAX_VALUE_DEPTH)
 
@@ -421,8 +421,9 @@ class Server:
              diff: int = 1) -> None:
         """Stage one update (``feed <prog> <in#> <key> val= time= diff=``)."""
         _name(program, "a program name")
-        cmd = C.Feed(program, _integer(input, "the input number", 0), _value(key, "key"),
-                     _value(val, "val"), None if time is None else _integer(time, "time=", 0),
+        cmd = C.Feed(program, _integer(input, "the input number", 0),
+                     _value(_as_row(key), "key"), _value(_as_row(val), "val"),
+                     None if time is None else _integer(time, "time=", 0),
                      _integer(diff, "diff="))
         self._call(cmd)
 
@@ -449,9 +450,9 @@ class Server:
             raise E.CommandError(f"feed_many: {'keys=' if keys is not None else 'rows'} must be "
                                  f"an iterable, not {_show(items)}") from None
         if keys is not None:
-            batch = [(k, (), 1) for k in items]
+            batch = [(_as_row(k), (), 1) for k in items]
         else:
-            batch = [tuple(row) if _is_update(row) else (row, (), 1) for row in items]
+            batch = [tuple(row) if _is_update(row) else (_as_row(row), (), 1) for row in items]
         # As int64 columns (no Python object per row crosses to the workers)
         # when numpy pays; a small feed does not load numpy at all.
         columns = None
@@ -621,6 +622,14 @@ class Server:
 
 
 # ============================================================ argument checks
+
+
+def _as_row(v):
+    """A key or val given as one Int, Float or String is a one-field Tuple,
+    as on the command line (`feed p 0 7` is `(7)`, SPEC C1; issue 26: the
+    API's `feed("p", 0, 7)` was the Int 7, and the mistake surfaced only at
+    the tick, as a term error)."""
+    return (v,) if type(v) in (int, float, str, Float) else v
 
 
 def _name(name, what: str) -> None:

@@ -69,7 +69,8 @@ def test_every_command_through_the_api(workers):
         assert table.to_pydict() == {"key_0": [1, 2, 3], "val_0": [2, 3, 4], "diff": [1, 1, 1]}
         assert s.peek_arrow("echoed").column_names == ["key", "val", "diff"]
         r = s.tick()
-        assert [(e.key, e.time, e.diff) for e in r.events] == [(5, (1,), -2)]
+        # a bare 5 is the one-field Tuple (5), as `feed echo 0 5` is (issue 26, item 8)
+        assert [(e.key, e.time, e.diff) for e in r.events] == [((5,), (1,), -2)]
         listing = s.list()
         assert listing["epoch"] == 2
         assert [t["name"] for t in listing["traces"]] == ["echoed", "edges", "reachable"]
@@ -187,8 +188,10 @@ def test_values_are_plain_python_and_importable_from_ddir():
         s.feed_many("e", 0, keys=values)
         s.tick()
         got = [k for k, _, _ in s.peek("out")]
-        assert sorted(map(repr, got)) == sorted(map(repr, values))
-        assert type(got[0]) is int  # Int < Tuple < Variant < List
+        # a bare scalar key is a one-field Tuple, as on the command line
+        fed = [(5,)] + values[1:]
+        assert sorted(map(repr, got)) == sorted(map(repr, fed))
+        assert type(got[0]) is tuple  # Tuple < Variant < List
         assert all(type(k) is List for k in got[-2:])
 
 
