@@ -55,3 +55,21 @@ def test_a_missing_program_file_says_where_it_was_looked_for(tmp_path):
                        timeout=30, cwd=ROOT)
     assert (f"(looked in {ROOT} (the current directory) and {tmp_path} (the script's "
             f"directory))") in r.stdout, r.stdout
+
+
+def test_a_ddp_program_under_another_name_gets_a_hint(tmp_path):
+    """Item 2: a `.ddp` program saved as `.txt` was read as `.ddir` with no
+    word of it."""
+    (tmp_path / "reach_as.txt").write_text((ROOT / "programs/reach_import.ddp").read_text())
+    (tmp_path / "bad.txt").write_text("let = ;\n")
+    r = subprocess.run(PY + ["check", "reach_as.txt", "bad.txt"], capture_output=True,
+                       text=True, timeout=30, cwd=tmp_path)
+    first, bad = [line for line in r.stdout.splitlines() if line.startswith(("reach", "bad"))]
+    assert first.startswith("reach_as.txt:") and first.endswith(
+        "(read as `.ddir`: the file name does not end in `.ddp`; it parses as `.ddp`: "
+        "name the file `.ddp`)"), first
+    assert bad.endswith("(read as `.ddir`: the file name does not end in `.ddp`)"), bad
+    (tmp_path / "reach.ddp").write_text((ROOT / "programs/reach_import.ddp").read_text())
+    r = subprocess.run(PY + ["check", "reach.ddp"], capture_output=True, text=True, timeout=30,
+                       cwd=tmp_path)
+    assert r.stdout == "reach.ddp: ok\n"

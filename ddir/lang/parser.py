@@ -56,11 +56,30 @@ def parse_program_file(path: str) -> A.Program:
 
 
 def parse_program(source: str, file: str = "<program>", syntax: str | None = None) -> A.Program:
+    guessed = syntax is None and not str(file).endswith((".ddp", ".ddir"))
     syntax = syntax or syntax_of(file)
-    tree = _parse(source, file, syntax, "start")
+    try:
+        tree = _parse(source, file, syntax, "start")
+    except ProgramError as e:
+        if guessed and file != "<program>":
+            raise _with_syntax_hint(e, source, file) from None
+        raise
     builder = _Builder(file, source, syntax)
     builder.collect_constructors(tree)
     return A.Program(file=file, body=tuple(builder.statements(tree.children)), source=source)
+
+
+def _with_syntax_hint(error: ProgramError, source: str, file: str) -> ProgramError:
+    """A file named neither `.ddp` nor `.ddir` is read as `.ddir` (SPEC A6);
+    say so, and say when it would parse as `.ddp` (issue 26: a `.ddp`
+    program saved as `reach_as.txt` got a `.ddir` syntax error, no hint)."""
+    try:
+        _parse(source, file, "ddp", "start")
+        other = "; it parses as `.ddp`: name the file `.ddp`"
+    except ProgramError:
+        other = ""
+    return ProgramError(f"{error.message} (read as `.ddir`: the file name does not end in "
+                        f"`.ddp`{other})", error.file, error.line, error.col, error.source)
 
 
 def parse_term(source: str, file: str = "<term>", value: bool = False) -> T.Term:
