@@ -431,3 +431,20 @@ def test_a_cursor_far_behind_the_server_expires():
     assert c.held("t", 3) and c.active() == [["t", 3]]
     c.epoch += 1
     assert not c.held("t", 3) and c.active() == []
+
+
+def test_ctrl_c_in_connect_cancels_the_remote_tick(served, tmp_path):
+    """Item 7 from `ddir connect`: Ctrl-C sends `cancel`; the tick's answer
+    still comes (its program failed), and the script goes on."""
+    import signal
+    s = served("--max-rounds", "100000000")
+    (tmp_path / "p.ddp").write_text(FOREVER)
+    (tmp_path / "s.txt").write_text("install p p.ddp\nfeed p 0 1\ntick\nlist\n")
+    c = subprocess.Popen(PY + ["connect", s.url, str(tmp_path / "s.txt")], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    c.send_signal(signal.SIGINT)
+    out, err = c.communicate(timeout=20)
+    assert c.returncode == 0, err
+    assert "cancelling" in err
+    assert "tick -> epoch 1" in out and "[failed: the tick was cancelled at epoch 0]" in out, out
