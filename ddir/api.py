@@ -9,7 +9,8 @@
         s.load("reach", 0, "edges.parquet")
         result = s.tick()                              # .epoch .events .errors
         s.peek("result")                               # [(key, val, diff), ...]
-        s.peek_arrow("result")                         # a pyarrow.Table
+        s.peek_arrow("result")                         # a pyarrow.Table (also peek_pandas/polars)
+        s.load("reach", 0, table)                      # a pyarrow.Table, pandas/polars DataFrame
         with s.subscribe("result") as sub:             # replay, then each tick's changes
             for change in sub: ...                     # what has arrived (see Subscription)
         page = s.peek("result", limit=100)             # a list of rows, + .total .cursor
@@ -428,15 +429,25 @@ class Server:
         self._call(cmd)
 
     def feed_many(self, program: str, input: int, rows=None, *, keys=None,
-                  time: int | None = None) -> int:
+                  time: int | None = None, key=None, val=None, diff=None) -> int:
         """Stage many updates at once, all or nothing: ``rows``, an iterable
         of keys or of ``(key, val, diff)`` (SPEC C6), or ``keys=`` (val unit,
         diff +1 each). In ``rows`` an item is an update when it is a triple
         of a Tuple, a Tuple and an Int, and a key otherwise (a key of that
         very shape must go through ``keys=``). Returns how many. Rows whose
         keys and vals are Tuples of Ints go to their workers as int64
-        columns, like a load."""
+        columns, like a load. ``rows`` may also be a table (a
+        ``pyarrow.Table`` or ``RecordBatch``, a pandas or polars DataFrame):
+        then it is :meth:`load` of that table, ``key=``/``val=``/``diff=``
+        naming its columns."""
         _name(program, "a program name")
+        table = _table_of(rows, "feed_many") if keys is None else None
+        if table is not None:
+            return self._load_table(program, input, table, _what(rows, "feed_many"), key, val,
+                                    diff, time)
+        if key is not None or val is not None or diff is not None:
+            raise E.CommandError("feed_many: key=, val= and diff= name the columns of a table; "
+                                 "rows are not one")
         if rows is not None and keys is not None:
             raise E.CommandError("feed_many takes rows or keys=, not both")
         if rows is None and keys is None:
@@ -485,18 +496,59 @@ class Server:
         _deferring_interrupts(stage)
         return len(batch)
 
-    def load(self, program: str, input: int, path: str, *, key=None, val=None, diff=None,
+    def load(self, program: str, input: int, path, *, key=None, val=None, diff=None,
              time: int | None = None) -> int:
         """``load``: stage one update per row of a Parquet / Arrow IPC / CSV
-        file; ``key``/``val`` are column names (a list or ``"a,b"``),
-        ``diff`` one column. Returns the number of rows."""
+        file (a ``str`` or ``os.PathLike``) or of a table in memory (a
+        ``pyarrow.Table`` or ``RecordBatch``, a pandas or polars DataFrame,
+        converted through Arrow); ``key``/``val`` are column names (a list
+        or ``"a,b"``), ``diff`` one column. Columns as SPEC C1: integers are
+        Ints, floating point Floats, strings Strings, binary Lists of byte
+        Ints, a column marked printed (``peek_arrow``'s ``key``/``val``)
+        the values it prints. Returns the number of rows."""
         _name(program, "a program name")
+        if not isinstance(path, (str, os.PathLike)):
+            table = _table_of(path)
+            if table is None:
+                raise TypeError("load takes a file path (str or os.PathLike) or a table "
+                                "(pyarrow.Table or RecordBatch, pandas or polars DataFrame), "
+                                f"not {type(path).__module__}.{type(path).__qualname__}")
+            return self._load_table(program, input, table, _what(path, "load"), key, val, diff,
+                                    time)
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"load takes a str path, not {type(path).__name__}")
         cmd = C.Load(program, _integer(input, "the input number", 0), str(path), str(path),
                      _cols(key, "key="), _cols(val, "val="),
                      None if diff is None else str(diff),
                      None if time is None else _integer(time, "time=", 0))
         (record,) = [r for r in self._call(cmd) if r["kind"] == "loaded"]
         return record["rows"]
+
+    def _load_table(self, program: str, input: int, table, head: str, key, val, diff,
+                    time) -> int:
+        """Stage a table's rows as ``load`` stages a file's (all or nothing)."""
+        from .server import bulk
+        n = _integer(input, "the input number", 0)
+        when = None if time is None else _integer(time, "time=", 0)
+        key, val = _cols(key, "key="), _cols(val, "val=")
+        if diff is not None and (type(diff) is not str or not diff):
+            raise E.CommandError(f"diff= needs a column name, got {_show(diff)}")
+        batch = bulk.table_to_batch(table, "", None, key, val, diff, head=head)
+        count = len(batch) if isinstance(batch, list) else batch.count
+
+        def stage():
+            if self._closed:
+                raise E.ServerStopped("the server is closed")
+            at = self.core.check_target(program, n, when)
+            self.core.check_shape(program, n, batch, f"{head}: ")
+            try:
+                self.core.stage_batch(program, n, at, batch)
+            except WorkerDied as e:
+                self.close()
+                raise E.ServerStopped(str(e)) from None
+        _deferring_interrupts(stage)
+        return count
 
     def save(self, trace: str, path: str) -> int:
         """``save``: write a trace's consolidated contents; the number of rows."""
@@ -586,6 +638,26 @@ class Server:
             _warn(records)
             return table
         return _deferring_interrupts(read)
+
+    def peek_pandas(self, trace: str):
+        """The trace's contents as a pandas DataFrame: :meth:`peek_arrow`'s
+        table through ``to_pandas`` (needs pandas)."""
+        table = self.peek_arrow(trace)
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            raise ImportError("peek_pandas needs pandas (pip install pandas)") from None
+        return table.to_pandas()
+
+    def peek_polars(self, trace: str):
+        """The trace's contents as a polars DataFrame: :meth:`peek_arrow`'s
+        table through ``polars.from_arrow`` (needs polars)."""
+        table = self.peek_arrow(trace)
+        try:
+            import polars
+        except ImportError:
+            raise ImportError("peek_polars needs polars (pip install polars)") from None
+        return polars.from_arrow(table)
 
     def list(self) -> dict:
         """``{"epoch": e, "traces": [{name, importers}], "programs": [{name,
@@ -678,6 +750,31 @@ def _value(v, what: str):
         raise E.CommandError(f"{what}: {_show(part)} is not valid Unicode (a lone surrogate)")
     raise E.CommandError(f"{what}: {_show(part)} is not a value (values are int, float, str, "
                          "tuple, ddir.List and ddir.Variant)")
+
+
+def _table_of(obj, verb: str = "load"):
+    """A ``pyarrow.Table`` of a table-like object (Table, RecordBatch, pandas
+    or polars DataFrame), None for anything else. pyarrow is imported only
+    when the object could be one; pandas and polars never are (their own
+    objects convert themselves)."""
+    module = type(obj).__module__ or ""
+    if not module.startswith(("pyarrow", "pandas", "polars")):
+        return None
+    from .server.bulk import as_table
+    try:
+        return as_table(obj)
+    except (ValueError, TypeError) as e:  # pyarrow's ArrowInvalid / ArrowTypeError
+        text = str(e).strip().splitlines()
+        raise E.DataFileError(f"{_what(obj, verb)}: cannot convert it to Arrow: "
+                              f"{text[0] if text else type(e).__name__}") from None
+
+
+def _what(obj, verb: str) -> str:
+    """How messages about a table in memory begin: ``load (a pyarrow.Table)``."""
+    kind = type(obj)
+    name = {"pyarrow": "pyarrow", "pandas": "pandas", "polars": "polars"}.get(
+        (kind.__module__ or "").split(".")[0], kind.__module__)
+    return f"{verb} (a {name}.{kind.__name__})"
 
 
 def _warn(records) -> None:

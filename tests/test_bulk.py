@@ -119,20 +119,64 @@ def test_column_selection_time_and_diff(tmp_path):
         assert s.peek("r") == [((), (1,), 1), ((), (2,), 1), ((), (3,), 1)]
 
 
-def test_string_cells_use_the_command_line_value_syntax(tmp_path):
-    path = write(pa.table({"k": ["1,2", "_", "tuple(1,2+3)", "(4, 5)", "7", " [1] "],
-                           "v": [1, 2, 3, 4, 5, 6]}), tmp_path / "s.parquet")
+def printed(table: pa.Table, *names) -> pa.Table:
+    """``table`` with the columns ``names`` marked as printed-form columns."""
+    fields = [f.with_metadata(bulk.PRINTED) if f.name in names else f for f in table.schema]
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields))
+
+
+def test_string_cells_are_strings_and_printed_columns_are_values(tmp_path):
+    """A string column holds Strings, whatever they look like; one marked
+    printed (field metadata, or a CSV header's `:printed`) holds values."""
+    texts = ["1,2", "_", "(4, 5)", "7", " [1] ", "New York", ""]
+    path = write(pa.table({"k": texts, "v": list(range(len(texts)))}), tmp_path / "s.parquet")
     with fresh() as s:
         s.load("p", 0, path, val="v")
         s.tick()
-        assert s.peek("out") == [(7, (5,), 1), ((), (2,), 1), ((1, 2), (1,), 1),
-                                 ((1, 5), (3,), 1), ((4, 5), (4,), 1), (List([1]), (6,), 1)]
+        assert sorted(s.peek("out")) == sorted(((t,), (i,), 1) for i, t in enumerate(texts))
+    marked = printed(pa.table({"k": ["(4, 5)", "7", " [1] ", '"a b"', "#1:(2)"],
+                               "v": [1, 2, 3, 4, 5]}), "k")
+    for ext in (".parquet", ".arrow"):
+        path = write(marked, tmp_path / f"m{ext}")
+        with fresh() as s:
+            s.load("p", 0, path, val="v")
+            s.tick()
+            assert s.peek("out") == [(7, (2,), 1), ("a b", (4,), 1), ((4, 5), (1,), 1),
+                                     (Variant(1, (2,)), (5,), 1), (List([1]), (3,), 1)]
+    (tmp_path / "m.csv").write_text('k:printed,v,w:string,f:float,i:int\n'
+                                    '"(1, ""x"")",1,7,1,2\n')
+    with fresh() as s:
+        s.load("p", 0, str(tmp_path / "m.csv"), val="v,w,f,i")
+        s.tick()
+        assert s.peek("out") == [((1, "x"), (1, "7", ddir.Float(1.0), 2), 1)]
     # a key of an int column and a string column: a Tuple of both values
     path = write(pa.table({"i": [1], "s": ["[2]"]}), tmp_path / "m.parquet")
     with fresh() as s:
         s.load("p", 0, path)
         s.tick()
-        assert s.peek("out") == [((1, List([2])), (), 1)]
+        assert s.peek("out") == [((1, "[2]"), (), 1)]
+
+
+def test_float_and_binary_columns(tmp_path):
+    nan = float("nan")
+    table = pa.table({"f": pa.array([1.5, -0.0, nan, -nan, float("inf")], pa.float64()),
+                      "g": pa.array([1, 2, 3, 4, 5], pa.float32()),
+                      "b": pa.array([b"", b"ab", b"\x00\xff", b"ab", b"z"], pa.binary())})
+    F = ddir.Float
+    expected = [((F(-nan),), (F(4.0), List([97, 98])), 1), ((F(-0.0),), (F(2.0), List([97, 98])), 1),
+                ((F(1.5),), (F(1.0), List([])), 1), ((F(float("inf")),), (F(5.0), List([122])), 1),
+                ((F(nan),), (F(3.0), List([0, 255])), 1)]
+    for ext in (".parquet", ".arrow"):
+        path = write(table, tmp_path / f"f{ext}")
+        with fresh() as s:
+            s.load("p", 0, path, key="f", val="g,b")
+            s.tick()
+            assert s.peek("out") == expected
+    with fresh() as s:  # a dictionary-encoded String column, a large_utf8 one
+        s.load("p", 0, pa.table({"d": pa.array(["x", "y", "x"]).dictionary_encode(),
+                                 "l": pa.array(["a", "b", "c"], pa.large_string())}))
+        s.tick()
+        assert s.peek("out") == [(("x", "a"), (), 1), (("x", "c"), (), 1), (("y", "b"), (), 1)]
 
 
 def csv_file(tmp_path, text, name="bad.csv"):
@@ -146,22 +190,29 @@ BAD_FILES = [
     (lambda d: str(d / "missing.parquet"), {}, 'missing.parquet": no such file'),
     (lambda d: csv_file(d, "a\n1\n", "data.txt"), {}, "extension `.txt`; use one of .parquet"),
     (lambda d: csv_file(d, "a\n1\n", "noext"), {}, "no extension; use one of"),
-    (lambda d: write(pa.table({"a": [1, 2], "f": [1.0, 2.5]}), d / "f.parquet"), {},
-     'column "f", row 1: 1.0 is a float (double), not an Int'),
-    (lambda d: csv_file(d, "a,f\n1,2\n2,2.5\n"), {}, 'column "f", row 2: 2.5 is a float'),
+    (lambda d: write(pa.table({"a": [1, 2], "f": [1.0, None]}), d / "f.parquet"), {},
+     'column "f", row 2: a null, not a Float'),
+    (lambda d: csv_file(d, "a,f\n1,2.5\n2,\n"), {}, 'column "f", row 2: a null, not a Float'),
     (lambda d: write(pa.table({"a": [1, None, 3]}), d / "n.arrow"), {},
      'column "a", row 2: a null, not an Int'),
     (lambda d: csv_file(d, "a,b\n1,2\n2,\n"), {}, 'column "b", row 2: a null, not an Int'),
     (lambda d: write(pa.table({"s": ["(1)", None]}), d / "ns.parquet"), {},
+     'column "s", row 2: a null, not a String'),
+    (lambda d: write(printed(pa.table({"s": ["(1)", None]}), "s"), d / "np.parquet"), {},
      'column "s", row 2: a null, not a value'),
+    (lambda d: write(pa.table({"b": [b"x", None]}), d / "nb.arrow"), {},
+     'column "b", row 2: a null, not a List of bytes'),
     (lambda d: write(pa.table({"u": pa.array([1, 2 ** 63], pa.uint64())}), d / "u.parquet"), {},
      'column "u", row 2: 9223372036854775808 does not fit in a signed 64-bit integer'),
     (lambda d: csv_file(d, "a\n5\n99999999999999999999\n"), {},
      'column "a", row 2: 99999999999999999999 does not fit in a signed 64-bit integer'),
-    (lambda d: write(pa.table({"s": ["(1, 2)", "(1,", "[x]"]}), d / "s.feather"), {},
-     'column "s", row 2: bad value `(1,`'),
-    (lambda d: write(pa.table({"s": ["99999999999999999999"]}), d / "big.parquet"), {},
-     'column "s", row 1: 99999999999999999999 does not fit'),
+    (lambda d: write(printed(pa.table({"s": ["(1, 2)", "(1,", "[x]"]}), "s"), d / "s.feather"),
+     {}, 'column "s", row 2: bad value `(1,`'),
+    (lambda d: csv_file(d, 'a,s:printed\n1,"(1, 2)"\n2,1 2\n'), {},
+     'column "s", row 2: bad value `1 2`'),
+    (lambda d: write(printed(pa.table({"s": ["99999999999999999999"]}), "s"), d / "big.parquet"),
+     {}, 'column "s", row 1: bad value `99999999999999999999`: integer 99999999999999999999 '
+     'does not fit'),
     (lambda d: write(pa.table({"a": [1], "b": [2]}), d / "k.parquet"), {"key": "a,zz"},
      'key= names no column "zz" (columns: a, b)'),
     (lambda d: write(pa.table({"a": [1], "b": [2]}), d / "v.parquet"), {"val": "nope"},
@@ -171,7 +222,8 @@ BAD_FILES = [
     (lambda d: write(pa.table({"a": [1], "d": ["1"]}), d / "ds.parquet"), {"diff": "d"},
      'diff column "d" must hold integers'),
     (lambda d: write(pa.table({"a": [True]}), d / "b.parquet"), {},
-     'column "a", row 1: a bool column; only integer and string columns can be loaded'),
+     'column "a", row 1: a bool column; only integer, floating-point, string and binary '
+     'columns can be loaded'),
     (lambda d: csv_file(d, "this is not, a parquet file", "junk.parquet"), {},
      "cannot read it as parquet"),
 ]

@@ -166,9 +166,9 @@ def test_errors_never_quote_a_server_file(served, tree):
     data = tree / "data"
     (data / "bad.ddp").write_text(f"{SECRET} here;\n")
     (data / "calls.ddp").write_text(f'export "x" = input 0 | map($0 ; @{SECRET.replace("-", "_")}($0));\n')
-    (data / "cells.csv").write_text(f"a,b\n1,2\n3,{SECRET}(\n")
+    (data / "cells.csv").write_text(f"a,b:printed\n1,2\n3,{SECRET}(\n")
     (data / "ragged.csv").write_text(f"a,b\n1,2\n3,4,{SECRET}\n")
-    (data / "header.csv").write_text(f"{SECRET}\n1.5\n")
+    (data / "header.csv").write_text(f"{SECRET},b\n1.5,1\n,2\n")
     (data / "big.csv").write_text("a\n99999999999999999999\n")
     bad_at = _located(f"install b {data / 'bad.ddp'}").split(": ")[0].split(":", 1)[1]
     calls_at = _located(f"install c {data / 'calls.ddp'}").split(": ")[0].split(":", 1)[1]
@@ -181,13 +181,15 @@ def test_errors_never_quote_a_server_file(served, tree):
                 ("check calls.ddp", f"calls.ddp:{calls_at}: {HIDDEN}"),
                 ("install c calls.ddp", f"calls.ddp:{calls_at}: {HIDDEN}"),
                 ("load e 0 cells.csv",
-                 'load "cells.csv": column 2, row 2: a cell that is not a value'),
+                 'load "cells.csv": column 2, row 2: a cell that is not a value in the '
+                 "printed form"),
                 ("load e 0 cells.csv key=a,b",  # columns the client named keep their names
-                 'load "cells.csv": column "b", row 2: a cell that is not a value'),
+                 'load "cells.csv": column "b", row 2: a cell that is not a value in the '
+                 "printed form"),
                 ("load e 0 ragged.csv", 'load "ragged.csv": cannot read it as csv'),
-                ("load e 0 header.csv", 'load "header.csv": column 1, row 1: a float, not an Int'),
+                ("load e 0 header.csv", 'load "header.csv": column 1, row 2: a null, not a Float'),
                 ("load e 0 header.csv key=nope", 'load "header.csv": key= names no column '
-                                                 '"nope" (the file has 1 columns)'),
+                                                 '"nope" (the file has 2 columns)'),
                 ("load e 0 big.csv", 'load "big.csv": column 1, row 1: an Int that does not fit '
                                      "in a signed 64-bit integer"),
         ]):

@@ -97,7 +97,8 @@ def _input_table(batches: list):
             data.update({f"key_{i}": c for i, c in enumerate(merged.keys[1:])})
             data.update({f"val_{i}": c for i, c in enumerate(merged.vals)})
             data["diff"] = merged.diffs
-            return pa.table({k: pa.array(v, type=pa.int64()) for k, v in data.items()})
+            return pa.Table.from_pydict({k: pa.array(v, type=pa.int64())
+                                         for k, v in data.items()})
     acc: dict = {}
     for time, batch in batches:
         for k, v, d in rows_of(batch):
@@ -106,7 +107,7 @@ def _input_table(batches: list):
     items = sorted((item for item in acc.items() if item[1]))
     diffs = [d for _, d in items]
     wide = any(not INT_MIN <= d <= INT_MAX for d in diffs)
-    return pa.table({
+    return pa.Table.from_pydict({
         "time": pa.array([t for (t, _, _), _ in items], type=pa.int64()),
         "key": pa.array([k for (_, k, _), _ in items], type=pa.string()),
         "val": pa.array([v for (_, _, v), _ in items], type=pa.string()),
@@ -557,14 +558,18 @@ def _read_table(directory: str, info: dict, timed: bool):
         want("diff", *((int64, string) if timed else (int64,)))
         expected = {"key", "val", "diff"}
     else:
+        # int64 fields; an export's fields may also be float64 or utf8 (save's
+        # typed columns of Floats and Strings, SPEC C1)
         layout = "int"
         want("diff", int64)
         expected = {"diff"}
         for prefix in ("key_", "val_"):
             count = sum(1 for c in names if c.startswith(prefix))
             for j in range(count):
-                want(f"{prefix}{j}", int64)
+                want(f"{prefix}{j}", int64, pa.float64(), string)
                 expected.add(f"{prefix}{j}")
+                if table.schema.field(f"{prefix}{j}").type != int64:
+                    layout = "typed"
     if timed:
         expected.add("time")
     extra = [c for c in names if c not in expected]
@@ -599,9 +604,12 @@ def _by_time(directory: str, info: dict) -> list:
     if len(times) and times.min() < 0:
         r = int(np.flatnonzero(times < 0)[0])
         raise _Damaged(f"{name}: row {r + 1}: time {int(times[r])} is negative")
-    if layout == "printed":
-        keys = _printed(name, "key", table.column("key").to_pylist(), INPUT_VALUE_DEPTH)
-        vals = _printed(name, "val", table.column("val").to_pylist(), INPUT_VALUE_DEPTH)
+    if layout != "int":
+        if layout == "printed":
+            keys = _printed(name, "key", table.column("key").to_pylist(), INPUT_VALUE_DEPTH)
+            vals = _printed(name, "val", table.column("val").to_pylist(), INPUT_VALUE_DEPTH)
+        else:
+            keys, vals = _typed_fields(table, "key_"), _typed_fields(table, "val_")
         diffs = table.column("diff").to_pylist()
         by_time: dict = {}
         for r, (t, k, v, d) in enumerate(zip(times.tolist(), keys, vals, diffs)):
@@ -638,13 +646,20 @@ def _trace_rows(directory: str, info: dict) -> list:
         keys = _printed(name, "key", table.column("key").to_pylist(), EXPORT_VALUE_DEPTH)
         vals = _printed(name, "val", table.column("val").to_pylist(), EXPORT_VALUE_DEPTH)
         return list(zip(keys, vals, diffs))
-    cols = table.to_pydict()
+    return list(zip(_typed_fields(table, "key_"), _typed_fields(table, "val_"), diffs))
 
-    def fields(prefix):
-        count = sum(c.startswith(prefix) for c in cols)
-        named = [f"{prefix}{j}" for j in range(count)]
-        return list(zip(*(cols[c] for c in named))) if named else [()] * len(diffs)
-    return list(zip(fields("key_"), fields("val_"), diffs))
+
+def _typed_fields(table, prefix: str) -> list:
+    """Tuples of the columns ``{prefix}0..``, int64 as Ints, float64 as
+    Floats, utf8 as Strings."""
+    import pyarrow as pa
+    from .bulk import floats
+    count = sum(c.startswith(prefix) for c in table.column_names)
+    columns = []
+    for j in range(count):
+        col = table.column(f"{prefix}{j}")
+        columns.append(floats(col.to_numpy()) if col.type == pa.float64() else col.to_pylist())
+    return list(zip(*columns)) if columns else [()] * table.num_rows
 
 
 def _ir_problem(program) -> str | None:
