@@ -361,6 +361,37 @@ def value_depth(v: Value) -> int:
     return deepest
 
 
+OUTSIDE, QUOTE, INSIDE = 0, 1, 2
+
+
+def string_mask(text: str) -> list:
+    """For each character of ``text``: ``OUTSIDE`` a string literal,
+    ``QUOTE`` (the quotes that open and close one) or ``INSIDE`` it
+    (backslash escapes included; an unterminated one runs to the end).
+    The one scanner behind everything that must look past Strings in a
+    command line or a printed value (splitting words, finding `--`,
+    compacting a value)."""
+    mask = [OUTSIDE] * len(text)
+    if '"' not in text:
+        return mask
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                mask[i] = QUOTE
+                continue
+            mask[i] = INSIDE
+        elif ch == '"':
+            in_string = True
+            mask[i] = QUOTE
+    return mask
+
+
 def parse_printed(text: str, max_depth: int | None = None) -> Value:
     """Parse the printed form (``format_value``'s output) back to a value.
 

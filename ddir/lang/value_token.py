@@ -20,8 +20,8 @@ from .errors import ProgramError
 from .parser import parse_term
 from ..terms.interp import evaluate
 from ..terms.runtime import TermError, TooDeep
-from ..values import (INT_MAX, INT_MIN, Float, ValueSyntaxError, ValueTooDeepError,
-                      parse_printed, value_depth)
+from ..values import (INSIDE, INT_MAX, INT_MIN, OUTSIDE, Float, ValueSyntaxError,
+                      ValueTooDeepError, parse_printed, string_mask, value_depth)
 
 _INT_ROW = re.compile(r"-?[0-9]+(,-?[0-9]+)*")
 _INT = re.compile(r"-?[0-9]+")
@@ -60,16 +60,9 @@ def split_words(line: str) -> list:
     words: list = []
     word: list = []
     depth = 0
-    in_string = escaped = False
-    for ch in line:
-        if in_string:
+    for ch, where in zip(line, string_mask(line)):
+        if where != OUTSIDE:
             word.append(ch)
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
             continue
         if ch.isspace() and depth == 0:
             if word:
@@ -77,9 +70,7 @@ def split_words(line: str) -> list:
                 word = []
             continue
         word.append(ch)
-        if ch == '"':
-            in_string = True
-        elif ch in "([{":
+        if ch in "([{":
             depth += 1
         elif ch in ")]}" and depth:
             depth -= 1
@@ -93,22 +84,7 @@ def _outside_strings(text: str) -> str:
     becomes ``""``), for the checks that look at a term's characters."""
     if '"' not in text:
         return text
-    out: list = []
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-                out.append(ch)
-            continue
-        out.append(ch)
-        if ch == '"':
-            in_string = True
-    return "".join(out)
+    return "".join(ch for ch, where in zip(text, string_mask(text)) if where != INSIDE)
 
 
 def _scalar_row(text: str):
@@ -196,18 +172,8 @@ def parse_value_token(text: str):
 
 def _position(text: str, needle: str) -> int:
     """Where ``needle`` first occurs in ``text`` outside string literals."""
-    in_string = escaped = False
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif text.startswith(needle, i):
+    for i, where in enumerate(string_mask(text)):
+        if where == OUTSIDE and text.startswith(needle, i):
             return i
     return -1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..engine.time import format_time
-from ..values import format_value, order_key, rows_to_json, to_json
+from ..values import OUTSIDE, format_value, order_key, rows_to_json, string_mask, to_json
 
 
 def error_record(message: str, file: str | None = None, line: int | None = None) -> dict:
@@ -120,21 +120,8 @@ def _compact(text: str) -> str:
     its Strings kept)."""
     if '"' not in text:
         return text.replace(" ", "")
-    out, in_string, escaped = [], False, False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == " ":
-            continue
-        out.append(ch)
-    return "".join(out)
+    return "".join(ch for ch, where in zip(text, string_mask(text))
+                   if where != OUTSIDE or ch != " ")
 
 
 def text_order(records: list) -> list:
