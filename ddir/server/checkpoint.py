@@ -50,7 +50,7 @@ import shutil
 import stat
 
 from . import commands as C
-from .confine import process_umask
+from .confine import fsync_dir as _fsync_dir, process_umask
 from .functions import missing_names
 from .generated import parse_recipe
 from .journal import rows_of
@@ -139,17 +139,6 @@ def _manifest_checksum(manifest: dict) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _exchange(a: str, b: str) -> bool:
