@@ -444,6 +444,12 @@ class Server:
                     if update:
                         update(done)
             return
+        if shards == 1:  # one owner: no key needs hashing (a copy: the journal keeps batch)
+            if batch:
+                self.cluster.send(0, ("stage", program, n, time, batch[:]))
+            if update:
+                update(len(batch))
+            return
         for start in range(0, len(batch), chunk):
             piece = batch[start:start + chunk]
             for owner, rows in enumerate(split_by_owner(piece, shards)):
