@@ -361,6 +361,18 @@ def value_depth(v: Value) -> int:
     return deepest
 
 
+def kind_name(v) -> str:
+    """The variant of a value for messages (``Int``, ``Float``, ``String``,
+    ``Tuple``, ``List``, ``Variant``); the Python type's name for anything
+    that is not a value."""
+    name = _KIND_NAMES.get(type(v))
+    return name if name is not None else type(v).__name__
+
+
+_KIND_NAMES = {int: "Int", Float: "Float", str: "String", tuple: "Tuple", List: "List",
+               Variant: "Variant"}
+
+
 OUTSIDE, QUOTE, INSIDE = 0, 1, 2
 
 

@@ -202,6 +202,16 @@ class _Lowerer:
                 out.append(("export", stmt.name, shape))
         return tuple(sorted(out, key=lambda x: (x[0], str(x[1]))))
 
+    def _binding_shape(self, home, name: str, seen: set):
+        """The shape of ``name`` bound in scope ``home`` (a ``var``'s
+        ascription, or what its ``let`` expression has), None if unknown."""
+        stmt = None if home is None else home.defs.get(name)
+        if isinstance(stmt, A.Var):
+            return stmt.shape
+        if isinstance(stmt, A.Let) and (home.id, name) not in seen:
+            return self.shape_of(stmt.expr, home, seen | {(home.id, name)})
+        return None
+
     def shape_of(self, e, scope: _ScopeBuild, seen: set):
         """The shape of ``e``'s rows where it follows from ascriptions
         through operators that keep or simply change it (arrange, filter,
@@ -224,22 +234,9 @@ class _Lowerer:
             home = scope
             while home is not None and e.name not in home.defs:
                 home = home.parent
-            stmt = None if home is None else home.defs.get(e.name)
-            if isinstance(stmt, A.Var):
-                shape = stmt.shape
-            elif isinstance(stmt, A.Let) and (home.id, e.name) not in seen:
-                shape = self.shape_of(stmt.expr, home, seen | {(home.id, e.name)})
-            else:
-                shape = None
+            shape = self._binding_shape(home, e.name, seen)
         elif isinstance(e, A.FieldRef):
-            child = scope.children.get(e.scope)
-            stmt = None if child is None else child.defs.get(e.field)
-            if isinstance(stmt, A.Var):
-                shape = stmt.shape
-            elif isinstance(stmt, A.Let) and (child.id, e.field) not in seen:
-                shape = self.shape_of(stmt.expr, child, seen | {(child.id, e.field)})
-            else:
-                shape = None
+            shape = self._binding_shape(scope.children.get(e.scope), e.field, seen)
         else:
             shape = None
         for kind in reversed(steps):

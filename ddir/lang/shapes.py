@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..values import Float, List, Variant, format_value
+from ..values import Float, List, Variant, format_value, kind_name
 
 __all__ = ["Shape", "PrimShape", "TupleShape", "ListShape", "SumShape", "RowShape", "INT",
            "FLOAT", "STRING", "UNIT", "show", "check", "check_row", "row_problem",
@@ -152,20 +152,8 @@ def show(s: Shape) -> str:
 # ------------------------------------------------------------ checking
 
 def _kind(v) -> str:
-    t = type(v)
-    if t is int:
-        return "an Int"
-    if t is Float:
-        return "a Float"
-    if t is str:
-        return "a String"
-    if t is tuple:
-        return "a Tuple"
-    if t is List:
-        return "a List"
-    if t is Variant:
-        return "a Variant"
-    return f"a {t.__name__}"
+    name = kind_name(v)
+    return ("an " if name == "Int" else "a ") + name
 
 
 def _shown(v) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from math import copysign, isfinite, isnan
 
-from ..values import (INT_MAX, INT_MIN, Float, List, Variant, as_value, format_value, order_key,
-                      value_problem)
+from ..values import (INT_MAX, INT_MIN, Float, List, Variant, as_value, format_value, kind_name,
+                      order_key, value_problem)
 
 MASK64 = (1 << 64) - 1
 
@@ -24,19 +24,7 @@ def _show(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _kind(v) -> str:
-    t = type(v)
-    if t is int:
-        return "Int"
-    if t is tuple:
-        return "Tuple"
-    if t is List:
-        return "List"
-    if t is Float:
-        return "Float"
-    if t is str:
-        return "String"
-    return "Variant"
+_kind = kind_name  # terms see values only
 
 
 def check_int(v, what: str) -> int:
